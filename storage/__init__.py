@@ -1,0 +1,42 @@
+"""agentstore's storage layer: the `StorageClient` contract and its PostgreSQL and Cosmos DB backends."""
+
+from typing import TYPE_CHECKING, Any
+
+from .base import StorageClient
+from .config import Settings, load_settings
+from .errors import ConfigError, StorageError, TransientStorageError, ValidationError
+from .factory import create_storage_client
+from .ops import Op, make_op, parse_op
+
+if TYPE_CHECKING:
+    from .cosmos import CosmosDBClient
+    from .postgres import PostgreSQLClient
+
+__all__ = [
+    "ConfigError",
+    "CosmosDBClient",
+    "Op",
+    "PostgreSQLClient",
+    "Settings",
+    "StorageClient",
+    "StorageError",
+    "TransientStorageError",
+    "ValidationError",
+    "create_storage_client",
+    "load_settings",
+    "make_op",
+    "parse_op",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # Backends import their drivers lazily, so `import storage` needs neither installed.
+    if name == "PostgreSQLClient":
+        from .postgres import PostgreSQLClient
+
+        return PostgreSQLClient
+    if name == "CosmosDBClient":
+        from .cosmos import CosmosDBClient
+
+        return CosmosDBClient
+    raise AttributeError(f"module 'storage' has no attribute {name!r}")

@@ -1,0 +1,104 @@
+"""Settings from the environment and `.env`, validated at creation, with secrets masked."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
+
+
+def mask_url(url: str) -> str:
+    """`postgresql://user:secret@host/db` -> `postgresql://user:***@host/db`; other text unchanged."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _check_url(name: str, value: str, schemes: tuple[str, ...]) -> None:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError(f"{name} is not a valid URL (expected {schemes[0]}://host...)") from None
+    if parts.scheme not in schemes or not (parts.hostname or parts.query or parts.path):
+        raise ConfigError(
+            f"{name} must look like {schemes[0]}://host..., got {mask_url(value)!r}"
+        )
+
+
+class Settings(BaseSettings):
+    """Every setting agentstore reads; names are the environment variables, case-insensitive."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_ignore_empty=True)
+
+    postgres_connection_string: SecretStr | None = None
+    postgres_pool_min: int = 1
+    postgres_pool_max: int = 10
+    postgres_connect_timeout_s: int = 10
+
+    cosmos_endpoint: str | None = None
+    cosmos_key: SecretStr | None = None
+    cosmos_database_name: str = "transaction_review"
+    cosmos_max_concurrency: int = 8
+
+    celery_broker_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+
+    @field_validator("postgres_connection_string")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            raw = value.get_secret_value()
+            if "://" in raw:
+                _check_url("POSTGRES_CONNECTION_STRING", raw, ("postgresql", "postgres"))
+            elif "=" not in raw:
+                raise ConfigError(
+                    "POSTGRES_CONNECTION_STRING must be a URL like "
+                    "postgresql://user:password@host:5432/dbname or a libpq 'key=value' string"
+                )
+        return value
+
+    @field_validator("cosmos_endpoint")
+    @classmethod
+    def _cosmos_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_url("COSMOS_ENDPOINT", value, ("https", "http"))
+        return value
+
+    @field_validator("celery_broker_url")
+    @classmethod
+    def _broker_url(cls, value: SecretStr) -> SecretStr:
+        _check_url("CELERY_BROKER_URL", value.get_secret_value(), ("redis", "rediss", "unix"))
+        return value
+
+    @field_validator("postgres_pool_min", "postgres_pool_max", "cosmos_max_concurrency")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ConfigError("pool sizes and concurrency must be at least 1")
+        return value
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings; a malformed value raises `ConfigError` naming the variable (never its secret)."""
+    import pydantic
+
+    try:
+        return Settings(**overrides)
+    except pydantic.ValidationError as exc:
+        reasons = "; ".join(
+            f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors(include_url=False, include_input=False)
+        )
+        raise ConfigError(f"invalid configuration: {reasons}") from None

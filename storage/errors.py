@@ -1,0 +1,17 @@
+"""The error hierarchy every backend and the producer raise."""
+
+
+class StorageError(Exception):
+    """A store could not do what was asked (connection, server error, exhausted retries)."""
+
+
+class TransientStorageError(StorageError):
+    """A failure worth retrying: lost connection, serialization failure, throttling, timeout."""
+
+
+class ConfigError(StorageError, ValueError):
+    """The configuration is missing or malformed; the message names the variable to fix."""
+
+
+class ValidationError(StorageError, ValueError):
+    """An argument is not acceptable (bad id, non-JSON payload, too large); nothing was written."""

@@ -1,0 +1,29 @@
+"""Picks the backend from configuration: PostgreSQL, else Cosmos DB, else a clear error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import StorageClient
+from .config import Settings, load_settings
+from .errors import ConfigError
+
+
+def create_storage_client(settings: Settings | None = None, **overrides: Any) -> StorageClient:
+    """PostgreSQL if `POSTGRES_CONNECTION_STRING` is set, else Cosmos DB if `COSMOS_ENDPOINT`
+    and `COSMOS_KEY` are, else `ConfigError` naming the variables to set."""
+    settings = settings or load_settings(**overrides)
+    if settings.postgres_connection_string is not None:
+        from .postgres import PostgreSQLClient
+
+        return PostgreSQLClient(settings=settings)
+    if settings.cosmos_endpoint and settings.cosmos_key is not None:
+        from .cosmos import CosmosDBClient
+
+        return CosmosDBClient(settings=settings)
+    raise ConfigError(
+        "no storage backend configured: set POSTGRES_CONNECTION_STRING "
+        "(e.g. postgresql://user:password@127.0.0.1:5432/agentstore), or COSMOS_ENDPOINT and "
+        "COSMOS_KEY (COSMOS_DATABASE_NAME defaults to transaction_review), in the environment "
+        "or in .env"
+    )

@@ -1,0 +1,48 @@
+"""Identifier rules shared by every backend: what an id may contain and how row ids are built."""
+
+from __future__ import annotations
+
+from .errors import ValidationError
+
+MAX_ID_CHARS = 255
+# Cosmos DB forbids these in ids; `|` is our separator and `%` our escape character.
+_ESCAPES = {"%": "%25", "/": "%2F", "\\": "%5C", "?": "%3F", "#": "%23", "|": "%7C"}
+_NEEDS_ESCAPE = frozenset(_ESCAPES)
+_TRANSLATION = str.maketrans(_ESCAPES)
+
+
+def check_id(field: str, value: object) -> str:
+    """Return `value` if it is a usable identifier, else raise `ValidationError` naming `field`."""
+    if not isinstance(value, str):
+        raise ValidationError(f"{field} must be a string, got {type(value).__name__}")
+    if not value:
+        raise ValidationError(f"{field} must not be empty")
+    if len(value) > MAX_ID_CHARS:
+        raise ValidationError(f"{field} is {len(value)} characters long; the limit is {MAX_ID_CHARS}")
+    if "\x00" in value:
+        raise ValidationError(f"{field} must not contain NUL (\\u0000)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError(f"{field} contains a lone surrogate; it is not valid UTF-8") from None
+    return value
+
+
+def _escape(part: str) -> str:
+    return part.translate(_TRANSLATION) if not _NEEDS_ESCAPE.isdisjoint(part) else part
+
+
+def row_id(*parts: tuple[str, str]) -> str:
+    """Build an injective, Cosmos-safe row id from `(field, value)` pairs.
+
+    Escaping `%`, `|` and the characters Cosmos forbids, then joining with `|`, keeps
+    ("a_b", "c") and ("a", "b_c") apart, unlike the seed's `f"{a}_{b}"`.
+    """
+    rid = "|".join(_escape(value) for _, value in parts)
+    if len(rid) > MAX_ID_CHARS:
+        names = " + ".join(field for field, _ in parts)
+        raise ValidationError(
+            f"{names} too long together: the escaped row id is {len(rid)} characters; "
+            f"the limit is {MAX_ID_CHARS}"
+        )
+    return rid
