@@ -1,0 +1,141 @@
+#!/usr/bin/env node
+// Test-only Cosmos DB server for agentstore: `node cosmos-server/server.js PORT`.
+//
+// Runs @vercel/cosmosdb-server (pinned in package.json) on 127.0.0.1:PORT over HTTPS with
+// keep-alive. We do not use the package's CLI: it answers `Connection: close`, so the Python SDK
+// reconnects with TLS on every call (~15x slower).
+//
+// The package differs from real Cosmos DB in ways our tests would trip over; the fixes below make it
+// answer like the real service, each with the reason next to it. Everything is in memory: a restart
+// loses all data.
+"use strict";
+
+const crypto = require("crypto");
+
+// Handlers are patched before the package builds its route table (lib/routes.js copies each
+// handler's `default` export when it is first required), so patch first, then require the index.
+const readDocument = require("@vercel/cosmosdb-server/lib/handler/read-document");
+const documentsModule = require("@vercel/cosmosdb-server/lib/account/documents");
+const {
+  parsePartitionKey,
+  default: partitionFromHeader,
+} = require("@vercel/cosmosdb-server/lib/utils/get-partition-from-header");
+
+// The well-known key of Microsoft's Cosmos DB emulator. Like the emulator, we accept only it.
+const EMULATOR_KEY =
+  "C2y6yDjf5/R+ob0N8A7Cgv30VRDJIWEHLM+4QDU5DE2nQ9nDuVTqobD4b8mGGyPMbIZnqyMsEcaGQy67XIw/Jw==";
+
+const NOT_FOUND = {
+  code: "NotFound",
+  message: "Entity with the specified id does not exist in the system.",
+};
+
+// (a) Reading a missing item, or an item with the wrong partition key value, throws a TypeError
+// inside the package (it dereferences the missing document) and answers 500; the SDK then retries
+// for ~0.5 s before raising. Real Cosmos DB answers 404 NotFound at once, and our backend relies on
+// 404 to mean "absent". Look the document up first and answer 404 ourselves.
+const originalRead = readDocument.default;
+readDocument.default = (account, req, res, params) => {
+  const collection = account.database(params.dbId).collection(params.collId);
+  if (collection.read()) {
+    let partition;
+    try {
+      partition = parsePartitionKey(partitionFromHeader(req), params.docId);
+    } catch (err) {
+      partition = undefined; // a malformed header: let the package answer as it does
+    }
+    if (partition !== undefined && !collection.document(params.docId, partition).read()) {
+      res.statusCode = 404;
+      return { ...NOT_FOUND };
+    }
+  }
+  return originalRead(account, req, res, params);
+};
+
+// (b) An item id that is not in the id index is looked up as a resource id (`_rid`) instead, so an
+// item whose id happens to equal another item's `_rid` would read, conflict with or replace that
+// other item. The Python SDK addresses items by name only, so documents never need the fallback.
+const Documents = documentsModule.default;
+Documents.prototype._toRid = function toRid(keyPath, value, partition) {
+  return this._index.get(this._getId(keyPath, value, partition)) || `\u0000missing:${value}`;
+};
+
+const { createHttpsServer } = require("@vercel/cosmosdb-server");
+
+// (c) The package accepts any key. Real Cosmos DB (and the emulator) check the HMAC signature of
+// each request and answer 401; we verify it too, so tests can exercise a wrong key.
+const masterKey = Buffer.from(EMULATOR_KEY, "base64");
+
+function resourceOf(pathname) {
+  // `/dbs/db/colls/c/docs/id` -> ["docs", "dbs/db/colls/c/docs/id"]; a feed such as
+  // `/dbs/db/colls/c/docs` -> ["docs", "dbs/db/colls/c"]; the account root -> ["", ""].
+  const parts = pathname
+    .split("/")
+    .filter(Boolean)
+    .map(part => decodeURIComponent(part));
+  if (parts.length === 0) return ["", ""];
+  if (parts.length % 2 === 1) return [parts[parts.length - 1], parts.slice(0, -1).join("/")];
+  return [parts[parts.length - 2], parts.join("/")];
+}
+
+function authorized(req) {
+  const header = req.headers.authorization;
+  if (!header) return false;
+  let token;
+  try {
+    token = new URLSearchParams(decodeURIComponent(header));
+  } catch (err) {
+    return false;
+  }
+  const sig = token.get("sig");
+  if (token.get("type") !== "master" || !sig) return false;
+  const pathname = new URL(req.url, "https://localhost").pathname;
+  const [type, link] = resourceOf(pathname);
+  const text =
+    `${req.method.toLowerCase()}\n${type.toLowerCase()}\n${link}\n` +
+    `${(req.headers["x-ms-date"] || "").toLowerCase()}\n${(req.headers.date || "").toLowerCase()}\n`;
+  const expected = crypto.createHmac("sha256", masterKey).update(text, "utf8").digest();
+  const given = Buffer.from(sig.replace(/ /g, "+"), "base64");
+  return given.length === expected.length && crypto.timingSafeEqual(given, expected);
+}
+
+function main() {
+  const port = Number.parseInt(process.argv[2], 10);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    process.stderr.write("usage: node server.js PORT\n");
+    process.exit(2);
+  }
+  const server = createHttpsServer({ keepAlive: true });
+  const [packageHandler] = server.listeners("request");
+  server.removeAllListeners("request");
+  server.on("request", (req, res) => {
+    if (!authorized(req)) {
+      req.resume(); // drain the body so the keep-alive connection stays usable
+      const body = JSON.stringify({
+        code: "Unauthorized",
+        message: "The input authorization token can't serve the request. The wrong key is being used.",
+      });
+      res.writeHead(401, {
+        "content-type": "application/json",
+        "x-ms-activity-id": crypto.randomUUID(),
+        connection: "keep-alive",
+      });
+      res.end(body);
+      return;
+    }
+    packageHandler(req, res);
+  });
+
+  server.listen(port, "127.0.0.1", () => {
+    process.stdout.write(`listening ${server.address().port}\n`);
+  });
+  const stop = () => {
+    server.close(() => process.exit(0));
+    server.closeAllConnections();
+    setTimeout(() => process.exit(0), 2000).unref();
+  };
+  process.on("SIGTERM", stop);
+  process.on("SIGINT", stop);
+}
+
+main();
