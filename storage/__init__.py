@@ -1,4 +1,4 @@
-"""agentstore's storage layer: the `StorageClient` contract and its PostgreSQL and Cosmos DB backends."""
+"""agentstore storage: the `StorageClient` contract and its PostgreSQL and Cosmos DB backends."""
 
 from typing import TYPE_CHECKING, Any
 

@@ -12,7 +12,7 @@ from .errors import ConfigError
 
 
 def mask_url(url: str) -> str:
-    """`postgresql://user:secret@host/db` -> `postgresql://user:***@host/db`; other text unchanged."""
+    """`postgresql://user:secret@host/db` -> `postgresql://user:***@host/db`; else unchanged."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -33,9 +33,7 @@ def _check_url(name: str, value: str, schemes: tuple[str, ...]) -> None:
     except ValueError:
         raise ConfigError(f"{name} is not a valid URL (expected {schemes[0]}://host...)") from None
     if parts.scheme not in schemes or not (parts.hostname or parts.query or parts.path):
-        raise ConfigError(
-            f"{name} must look like {schemes[0]}://host..., got {mask_url(value)!r}"
-        )
+        raise ConfigError(f"{name} must look like {schemes[0]}://host..., got {mask_url(value)!r}")
 
 
 class Settings(BaseSettings):
@@ -91,7 +89,7 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Read settings; a malformed value raises `ConfigError` naming the variable (never its secret)."""
+    """Read settings; a malformed value raises `ConfigError` naming the variable, not its secret."""
     import pydantic
 
     try:

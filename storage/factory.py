@@ -16,11 +16,13 @@ def create_storage_client(settings: Settings | None = None, **overrides: Any) ->
     if settings.postgres_connection_string is not None:
         from .postgres import PostgreSQLClient
 
-        return PostgreSQLClient(settings=settings)
+        client: StorageClient = PostgreSQLClient(settings=settings)
+        return client
     if settings.cosmos_endpoint and settings.cosmos_key is not None:
         from .cosmos import CosmosDBClient
 
-        return CosmosDBClient(settings=settings)
+        client = CosmosDBClient(settings=settings)
+        return client
     raise ConfigError(
         "no storage backend configured: set POSTGRES_CONNECTION_STRING "
         "(e.g. postgresql://user:password@127.0.0.1:5432/agentstore), or COSMOS_ENDPOINT and "

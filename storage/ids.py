@@ -6,9 +6,9 @@ from .errors import ValidationError
 
 MAX_ID_CHARS = 255
 # Cosmos DB forbids these in ids; `|` is our separator and `%` our escape character.
-_ESCAPES = {"%": "%25", "/": "%2F", "\\": "%5C", "?": "%3F", "#": "%23", "|": "%7C"}
-_NEEDS_ESCAPE = frozenset(_ESCAPES)
-_TRANSLATION = str.maketrans(_ESCAPES)
+ESCAPES = {"%": "%25", "/": "%2F", "\\": "%5C", "?": "%3F", "#": "%23", "|": "%7C"}
+_NEEDS_ESCAPE = frozenset(ESCAPES)
+_TRANSLATION = str.maketrans(ESCAPES)
 
 
 def check_id(field: str, value: object) -> str:
@@ -18,7 +18,9 @@ def check_id(field: str, value: object) -> str:
     if not value:
         raise ValidationError(f"{field} must not be empty")
     if len(value) > MAX_ID_CHARS:
-        raise ValidationError(f"{field} is {len(value)} characters long; the limit is {MAX_ID_CHARS}")
+        raise ValidationError(
+            f"{field} is {len(value)} characters long; the limit is {MAX_ID_CHARS}"
+        )
     if "\x00" in value:
         raise ValidationError(f"{field} must not contain NUL (\\u0000)")
     try:

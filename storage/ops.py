@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Annotated, Any, Literal, TypeAlias
 
 import pydantic
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from .errors import ValidationError
 from .ids import check_id, row_id
@@ -131,9 +131,7 @@ class SaveTransactions(_OpBase):
         # Derived from the op id, so a redelivered op assigns the same ids again.
         if isinstance(data, dict) and isinstance(data.get("args"), dict):
             txns = data["args"].get("transactions")
-            if isinstance(txns, list) and any(
-                isinstance(t, dict) and "id" not in t for t in txns
-            ):
+            if isinstance(txns, list) and any(isinstance(t, dict) and "id" not in t for t in txns):
                 assigned = [
                     {**t, "id": f"{data.get('id')}-{i}"}
                     if isinstance(t, dict) and "id" not in t
@@ -215,7 +213,9 @@ def _records_of(op: Op) -> Iterable[Record]:
     elif isinstance(op, SaveConversation):
         c = op.args
         position = f"{op.version}/{op.id}"
-        yield Record("conversation", op.id, c.conversation_id, c.message, op.version, position, op.id)
+        yield Record(
+            "conversation", op.id, c.conversation_id, c.message, op.version, position, op.id
+        )
     else:
         case_id = op.args.case_id
         for index, txn in enumerate(op.args.transactions):

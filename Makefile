@@ -1,0 +1,40 @@
+# Everything a fresh machine needs goes through these targets: `make demo`, `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NODE_STAMP := cosmos-server/node_modules/.installed
+
+.PHONY: venv node test lint format demo clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+node: $(NODE_STAMP)
+
+$(NODE_STAMP): cosmos-server/package-lock.json
+	npm ci --prefix cosmos-server --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: venv node
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy storage producer worker
+
+format: venv
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+demo: venv
+	$(BIN)/python -m storage.demo
+
+clean:
+	rm -rf $(VENV) cosmos-server/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,250 @@
+"""PostgreSQL backend: JSONB rows, version-conditional multi-row upserts, a pool that heals."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import select
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+import psycopg2.pool
+from psycopg2.extras import execute_values
+
+from .base import StorageClient, check_limit
+from .config import Settings, load_settings, mask_url
+from .errors import ConfigError, StorageError, TransientStorageError
+from .ids import check_id, row_id
+from .ops import Op, Record, records
+from .postgres_schema import migrate
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Statements per kind: each upsert writes only when the incoming version is newer, so
+# redelivered and reordered ops converge on the newest version.
+_UPSERTS: dict[str, tuple[str, str, Callable[[Record], tuple[Any, ...]]]] = {
+    "state": (
+        "INSERT INTO agent_states AS t (id, agent_id, state_id, state, version) VALUES %s "
+        "ON CONFLICT (agent_id, state_id) DO UPDATE SET state = EXCLUDED.state, "
+        "version = EXCLUDED.version, timestamp = CURRENT_TIMESTAMP "
+        "WHERE t.version < EXCLUDED.version",
+        "(%s, %s, %s, %s::jsonb, %s)",
+        lambda r: (r.row_id, r.partition, r.sub_id, json.dumps(r.data), r.version),
+    ),
+    "task": (
+        "INSERT INTO agent_tasks AS t (id, agent_id, task_id, task_data, version) VALUES %s "
+        "ON CONFLICT (agent_id, task_id) DO UPDATE SET task_data = EXCLUDED.task_data, "
+        "version = EXCLUDED.version, timestamp = CURRENT_TIMESTAMP "
+        "WHERE t.version < EXCLUDED.version",
+        "(%s, %s, %s, %s::jsonb, %s)",
+        lambda r: (r.row_id, r.partition, r.sub_id, json.dumps(r.data), r.version),
+    ),
+    # Messages are immutable: the first copy of a message id stays.
+    "conversation": (
+        "INSERT INTO conversations (id, conversation_id, message, version, position) "
+        "VALUES %s ON CONFLICT (id) DO NOTHING",
+        "(%s, %s, %s::jsonb, %s, %s)",
+        lambda r: (r.row_id, r.partition, json.dumps(r.data), r.version, r.position),
+    ),
+    # A re-saved transaction takes the newer content but keeps its first position.
+    "transaction": (
+        "INSERT INTO transactions AS t (id, case_id, transaction, version, position) VALUES %s "
+        "ON CONFLICT (id) DO UPDATE SET "
+        "transaction = CASE WHEN t.version < EXCLUDED.version "
+        "THEN EXCLUDED.transaction ELSE t.transaction END, "
+        "version = GREATEST(t.version, EXCLUDED.version), "
+        "position = LEAST(t.position, EXCLUDED.position), timestamp = CURRENT_TIMESTAMP "
+        "WHERE t.version < EXCLUDED.version OR t.position > EXCLUDED.position",
+        "(%s, %s, %s::jsonb, %s, %s)",
+        lambda r: (r.row_id, r.partition, json.dumps(r.data), r.version, r.position),
+    ),
+}
+
+_TRANSIENT = (
+    psycopg2.OperationalError,
+    psycopg2.InterfaceError,
+    psycopg2.errors.SerializationFailure,
+    psycopg2.errors.DeadlockDetected,
+    psycopg2.errors.LockNotAvailable,
+    psycopg2.errors.QueryCanceled,
+)
+
+
+def _is_broken(conn: Any) -> bool:
+    # An idle connection has nothing to read; anything readable is the server's goodbye
+    # (pg_terminate_backend, restart) or EOF. Costs one select(), no round trip.
+    if conn.closed:
+        return True
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+class PostgreSQLClient(StorageClient):
+    """`StorageClient` on PostgreSQL (psycopg2 `ThreadedConnectionPool`, JSONB rows).
+
+    Creating it applies pending schema migrations. Thread-safe: threads share the pool, and
+    a thread waits up to the connect timeout for a free connection.
+    """
+
+    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
+        self._settings = settings or load_settings(**overrides)
+        secret = self._settings.postgres_connection_string
+        if secret is None:
+            raise ConfigError("POSTGRES_CONNECTION_STRING is not set")
+        dsn = secret.get_secret_value()
+        self._where = mask_url(dsn) if "://" in dsn else "<libpq connection string>"
+        size = self._settings.postgres_pool_max
+        self._slots = threading.BoundedSemaphore(size)
+        try:
+            self._pool = psycopg2.pool.ThreadedConnectionPool(
+                min(self._settings.postgres_pool_min, size),
+                size,
+                dsn,
+                connect_timeout=self._settings.postgres_connect_timeout_s,
+                application_name="agentstore",
+            )
+        except psycopg2.Error as exc:
+            raise StorageError(f"cannot connect to PostgreSQL at {self._where}: {exc}") from None
+        applied = self._run(migrate)
+        if applied:
+            log.info("applied migrations %s on %s", applied, self._where)
+
+    def __repr__(self) -> str:
+        return f"PostgreSQLClient({self._where})"
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[Any]:
+        if not self._slots.acquire(timeout=self._settings.postgres_connect_timeout_s):
+            raise TransientStorageError(
+                f"no free PostgreSQL connection within {self._settings.postgres_connect_timeout_s}"
+                f" s (pool max {self._settings.postgres_pool_max})"
+            )
+        conn = None
+        broken = False
+        try:
+            conn = self._pool.getconn()
+            while _is_broken(conn):
+                self._pool.putconn(conn, close=True)
+                conn = self._pool.getconn()
+            conn.autocommit = True
+            yield conn
+        except _TRANSIENT:
+            broken = True
+            raise
+        finally:
+            if conn is not None:
+                self._pool.putconn(conn, close=broken or bool(conn.closed))
+            self._slots.release()
+
+    def _run(self, action: Callable[[Any], T]) -> T:
+        # One retry on a fresh connection covers a connection killed between check and use;
+        # writes are idempotent, so repeating a failed transaction is safe.
+        for attempt in (1, 2):
+            try:
+                with self._connection() as conn:
+                    return action(conn)
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                if attempt == 2:
+                    raise TransientStorageError(f"PostgreSQL connection failed: {exc}") from None
+            except _TRANSIENT as exc:
+                raise TransientStorageError(f"PostgreSQL: {exc}".strip()) from None
+            except psycopg2.Error as exc:
+                raise StorageError(f"PostgreSQL rejected the operation: {exc}".strip()) from None
+        raise AssertionError("unreachable")
+
+    def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        def action(conn: Any) -> list[tuple[Any, ...]]:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                rows: list[tuple[Any, ...]] = cur.fetchall()
+                return rows
+
+        return self._run(action)
+
+    def apply(self, ops: Sequence[Op]) -> None:
+        """Write `ops` in one transaction (see `StorageClient.apply`)."""
+        grouped = records(ops)
+        if not any(grouped.values()):
+            return
+
+        def action(conn: Any) -> None:
+            with conn.cursor() as cur:
+                cur.execute("BEGIN")
+                try:
+                    for kind, sql_template in _UPSERTS.items():
+                        # Sorted keys make concurrent batches lock rows in one order: no deadlock.
+                        rows = sorted(grouped[kind], key=lambda r: r.row_id)  # type: ignore[index]
+                        if rows:
+                            sql, template, to_row = sql_template
+                            values = [to_row(r) for r in rows]
+                            execute_values(cur, sql, values, template=template, page_size=1000)
+                    cur.execute("COMMIT")
+                except BaseException:
+                    if not conn.closed:
+                        with contextlib.suppress(psycopg2.Error):
+                            cur.execute("ROLLBACK")
+                    raise
+
+        self._run(action)
+
+    def _one(self, sql: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
+        rows = self._fetch(sql, params)
+        return rows[0][0] if rows else None
+
+    def get_state(self, agent_id: str, state_id: str) -> dict[str, Any] | None:
+        check_id("agent_id", agent_id)
+        check_id("state_id", state_id)
+        return self._one(
+            "SELECT state FROM agent_states WHERE agent_id = %s AND state_id = %s",
+            (agent_id, state_id),
+        )
+
+    def get_task(self, agent_id: str, task_id: str) -> dict[str, Any] | None:
+        check_id("agent_id", agent_id)
+        check_id("task_id", task_id)
+        return self._one(
+            "SELECT task_data FROM agent_tasks WHERE agent_id = %s AND task_id = %s",
+            (agent_id, task_id),
+        )
+
+    def get_conversation_history(
+        self, conversation_id: str, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        check_id("conversation_id", conversation_id)
+        if check_limit(limit) is None:
+            rows = self._fetch(
+                "SELECT message FROM conversations WHERE conversation_id = %s ORDER BY position",
+                (conversation_id,),
+            )
+        else:
+            rows = self._fetch(
+                "SELECT message FROM (SELECT message, position FROM conversations "
+                "WHERE conversation_id = %s ORDER BY position DESC LIMIT %s) newest "
+                "ORDER BY position",
+                (conversation_id, limit),
+            )
+        return [row[0] for row in rows]
+
+    def get_transactions(self, case_id: str) -> list[dict[str, Any]]:
+        check_id("case_id", case_id)
+        rows = self._fetch(
+            "SELECT transaction FROM transactions WHERE case_id = %s ORDER BY position",
+            (case_id,),
+        )
+        return [row[0] for row in rows]
+
+    def close(self) -> None:
+        if not self._pool.closed:
+            self._pool.closeall()
+
+
+__all__ = ["PostgreSQLClient", "row_id"]

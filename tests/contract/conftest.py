@@ -1,0 +1,66 @@
+"""Backends for the contract suite: every test runs once per real server."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import pytest
+
+from storage import StorageClient, create_storage_client
+from tests.services import fresh_pg_database, unavailable
+
+
+class Backend:
+    """Makes fresh, isolated stores on one real server."""
+
+    def __init__(self, name: str, stack: ExitStack) -> None:
+        self.name = name
+        self._stack = stack
+        self._cosmos: Any = None
+
+    def fresh_env(self) -> dict[str, str]:
+        """Environment variables that point `create_storage_client()` at a new empty store."""
+        if self.name == "postgres":
+            url = self._stack.enter_context(fresh_pg_database())
+            return {"POSTGRES_CONNECTION_STRING": url}
+        if self._cosmos is None:
+            from tests.cosmos_server import start_cosmos_server
+
+            try:
+                self._cosmos = start_cosmos_server()
+            except Exception as exc:
+                unavailable(f"cosmosdb-server: {exc}")
+            self._stack.callback(self._cosmos.stop)
+        return {
+            "COSMOS_ENDPOINT": self._cosmos.endpoint,
+            "COSMOS_KEY": self._cosmos.key,
+            "COSMOS_DATABASE_NAME": f"t_{uuid.uuid4().hex[:12]}",
+        }
+
+    def client(self, env: dict[str, str] | None = None) -> StorageClient:
+        settings: dict[str, Any] = {k.lower(): v for k, v in (env or self.fresh_env()).items()}
+        # Explicit None keeps a POSTGRES_CONNECTION_STRING in the environment from winning.
+        settings.setdefault("postgres_connection_string", None)
+        client = create_storage_client(**settings)
+        self._stack.callback(client.close)
+        return client
+
+
+@pytest.fixture(scope="session", params=["postgres", "cosmos"])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    with ExitStack() as stack:
+        yield Backend(request.param, stack)
+
+
+@pytest.fixture(scope="session")
+def store(backend: Backend) -> StorageClient:
+    """One store per backend per session; tests keep apart through `uid`."""
+    return backend.client()
+
+
+@pytest.fixture
+def uid() -> str:
+    return uuid.uuid4().hex[:10]
