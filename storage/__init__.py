@@ -2,7 +2,7 @@
 
 from typing import TYPE_CHECKING, Any
 
-from .base import StorageClient
+from .base import StorageBackend, StorageClient
 from .config import Settings, load_settings
 from .errors import ConfigError, StorageError, TransientStorageError, ValidationError
 from .factory import create_storage_client
@@ -18,6 +18,7 @@ __all__ = [
     "Op",
     "PostgreSQLClient",
     "Settings",
+    "StorageBackend",
     "StorageClient",
     "StorageError",
     "TransientStorageError",

@@ -8,7 +8,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from .errors import ValidationError
-from .ops import Op, OpName, make_op
+from .ops import Kind, Op, OpName, Record, make_op, records
 
 
 def check_limit(limit: object) -> int | None:
@@ -103,3 +103,23 @@ class StorageClient(ABC):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class StorageBackend(StorageClient):
+    """A `StorageClient` that writes to a store itself; what the worker and migrations use."""
+
+    def apply(self, ops: Sequence[Op]) -> None:
+        """Write `ops` of any kinds together, idempotently; the newest version per key wins.
+
+        PostgreSQL applies them in one transaction. Re-applying any op, or applying them in
+        another order, ends in the same stored state.
+        """
+        self.write_records(records(ops))
+
+    @abstractmethod
+    def write_records(self, grouped: dict[Kind, list[Record]]) -> None:
+        """Write records deduped per row id (`storage.ops.dedupe`), each only if newer."""
+
+    @abstractmethod
+    def scan_records(self, kind: Kind, after: str | None = None, limit: int = 500) -> list[Record]:
+        """Up to `limit` stored records of `kind` with row id > `after`, in row id order."""

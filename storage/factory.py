@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import StorageClient
+from .base import StorageBackend
 from .config import Settings, load_settings
 from .errors import ConfigError
 
 
-def create_storage_client(settings: Settings | None = None, **overrides: Any) -> StorageClient:
+def create_storage_client(settings: Settings | None = None, **overrides: Any) -> StorageBackend:
     """PostgreSQL if `POSTGRES_CONNECTION_STRING` is set, else Cosmos DB if `COSMOS_ENDPOINT`
     and `COSMOS_KEY` are, else `ConfigError` naming the variables to set."""
     settings = settings or load_settings(**overrides)
     if settings.postgres_connection_string is not None:
         from .postgres import PostgreSQLClient
 
-        client: StorageClient = PostgreSQLClient(settings=settings)
+        client: StorageBackend = PostgreSQLClient(settings=settings)
         return client
     if settings.cosmos_endpoint and settings.cosmos_key is not None:
         from .cosmos import CosmosDBClient

@@ -225,22 +225,26 @@ def _records_of(op: Op) -> Iterable[Record]:
 
 
 def records(ops: Sequence[Op]) -> dict[Kind, list[Record]]:
-    """Rows to write per kind, deduped: for each row id, only the newest version survives.
+    """Rows to write per kind for `ops`, deduped as `dedupe` does."""
+    return dedupe(rec for op in ops for rec in _records_of(op))
+
+
+def dedupe(recs: Iterable[Record]) -> dict[Kind, list[Record]]:
+    """Group records per kind, keeping for each row id only the newest version.
 
     Ties (the same version twice, e.g. a redelivery) keep the later one; its content is the same.
     A transaction saved twice keeps its earliest position, so it stays where it was first saved.
     """
     newest: dict[tuple[Kind, str], Record] = {}
-    for op in ops:
-        for rec in _records_of(op):
-            key = (rec.kind, rec.row_id)
-            old = newest.get(key)
-            if old is None or rec.version >= old.version:
-                if old is not None and old.position < rec.position:
-                    rec = replace(rec, position=old.position)
-                newest[key] = rec
-            elif rec.position < old.position:
-                newest[key] = replace(old, position=rec.position)
+    for rec in recs:
+        key = (rec.kind, rec.row_id)
+        old = newest.get(key)
+        if old is None or rec.version >= old.version:
+            if old is not None and old.position < rec.position:
+                rec = replace(rec, position=old.position)
+            newest[key] = rec
+        elif rec.position < old.position:
+            newest[key] = replace(old, position=rec.position)
     grouped: dict[Kind, list[Record]] = {kind: [] for kind in KINDS}
     for rec in newest.values():
         grouped[rec.kind].append(rec)

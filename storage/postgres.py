@@ -7,7 +7,7 @@ import json
 import logging
 import select
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import psycopg2
@@ -16,11 +16,11 @@ import psycopg2.extensions
 import psycopg2.pool
 from psycopg2.extras import execute_values
 
-from .base import StorageClient, check_limit
+from .base import StorageBackend, check_limit
 from .config import Settings, load_settings, mask_url
 from .errors import ConfigError, StorageError, TransientStorageError
-from .ids import check_id, row_id
-from .ops import Op, Record, records
+from .ids import check_id
+from .ops import Kind, Record
 from .postgres_schema import migrate
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ T = TypeVar("T")
 
 # Statements per kind: each upsert writes only when the incoming version is newer, so
 # redelivered and reordered ops converge on the newest version.
-_UPSERTS: dict[str, tuple[str, str, Callable[[Record], tuple[Any, ...]]]] = {
+_UPSERTS: dict[Kind, tuple[str, str, Callable[[Record], tuple[Any, ...]]]] = {
     "state": (
         "INSERT INTO agent_states AS t (id, agent_id, state_id, state, version) VALUES %s "
         "ON CONFLICT (agent_id, state_id) DO UPDATE SET state = EXCLUDED.state, "
@@ -66,6 +66,15 @@ _UPSERTS: dict[str, tuple[str, str, Callable[[Record], tuple[Any, ...]]]] = {
     ),
 }
 
+# Columns read back as Records: row id, partition, sub id, payload, version, position.
+_SCANS: dict[Kind, str] = {
+    "state": "id, agent_id, state_id, state, version, version FROM agent_states",
+    "task": "id, agent_id, task_id, task_data, version, version FROM agent_tasks",
+    "conversation": "id, conversation_id, id, message, version, position FROM conversations",
+    "transaction": "id, case_id, transaction->>'id', transaction, version, position "
+    "FROM transactions",
+}
+
 _TRANSIENT = (
     psycopg2.OperationalError,
     psycopg2.InterfaceError,
@@ -88,7 +97,7 @@ def _is_broken(conn: Any) -> bool:
     return bool(readable)
 
 
-class PostgreSQLClient(StorageClient):
+class PostgreSQLClient(StorageBackend):
     """`StorageClient` on PostgreSQL (psycopg2 `ThreadedConnectionPool`, JSONB rows).
 
     Creating it applies pending schema migrations. Thread-safe: threads share the pool, and
@@ -170,9 +179,8 @@ class PostgreSQLClient(StorageClient):
 
         return self._run(action)
 
-    def apply(self, ops: Sequence[Op]) -> None:
-        """Write `ops` in one transaction (see `StorageClient.apply`)."""
-        grouped = records(ops)
+    def write_records(self, grouped: dict[Kind, list[Record]]) -> None:
+        """Write all of `grouped` in one transaction."""
         if not any(grouped.values()):
             return
 
@@ -182,7 +190,7 @@ class PostgreSQLClient(StorageClient):
                 try:
                     for kind, sql_template in _UPSERTS.items():
                         # Sorted keys make concurrent batches lock rows in one order: no deadlock.
-                        rows = sorted(grouped[kind], key=lambda r: r.row_id)  # type: ignore[index]
+                        rows = sorted(grouped[kind], key=lambda r: r.row_id)
                         if rows:
                             sql, template, to_row = sql_template
                             values = [to_row(r) for r in rows]
@@ -242,9 +250,14 @@ class PostgreSQLClient(StorageClient):
         )
         return [row[0] for row in rows]
 
+    def scan_records(self, kind: Kind, after: str | None = None, limit: int = 500) -> list[Record]:
+        rows = self._fetch(
+            f"SELECT {_SCANS[kind]} WHERE id > %s ORDER BY id LIMIT %s", (after or "", limit)
+        )
+        return [
+            Record(kind, rid, part, data, ver, pos, sub) for rid, part, sub, data, ver, pos in rows
+        ]
+
     def close(self) -> None:
         if not self._pool.closed:
             self._pool.closeall()
-
-
-__all__ = ["PostgreSQLClient", "row_id"]

@@ -460,3 +460,40 @@ def test_context_manager_closes(backend: Backend) -> None:
         client.save_state("cm", "s", {"x": 1})
     with pytest.raises(Exception):  # noqa: B017 - any error is fine, silence is not
         client.get_state("cm", "s")
+
+
+# --- scan and write: the primitives export, import and migration stand on -----------------------
+
+
+def test_scan_and_write_records_copy_a_store_exactly(backend: Backend) -> None:
+    from storage.ops import KINDS, dedupe
+
+    source, target = backend.client(), backend.client()
+    for n in range(7):
+        source.save_state(f"a{n % 3}", f"s{n}", {"n": n})
+        source.save_task(f"a{n % 3}", f"t{n}", {"n": n})
+        source.save_conversation(f"c{n % 2}", {"n": n})
+    source.save_transactions("k", [{"id": "x", "n": 1}, {"n": 2}, {"id": "y", "n": 3}])
+    source.save_transactions("k", [{"id": "x", "n": 4}])
+    total = 0
+    for kind in KINDS:
+        after = None
+        while page := source.scan_records(kind, after=after, limit=3):
+            assert [r.row_id for r in page] == sorted(r.row_id for r in page)
+            assert after is None or page[0].row_id > after
+            target.write_records(dedupe(page))
+            total += len(page)
+            after = page[-1].row_id
+    assert total == 7 + 7 + 7 + 3
+    for n in range(7):
+        assert target.get_state(f"a{n % 3}", f"s{n}") == {"n": n}
+        assert target.get_task(f"a{n % 3}", f"t{n}") == {"n": n}
+    for c in ("c0", "c1"):
+        assert target.get_conversation_history(c) == source.get_conversation_history(c)
+    assert target.get_transactions("k") == source.get_transactions("k")
+    assert [t["n"] for t in target.get_transactions("k")] == [4, 2, 3]
+    # Copying again changes nothing: versions travel with the records.
+    for kind in KINDS:
+        target.write_records(dedupe(source.scan_records(kind, limit=100)))
+    assert target.get_transactions("k") == source.get_transactions("k")
+    assert len(target.get_conversation_history("c0")) == 4
