@@ -1,0 +1,18 @@
+"""Errors the producer raises on top of the storage hierarchy."""
+
+from __future__ import annotations
+
+from storage.errors import StorageError
+
+
+class PublishError(StorageError):
+    """The broker did not take the op: nothing was published (or it is unknown whether it was)."""
+
+
+class DeadLetteredError(StorageError):
+    """An op was dead-lettered instead of applied; `op_id` and `error` say which and why."""
+
+    def __init__(self, op_id: str, error: str) -> None:
+        super().__init__(f"op {op_id} was dead-lettered: {error}")
+        self.op_id = op_id
+        self.error = error

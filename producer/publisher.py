@@ -1,0 +1,99 @@
+"""Durable publishing: one Redis round trip queues a message and records it for recovery."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from storage.config import mask_url
+
+from . import wire
+from .errors import PublishError
+
+# Atomic, so a message is never queued without its recovery record (or the reverse).
+# The sequence orders `pending` like the queue itself, which is what the reaper relies on.
+_PUBLISH = """
+local n = 0
+for i = 1, #ARGV, 2 do
+  local seq = redis.call('INCR', KEYS[1])
+  redis.call('LPUSH', KEYS[2], ARGV[i + 1])
+  redis.call('ZADD', KEYS[3], seq, ARGV[i])
+  redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
+  n = n + 1
+end
+return n
+"""
+_KEYS = [wire.SEQ_KEY, wire.QUEUE, wire.PENDING_KEY, wire.MESSAGES_KEY]
+
+
+def connect(url: str, timeout: float) -> redis.Redis:
+    """A client on its own pool whose every socket operation gives up after `timeout` s.
+
+    redis-py's own retries are off: callers decide, within their own deadlines.
+    """
+    pool = redis.ConnectionPool.from_url(
+        url,
+        socket_connect_timeout=timeout,
+        socket_timeout=timeout,
+        socket_keepalive=True,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=30,
+    )
+    return redis.Redis(connection_pool=pool)
+
+
+class Publisher:
+    """Pushes ready-made messages onto the queue; raises `PublishError` within `timeout` s."""
+
+    def __init__(self, broker_url: str, timeout: float = 5.0) -> None:
+        if timeout <= 0:
+            raise ValueError("publish timeout must be positive")
+        self.masked_url = mask_url(broker_url)
+        self._timeout = timeout
+        # Half the budget per attempt, and a retry only while half is left: a publish that
+        # fails fast (reset connection) retries, one that hangs gives up in time.
+        self.redis = connect(broker_url, timeout / 2)
+        self._script = self.redis.register_script(_PUBLISH)
+
+    def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Queue `(message id, message)` pairs atomically, or raise `PublishError`.
+
+        After a timeout the messages may or may not be queued; republishing them is safe
+        because the worker applies a message id's ops idempotently.
+        """
+        argv: list[str | bytes] = []
+        for message_id, message in messages:
+            argv += (message_id, message)
+        start = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                self._script(keys=_KEYS, args=argv)
+                return
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                elapsed = time.monotonic() - start
+                if elapsed >= self._timeout / 2 or attempt >= 5:
+                    raise PublishError(
+                        f"could not publish to the broker at {self.masked_url} "
+                        f"after {attempt} attempt(s) in {elapsed:.2f}s: {_reason(exc)}; "
+                        "check that Redis is running and CELERY_BROKER_URL is right"
+                    ) from None
+                time.sleep(min(0.01 * 2**attempt, self._timeout / 2 - elapsed))
+            except redis.ResponseError as exc:
+                raise PublishError(
+                    f"the broker at {self.masked_url} refused the publish: {_reason(exc)}"
+                ) from None
+
+    def close(self) -> None:
+        self.redis.close()
+        self.redis.connection_pool.disconnect()
+
+
+def _reason(exc: Exception) -> str:
+    # redis-py error texts name host and port but never the password; keep them short anyway.
+    return f"{type(exc).__name__}: {str(exc)[:200]}"

@@ -1,0 +1,164 @@
+"""The queue's wire format, shared by the producer and the worker: names, keys, and messages.
+
+A message is a Celery protocol-v2 task message exactly as kombu's Redis transport stores
+it, so a stock `celery worker` consumes it; we build and parse it ourselves because
+`send_task` costs several times a plain LPUSH.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import re
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+TASK_NAME = "agentstore.apply"
+QUEUE = "agentstore"
+
+# Redis keys. `pending` (zset: message id -> publish sequence) and `messages` (hash: message
+# id -> message) hold every published message until a worker has applied it; the reaper
+# republishes those that left the queue and were never confirmed.
+SEQ_KEY = "agentstore:seq"
+PENDING_KEY = "agentstore:pending"
+MESSAGES_KEY = "agentstore:messages"
+OUT_SINCE_KEY = "agentstore:out_since"
+REAPER_LOCK_KEY = "agentstore:reaper:lock"
+# Dead letters: hash id -> JSON record, plus a zset id -> time of the last failure for listing.
+DLQ_KEY = "agentstore:dlq"
+DLQ_INDEX_KEY = "agentstore:dlq:index"
+
+CONTENT_TYPE = "application/json"
+CONTENT_ENCODING = "utf-8"
+_MESSAGE_ID_RE = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
+_EMBED = b'{"callbacks":null,"errbacks":null,"chain":null,"chord":null}'
+_ORIGIN = json.dumps(f"agentstore@{socket.gethostname()}")[1:-1]
+
+# Derived from what Celery 5's `send_task` writes to the list (`LRANGE agentstore 0 -1`).
+# `argsrepr` is a count, not the payload: the worker logs it on every received task.
+_TEMPLATE = (
+    '{"body":"%(body)s","content-encoding":"utf-8","content-type":"application/json",'
+    '"headers":{"lang":"py","task":"' + TASK_NAME + '","id":"%(id)s","shadow":null,'
+    '"eta":null,"expires":null,"group":null,"group_index":null,"retries":0,'
+    '"timelimit":[null,null],"root_id":"%(id)s","parent_id":null,"argsrepr":"<%(n)d ops>",'
+    '"kwargsrepr":"{}","origin":"' + _ORIGIN + '","ignore_result":true,'
+    '"replaced_task_nesting":0,"stamped_headers":null,"stamps":{}},'
+    '"properties":{"correlation_id":"%(id)s","reply_to":"","delivery_mode":2,'
+    '"delivery_info":{"exchange":"","routing_key":"' + QUEUE + '"},"priority":0,'
+    '"body_encoding":"base64","delivery_tag":"%(id)s"}}'
+)
+
+
+def new_message_id() -> str:
+    return os.urandom(16).hex()
+
+
+def is_message_id(value: str) -> bool:
+    return bool(_MESSAGE_ID_RE.match(value))
+
+
+def build_message(message_id: str, op_jsons: list[str]) -> bytes:
+    """The message carrying the ops (each already JSON text) as the task's single argument.
+
+    The delivery tag is the message id, so a republished copy and a stranded `unacked` copy
+    share one tag and acknowledging either clears both.
+    """
+    if not _MESSAGE_ID_RE.match(message_id):
+        raise ValueError("message id must be 1-64 characters from [0-9A-Za-z_-]")
+    body = b"[[[" + ",".join(op_jsons).encode() + b"]],{}," + _EMBED + b"]"
+    fields = {"body": base64.b64encode(body).decode(), "id": message_id, "n": len(op_jsons)}
+    return (_TEMPLATE % fields).encode()
+
+
+class MalformedMessage(Exception):
+    """A queue entry that is not one of our task messages; `message_id` if one was readable."""
+
+    def __init__(self, reason: str, message_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.message_id = message_id
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    id: str
+    ops: list[Any]
+
+
+def message_id_of(raw: bytes | str) -> str | None:
+    """The id in a raw message's headers, or None if it has none we can read."""
+    try:
+        envelope = json.loads(raw)
+        mid = envelope["headers"]["id"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    return mid if isinstance(mid, str) and _MESSAGE_ID_RE.match(mid) else None
+
+
+def parse_message(raw: bytes | str) -> Message:
+    """Read a raw queue entry; raise `MalformedMessage` unless it is our JSON task message.
+
+    Only JSON is ever decoded: a pickle (or any other) content type is refused by name.
+    """
+    try:
+        envelope = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise MalformedMessage("message is not JSON") from None
+    if not isinstance(envelope, dict):
+        raise MalformedMessage("message is not a JSON object")
+    headers = envelope.get("headers")
+    properties = envelope.get("properties")
+    if not isinstance(headers, dict) or not isinstance(properties, dict):
+        raise MalformedMessage("message has no headers/properties (not Celery protocol 2)")
+    mid = headers.get("id")
+    message_id = mid if isinstance(mid, str) and _MESSAGE_ID_RE.match(mid) else None
+    if message_id is None:
+        raise MalformedMessage("message has no valid id header")
+    content_type = envelope.get("content-type")
+    if content_type != CONTENT_TYPE:
+        raise MalformedMessage(
+            f"refused content type {str(content_type)[:100]!r}; only {CONTENT_TYPE} is accepted",
+            message_id,
+        )
+    if headers.get("task") != TASK_NAME:
+        raise MalformedMessage(f"unknown task {str(headers.get('task'))[:100]!r}", message_id)
+    ops = _decode_body(envelope, properties, message_id)
+    return Message(message_id, ops)
+
+
+def _decode_body(envelope: dict[str, Any], properties: dict[str, Any], mid: str) -> list[Any]:
+    body = envelope.get("body")
+    if not isinstance(body, str):
+        raise MalformedMessage("message body is missing", mid)
+    if properties.get("body_encoding") == "base64":
+        try:
+            body = base64.b64decode(body, validate=True).decode("utf-8")
+        except (binascii.Error, ValueError):
+            raise MalformedMessage("message body is not valid base64 UTF-8", mid) from None
+    try:
+        decoded = json.loads(body)
+    except ValueError:
+        raise MalformedMessage("message body is not JSON", mid) from None
+    return ops_of_body(decoded, mid)
+
+
+def ops_of_body(decoded: object, mid: str | None = None) -> list[Any]:
+    """The op list from a decoded body `[[ops], {}, embed]`."""
+    if (
+        not isinstance(decoded, list)
+        or len(decoded) != 3
+        or not isinstance(decoded[0], list)
+        or len(decoded[0]) != 1
+        or decoded[1] != {}
+    ):
+        raise MalformedMessage("task arguments must be exactly one list of ops", mid)
+    return ops_of_args(decoded[0][0], mid)
+
+
+def ops_of_args(ops: object, mid: str | None = None) -> list[Any]:
+    if not isinstance(ops, list) or not ops:
+        raise MalformedMessage("task argument must be a non-empty list of ops", mid)
+    return ops

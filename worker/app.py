@@ -1,0 +1,164 @@
+"""The Celery app: configuration, the `agentstore.apply` task, and per-process set-up."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+from celery import Celery, Task, signals
+from celery.worker.consumer import Consumer as CeleryConsumer
+
+from producer import wire
+from producer.publisher import connect
+from storage.config import load_settings
+from storage.factory import create_storage_client
+
+from . import deadletters
+from .apply import BatchApplier
+from .reaper import Reaper, ReaperThread
+from .settings import load_worker_settings
+
+log = logging.getLogger(__name__)
+
+_settings = load_settings()
+_worker_settings = load_worker_settings()
+BROKER_URL = _settings.celery_broker_url.get_secret_value()
+
+app = Celery("agentstore", broker=BROKER_URL, set_as_current=False)
+app.conf.update(
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    accept_content=["json"],
+    task_serializer="json",
+    result_serializer="json",
+    result_backend=None,
+    task_ignore_result=True,
+    task_default_queue=wire.QUEUE,
+    broker_connection_retry_on_startup=True,
+    # Recovery does not depend on it (the reaper does that); it only bounds how long a
+    # message stranded in kombu's `unacked` hash waits for kombu's own redelivery.
+    broker_transport_options={"visibility_timeout": _worker_settings.visibility_timeout_s},
+    worker_consumer="worker.app:Consumer",
+    worker_hijack_root_logger=True,
+    task_track_started=False,
+    worker_send_task_events=False,
+)
+
+
+class _Process:
+    """What one worker process owns: storage client, Redis client, batcher, reaper."""
+
+    def __init__(self) -> None:
+        self.redis = connect(BROKER_URL, 10.0)
+        self.store = create_storage_client(_settings)
+        self.applier = BatchApplier(self.store, self.redis, _worker_settings)
+        reaper = Reaper(
+            self.redis,
+            _worker_settings.recovery_after_s,
+            interval_s=_worker_settings.reaper_interval_s,
+            max_per_round=_worker_settings.reaper_batch,
+        )
+        self.reaper = ReaperThread(reaper, _worker_settings.reaper_interval_s)
+        self.reaper.start()
+
+    def close(self) -> None:
+        self.reaper.stop()
+        self.store.close()
+        self.redis.close()
+
+
+_process: _Process | None = None
+_process_lock = threading.Lock()
+
+
+def _get_process() -> _Process:
+    global _process
+    with _process_lock:
+        if _process is None:
+            _process = _Process()
+        return _process
+
+
+def _init_process(**_: Any) -> None:
+    # After fork: connections made in the parent must never be shared with a child.
+    _get_process()
+
+
+def _close_process(**_: Any) -> None:
+    global _process
+    with _process_lock:
+        if _process is not None:
+            _process.close()
+            _process = None
+
+
+signals.worker_process_init.connect(_init_process, weak=False)
+signals.worker_process_shutdown.connect(_close_process, weak=False)
+
+
+def _apply_ops(self: Task, *args: Any, **kwargs: Any) -> None:
+    # Any arguments are accepted, so a malformed message is dead-lettered by our code
+    # instead of failing in Celery's call and being republished forever.
+    ops: object = args[0] if len(args) == 1 and not kwargs else {"args": args, "kwargs": kwargs}
+    _get_process().applier.run(str(self.request.id), ops)
+
+
+apply_ops: Task = app.task(name=wire.TASK_NAME, bind=True, acks_late=True, ignore_result=True)(
+    _apply_ops
+)
+
+
+class Consumer(CeleryConsumer):  # type: ignore[misc]
+    """Celery's consumer, but messages it refuses (pickle, unknown task, undecodable) are
+    dead-lettered with their reason instead of only logged, and leave `pending`."""
+
+    _dlq_redis: redis.Redis | None = None
+
+    def _dead_letter(self, message: Any, reason: str) -> None:
+        try:
+            headers = message.headers if isinstance(message.headers, dict) else {}
+            mid = headers.get("id")
+            mid = mid if isinstance(mid, str) and wire.is_message_id(mid) else None
+            body = message.body
+            raw = json.dumps(
+                {
+                    "content-type": str(message.content_type),
+                    "headers": {k: str(v)[:200] for k, v in headers.items()},
+                    "body": body.decode("utf-8", "replace")
+                    if isinstance(body, bytes)
+                    else str(body),
+                }
+            )
+            if self._dlq_redis is None:
+                self._dlq_redis = connect(BROKER_URL, 10.0)
+            now = time.time()
+            key, record = deadletters.message_record(raw, reason, mid, now)
+            pipe = self._dlq_redis.pipeline(transaction=True)
+            deadletters.add(pipe, key, record, now)
+            if mid is not None:
+                deadletters.confirm(pipe, [mid])
+            pipe.execute()
+            log.error("dead-lettered message %s: %s", key, reason)
+        except Exception:
+            log.exception("could not dead-letter a refused message")
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        self._dead_letter(message, "not a task message")
+        super().on_unknown_message(body, message)
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        self._dead_letter(message, f"unknown task {message.headers.get('task')!r}"[:300])
+        super().on_unknown_task(body, message, exc)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        self._dead_letter(message, f"refused: {type(exc).__name__}: {exc}"[:500])
+        super().on_invalid_task(body, message, exc)
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        self._dead_letter(message, f"undecodable: {type(exc).__name__}: {exc}"[:500])
+        super().on_decode_error(message, exc)

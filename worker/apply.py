@@ -1,0 +1,218 @@
+"""One batch: gather ready messages, apply their ops in one call, confirm, dead-letter the rest."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from producer import wire
+from storage.base import StorageClient
+from storage.errors import TransientStorageError, ValidationError
+from storage.ops import Op, parse_op
+
+from . import deadletters
+from .settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+TRANSIENT = (TransientStorageError, redis.ConnectionError, redis.TimeoutError)
+
+
+@dataclass(slots=True)
+class _Part:
+    ops: list[tuple[Op, str]]  # (op, message id)
+    attempts: int = 0
+    first_failure: float | None = None
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one run gathered and what became of it."""
+
+    message_ids: list[str] = field(default_factory=list)
+    ops: list[tuple[Op, str]] = field(default_factory=list)
+    # (key, record JSON, failure time): refused messages and ops that could not be applied.
+    dead: list[tuple[str, str, float]] = field(default_factory=list)
+
+
+class BatchApplier:
+    """Applies a task's ops together with up to `batch_max` ops of other ready messages.
+
+    Messages taken straight from the queue are in no one else's hands: if this process
+    dies before confirming them, the reaper republishes them from `pending`.
+    """
+
+    def __init__(
+        self,
+        store: StorageClient,
+        client: redis.Redis,
+        settings: WorkerSettings,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._store = store
+        self._redis = client
+        self._settings = settings
+        self._sleep = sleep
+
+    def run(self, message_id: str, ops: object) -> Batch:
+        """Process the delivered message (`ops` as the task received them) and any others."""
+        started = time.monotonic()
+        batch = Batch()
+        self._add_message(batch, message_id, lambda: wire.ops_of_args(ops, message_id), ops)
+        for raw in self._take(self._settings.batch_max - len(batch.ops)):
+            self._add_raw(batch, raw)
+        self._apply(batch)
+        self._confirm(batch)
+        log.info(
+            "applied batch: %d ops from %d messages in %.1f ms, %d dead-lettered",
+            len(batch.ops),
+            len(batch.message_ids),
+            (time.monotonic() - started) * 1000,
+            len(batch.dead),
+        )
+        return batch
+
+    def _take(self, want: int) -> list[bytes]:
+        if want <= 0:
+            return []
+        taken: list[bytes] = []
+        deadline = time.monotonic() + self._settings.batch_wait_ms / 1000
+        try:
+            while len(taken) < want:
+                got = self._redis.rpop(wire.QUEUE, want - len(taken))
+                if got:
+                    taken += got  # type: ignore[arg-type]
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._sleep(min(0.001, remaining))
+        except TRANSIENT as exc:
+            # What was taken is processed; the rest waits in the queue for the next task.
+            log.warning("could not take more messages: %s", type(exc).__name__)
+        return taken
+
+    def _add_raw(self, batch: Batch, raw: bytes) -> None:
+        try:
+            message = wire.parse_message(raw)
+        except wire.MalformedMessage as exc:
+            self._refuse(batch, raw, exc)
+            return
+        self._add_message(batch, message.id, lambda: message.ops, None)
+
+    def _add_message(
+        self, batch: Batch, mid: str, ops_of: Callable[[], list[Any]], raw_args: object
+    ) -> None:
+        batch.message_ids.append(mid)
+        try:
+            ops = ops_of()
+        except wire.MalformedMessage as exc:
+            raw = json.dumps(raw_args, default=str)
+            self._refuse(batch, raw, exc)
+            return
+        now = time.time()
+        for op in ops:
+            try:
+                batch.ops.append((parse_op(op), mid))
+            except ValidationError as exc:
+                key, record = deadletters.op_record(op, str(exc), 0, now, now, mid)
+                log.error("dead-lettered op %s of message %s: %s", key, mid, exc)
+                batch.dead.append((key, record, now))
+
+    def _refuse(self, batch: Batch, raw: bytes | str, exc: wire.MalformedMessage) -> None:
+        now = time.time()
+        key, record = deadletters.message_record(raw, exc.reason, exc.message_id, now)
+        log.error("dead-lettered message %s: %s", key, exc.reason)
+        batch.dead.append((key, record, now))
+        if exc.message_id is not None and exc.message_id not in batch.message_ids:
+            batch.message_ids.append(exc.message_id)
+
+    def _apply(self, batch: Batch) -> None:
+        # Halving on a permanent failure isolates the bad ops in about log2(n) rounds each,
+        # and every other op still lands.
+        stack = [_Part(batch.ops)] if batch.ops else []
+        while stack:
+            part = stack.pop()
+            error, transient = self._apply_with_retry(part)
+            if error is None:
+                continue
+            if len(part.ops) > 1 and not transient:
+                half = len(part.ops) // 2
+                stack.append(_Part(part.ops[half:], part.attempts, part.first_failure))
+                stack.append(_Part(part.ops[:half], part.attempts, part.first_failure))
+                continue
+            self._dead_letter(batch, part, error, transient)
+
+    def _apply_with_retry(self, part: _Part) -> tuple[str | None, bool]:
+        s = self._settings
+        started = time.monotonic()
+        ops = [op for op, _ in part.ops]
+        for attempt in range(1, s.retry_tries + 1):
+            part.attempts += 1
+            try:
+                self._store.apply(ops)
+                return None, False
+            except TRANSIENT as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                part.first_failure = part.first_failure or time.time()
+                delay = min(0.05 * 2**attempt, 5.0) * random.uniform(0.5, 1.5)
+                if attempt == s.retry_tries or time.monotonic() - started + delay > s.retry_max_s:
+                    return f"gave up after {attempt} tries: {error}", True
+                log.warning(
+                    "transient failure applying %d ops (try %d/%d), retrying in %.2fs: %s",
+                    len(ops),
+                    attempt,
+                    s.retry_tries,
+                    delay,
+                    type(exc).__name__,
+                )
+                self._sleep(delay)
+            except Exception as exc:
+                # Anything else is this op's (or this code's) fault: retrying will not help.
+                part.first_failure = part.first_failure or time.time()
+                return f"{type(exc).__name__}: {exc}", False
+        raise AssertionError("unreachable")
+
+    def _dead_letter(self, batch: Batch, part: _Part, error: str, transient: bool) -> None:
+        now = time.time()
+        first = part.first_failure or now
+        for op, mid in part.ops:
+            key, record = deadletters.op_record(
+                op.model_dump(mode="json"), error, part.attempts, first, now, mid
+            )
+            batch.dead.append((key, record, now))
+        log.error(
+            "dead-lettered %d op(s) after %d attempt(s) (%s): %s; op ids: %s",
+            len(part.ops),
+            part.attempts,
+            "transient" if transient else "permanent",
+            error[:300],
+            ", ".join(op.id for op, _ in part.ops[:20]),
+        )
+
+    def _confirm(self, batch: Batch) -> None:
+        """Record dead letters and mark the messages done, atomically, retrying a while."""
+        started = time.monotonic()
+        for attempt in range(1, 100):
+            pipe = self._redis.pipeline(transaction=True)
+            for key, record, when in batch.dead:
+                deadletters.add(pipe, key, record, when)
+            deadletters.confirm(pipe, batch.message_ids)
+            try:
+                pipe.execute()
+                return
+            except TRANSIENT as exc:
+                if time.monotonic() - started > self._settings.retry_max_s:
+                    # Unconfirmed messages stay pending: the reaper republishes them and
+                    # they are applied again, which is harmless.
+                    log.error("could not confirm %d messages: %s", len(batch.message_ids), exc)
+                    return
+                self._sleep(min(0.05 * 2**attempt, 2.0))
