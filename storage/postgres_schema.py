@@ -64,7 +64,7 @@ def _version_from(timestamp: str) -> str:
 def _keyed_table(table: str, sub_id: str) -> str:
     new_id = f"{_escaped('agent_id')} || '|' || {_escaped(sub_id)}"
     return f"""
-ALTER TABLE {table} ADD COLUMN IF NOT EXISTS version TEXT;
+ALTER TABLE {table} ADD COLUMN IF NOT EXISTS version TEXT COLLATE "C";
 UPDATE {table} SET version = {_version_from("timestamp")},
     id = CASE WHEN length({new_id}) <= 255 THEN {new_id} ELSE id END
     WHERE version IS NULL;
@@ -79,8 +79,8 @@ _VERSIONS = (
     _keyed_table("agent_states", "state_id")
     + _keyed_table("agent_tasks", "task_id")
     + f"""
-ALTER TABLE conversations ADD COLUMN IF NOT EXISTS version TEXT;
-ALTER TABLE conversations ADD COLUMN IF NOT EXISTS position TEXT;
+ALTER TABLE conversations ADD COLUMN IF NOT EXISTS version TEXT COLLATE "C";
+ALTER TABLE conversations ADD COLUMN IF NOT EXISTS position TEXT COLLATE "C";
 UPDATE conversations SET version = {_version_from("timestamp")} WHERE version IS NULL;
 UPDATE conversations SET position = version || '/' || id WHERE position IS NULL;
 ALTER TABLE conversations ALTER COLUMN version SET NOT NULL;
@@ -88,8 +88,8 @@ ALTER TABLE conversations ALTER COLUMN position SET NOT NULL;
 CREATE INDEX IF NOT EXISTS idx_conversations_conv_position
     ON conversations(conversation_id, position);
 
-ALTER TABLE transactions ADD COLUMN IF NOT EXISTS version TEXT;
-ALTER TABLE transactions ADD COLUMN IF NOT EXISTS position TEXT;
+ALTER TABLE transactions ADD COLUMN IF NOT EXISTS version TEXT COLLATE "C";
+ALTER TABLE transactions ADD COLUMN IF NOT EXISTS position TEXT COLLATE "C";
 UPDATE transactions SET
     transaction = CASE WHEN jsonb_typeof(transaction->'id') = 'string' THEN transaction
                        ELSE transaction || jsonb_build_object('id', id) END,
@@ -102,6 +102,9 @@ ALTER TABLE transactions ALTER COLUMN position SET NOT NULL;
 CREATE INDEX IF NOT EXISTS idx_transactions_case_position ON transactions(case_id, position);
 """
 )
+
+# Versions and positions compare byte-wise (COLLATE "C") whatever the database's locale, so
+# PostgreSQL orders them as Python and Cosmos DB do.
 
 # Append only: a migration, once released, is never edited; its index is its version.
 MIGRATIONS: tuple[tuple[str, str], ...] = (
