@@ -99,6 +99,30 @@ function authorized(req) {
   return given.length === expected.length && crypto.timingSafeEqual(given, expected);
 }
 
+// (d) The package stores items of any size. Real Cosmos DB refuses a request whose item is over
+// 2 MiB with 413; we refuse item writes over 2 MiB too, so a test proves our ~2 MB items fit.
+const MAX_ITEM_BYTES = 2 * 1024 * 1024;
+const DOCS_PATH = /^\/+dbs\/[^/]+\/colls\/[^/]+\/docs(\/[^/]+)?\/*$/;
+
+function tooLarge(req) {
+  if (!["POST", "PUT", "PATCH"].includes(req.method)) return false;
+  if (req.headers["x-ms-documentdb-isquery"] || req.headers["x-ms-cosmos-is-batch-request"]) {
+    return false;
+  }
+  const length = Number.parseInt(req.headers["content-length"] || "0", 10);
+  return length > MAX_ITEM_BYTES && DOCS_PATH.test(new URL(req.url, "https://localhost").pathname);
+}
+
+function reject(req, res, status, code, message) {
+  req.resume(); // drain the body so the keep-alive connection stays usable
+  res.writeHead(status, {
+    "content-type": "application/json",
+    "x-ms-activity-id": crypto.randomUUID(),
+    connection: "keep-alive",
+  });
+  res.end(JSON.stringify({ code, message }));
+}
+
 function main() {
   const port = Number.parseInt(process.argv[2], 10);
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
@@ -110,20 +134,13 @@ function main() {
   server.removeAllListeners("request");
   server.on("request", (req, res) => {
     if (!authorized(req)) {
-      req.resume(); // drain the body so the keep-alive connection stays usable
-      const body = JSON.stringify({
-        code: "Unauthorized",
-        message: "The input authorization token can't serve the request. The wrong key is being used.",
-      });
-      res.writeHead(401, {
-        "content-type": "application/json",
-        "x-ms-activity-id": crypto.randomUUID(),
-        connection: "keep-alive",
-      });
-      res.end(body);
-      return;
+      reject(req, res, 401, "Unauthorized",
+        "The input authorization token can't serve the request. The wrong key is being used.");
+    } else if (tooLarge(req)) {
+      reject(req, res, 413, "RequestEntityTooLarge", "Request size is too large.");
+    } else {
+      packageHandler(req, res);
     }
-    packageHandler(req, res);
   });
 
   server.listen(port, "127.0.0.1", () => {

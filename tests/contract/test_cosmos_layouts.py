@@ -1,0 +1,255 @@
+"""Cosmos DB specifics the shared contract cannot see: container layouts, 404s, limits, secrets.
+
+Runs against the local test server (`cosmos-server/server.js`); each test uses its own database.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from tests.cosmos_server import CosmosServer, CosmosServerError, start_cosmos_server
+from tests.services import unavailable
+
+cosmos = pytest.importorskip("azure.cosmos")
+from azure.cosmos import CosmosClient, PartitionKey, exceptions  # noqa: E402
+
+from storage.cosmos import CosmosDBClient  # noqa: E402
+from storage.errors import ConfigError, StorageError, TransientStorageError  # noqa: E402
+from storage.ops import make_op  # noqa: E402
+from storage.payload import MAX_PAYLOAD_BYTES  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:Unverified HTTPS request:Warning")
+
+CONTAINERS = ("agent_states", "agent_tasks", "conversations", "transactions")
+# A different, valid base64 key: the test server accepts only the emulator's key.
+WRONG_KEY = base64.b64encode(b"not-the-emulator-key-" * 3).decode()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[CosmosServer]:
+    try:
+        srv = start_cosmos_server()
+    except CosmosServerError as exc:
+        unavailable(f"cosmosdb-server (Cosmos DB layout tests NOT run): {exc}")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def raw(server: CosmosServer) -> Iterator[CosmosClient]:
+    """The plain SDK client, to arrange and inspect what the backend sees."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        client = CosmosClient(server.endpoint, server.key)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def make_client(server: CosmosServer) -> Iterator[Callable[..., CosmosDBClient]]:
+    made: list[CosmosDBClient] = []
+
+    def make(database: str | None = None, **overrides: Any) -> CosmosDBClient:
+        settings = {
+            "cosmos_endpoint": server.endpoint,
+            "cosmos_key": server.key,
+            "cosmos_database_name": database or f"test-{uuid.uuid4().hex}",
+            **overrides,
+        }
+        client = CosmosDBClient(**settings)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+def seed_layout(raw: CosmosClient, database: str, path: str = "/id") -> None:
+    db = raw.create_database(database)
+    for name in CONTAINERS:
+        db.create_container(name, PartitionKey(path=path))
+
+
+def partition_paths(raw: CosmosClient, database: str) -> dict[str, list[str]]:
+    db = raw.get_database_client(database)
+    return {n: db.get_container_client(n).read()["partitionKey"]["paths"] for n in CONTAINERS}
+
+
+def test_new_containers_get_partition_key_paths(raw: CosmosClient, make_client: Any) -> None:
+    database = f"test-{uuid.uuid4().hex}"
+    make_client(database)
+    assert partition_paths(raw, database) == {
+        "agent_states": ["/agent_id"],
+        "agent_tasks": ["/agent_id"],
+        "conversations": ["/conversation_id"],
+        "transactions": ["/case_id"],
+    }
+    # Opening it again uses the containers as they are.
+    make_client(database).save_state("a", "s", {"v": 1})
+
+
+@pytest.mark.parametrize("layout", ["/id", "new"])
+def test_every_method_on_both_layouts(raw: CosmosClient, make_client: Any, layout: str) -> None:
+    database = f"test-{uuid.uuid4().hex}"
+    if layout == "/id":
+        seed_layout(raw, database)
+    client = make_client(database)
+    if layout == "/id":
+        assert set(map(tuple, partition_paths(raw, database).values())) == {("/id",)}
+
+    client.save_state("agent/1", "s_1", {"step": 2}, version="0002")
+    client.save_state("agent/1", "s_1", {"step": 1}, version="0001")  # older: ignored
+    client.save_state("agent/1", "s_1", {"step": 9}, version="0002")  # equal: no-op
+    client.save_task("agent/1", "t#1", {"status": "done"}, version="0005")
+    client.save_task("agent/1", "t#1", {"status": "new"}, version="0004")
+    assert client.get_state("agent/1", "s_1") == {"step": 2}
+    assert client.get_task("agent/1", "t#1") == {"status": "done"}
+    assert client.get_state("agent/1", "missing") is None
+    assert client.get_task("nobody", "t#1") is None
+
+    for i in range(6):
+        client.save_conversation("conv?1", {"n": i}, version=f"{i:04d}")
+    client.save_conversation("other", {"n": 99})
+    assert client.get_conversation_history("conv?1") == [{"n": i} for i in range(6)]
+    assert client.get_conversation_history("conv?1", limit=2) == [{"n": 4}, {"n": 5}]
+    assert client.get_conversation_history("conv?1", limit=0) == []
+    assert client.get_conversation_history("conv?1", limit=50) == [{"n": i} for i in range(6)]
+    assert client.get_conversation_history("nobody") == []
+
+    client.save_transactions("case|1", [{"id": "t1", "amount": 1}, {"id": "t2"}], version="0010")
+    client.save_transactions("case|1", [{"id": "t3"}, {"id": "t1", "amount": 5}], version="0011")
+    assert client.get_transactions("case|1") == [
+        {"id": "t1", "amount": 5},
+        {"id": "t2"},
+        {"id": "t3"},
+    ]
+    # An older save arriving late loses on content but its earlier place wins: every delivery
+    # order ends in the same state.
+    client.save_transactions("case|1", [{"id": "t2", "amount": -1}], version="0009")
+    assert client.get_transactions("case|1") == [
+        {"id": "t2"},
+        {"id": "t1", "amount": 5},
+        {"id": "t3"},
+    ]
+    assert client.get_transactions("nobody") == []
+
+    # Every item carries every field, so any partition key path finds its value.
+    db = raw.get_database_client(database)
+    state = next(iter(db.get_container_client("agent_states").read_all_items()))
+    assert {"id", "agent_id", "state_id", "version", "position", "data"} <= state.keys()
+    txn = next(iter(db.get_container_client("transactions").read_all_items()))
+    assert {"id", "case_id", "transaction_id", "version", "position", "data"} <= txn.keys()
+
+
+def test_missing_item_is_a_quick_404(raw: CosmosClient, make_client: Any) -> None:
+    database = f"test-{uuid.uuid4().hex}"
+    client = make_client(database)
+    client.save_state("a", "s", {"v": 1})
+    started = time.perf_counter()
+    for _ in range(5):
+        assert client.get_state("a", "missing") is None
+    assert time.perf_counter() - started < 1.0  # the server's 500 took ~0.5 s of SDK retries each
+    states = raw.get_database_client(database).get_container_client("agent_states")
+    with pytest.raises(exceptions.CosmosResourceNotFoundError):
+        states.read_item("a|s", partition_key="wrong-agent")
+
+
+def test_item_near_two_megabytes_round_trips(raw: CosmosClient, make_client: Any) -> None:
+    client = make_client()
+    # Multi-byte characters: escaped as \\uXXXX this would be ~4 MB on the wire.
+    text = "é" * ((MAX_PAYLOAD_BYTES - 20) // 2)
+    payload = {"t": text}
+    client.save_state("a", "big", payload)
+    assert client.get_state("a", "big") == payload
+    client.save_conversation("c", payload)
+    assert client.get_conversation_history("c") == [payload]
+    # The server enforces the real 2 MiB limit, so the round trip above proves we fit under it.
+    states = raw.get_database_client(client._database_name).get_container_client("agent_states")
+    with pytest.raises(exceptions.CosmosHttpResponseError) as info:
+        states.create_item({"id": "x", "agent_id": "a", "data": "x" * (2 * 1024 * 1024)})
+    assert info.value.status_code == 413
+
+
+def test_concurrent_writers_keep_the_newest_version(make_client: Any) -> None:
+    database = f"test-{uuid.uuid4().hex}"
+    clients = [make_client(database) for _ in range(4)]
+    versions = [f"{v:04d}" for v in range(40)]
+
+    def save(client: CosmosDBClient, mine: list[str]) -> None:
+        for v in mine:
+            client.save_state("a", "s", {"v": v}, version=v)
+            client.save_transactions("k", [{"id": "t", "v": v}], version=v)
+
+    threads = [
+        threading.Thread(target=save, args=(c, versions[i::4][::-1])) for i, c in enumerate(clients)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert clients[0].get_state("a", "s") == {"v": "0039"}
+    assert clients[0].get_transactions("k") == [{"id": "t", "v": "0039"}]
+
+
+def test_apply_retried_in_any_order_converges(make_client: Any) -> None:
+    ops = [
+        make_op("save_state", {"agent_id": "a", "state_id": "s", "state": {"v": i}}, version=v)
+        for i, v in enumerate(["0003", "0001", "0002"])
+    ] + [
+        make_op(
+            "save_transactions", {"case_id": "k", "transactions": [{"id": "t", "v": v}]}, version=v
+        )
+        for v in ["0007", "0005"]
+    ]
+    a, b = make_client(), make_client()
+    a.apply(ops)
+    a.apply(ops)
+    for op in reversed(ops):
+        b.apply([op])
+    for client in (a, b):
+        assert client.get_state("a", "s") == {"v": 0}
+        assert client.get_transactions("k") == [{"id": "t", "v": "0007"}]
+
+
+def test_key_never_shows(server: CosmosServer, make_client: Any) -> None:
+    client = make_client()
+    assert server.key not in repr(client)
+    assert repr(client) == (
+        f"CosmosDBClient(endpoint={server.endpoint!r}, database={client._database_name!r})"
+    )
+    with pytest.raises(StorageError) as info:
+        make_client(cosmos_key=WRONG_KEY)
+    assert "401" in str(info.value)
+    for text in (str(info.value), repr(info.value), repr(info.value.__cause__)):
+        assert WRONG_KEY not in text
+        assert server.key not in text
+
+
+def test_unusable_partition_key_path_is_a_config_error(raw: CosmosClient, make_client: Any) -> None:
+    database = f"test-{uuid.uuid4().hex}"
+    seed_layout(raw, database, path="/tenant")
+    with pytest.raises(ConfigError, match="partitioned on"):
+        make_client(database)
+
+
+def test_unreachable_endpoint_is_transient(make_client: Any) -> None:
+    with pytest.raises(TransientStorageError) as info:
+        make_client(cosmos_endpoint="https://127.0.0.1:9/")
+    assert "could not be reached" in str(info.value)
+
+
+def test_closed_client_refuses_calls(make_client: Any) -> None:
+    client = make_client()
+    client.close()
+    client.close()
+    with pytest.raises(StorageError, match="closed"):
+        client.get_state("a", "s")
