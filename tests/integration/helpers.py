@@ -1,0 +1,48 @@
+"""Shared steps of the integration tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import psycopg2
+import redis
+
+from producer import Producer, wire
+
+
+def producer(broker: str, database: str, **kw: float) -> Producer:
+    return Producer(broker_url=broker, postgres_connection_string=database, **kw)  # type: ignore[arg-type]
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout: float, step: float = 0.02) -> float:
+    """Poll `check` until true; return the seconds it took, fail after `timeout`."""
+    start = time.monotonic()
+    while not check():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(step)
+    return time.monotonic() - start
+
+
+def pending(client: redis.Redis) -> int:
+    return int(client.zcard(wire.PENDING_KEY))
+
+
+def rows(database: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    conn = psycopg2.connect(database)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return list(cur.fetchall())
+    finally:
+        conn.close()
+
+
+def execute(database: str, sql: str) -> None:
+    conn = psycopg2.connect(database)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()

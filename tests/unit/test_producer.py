@@ -1,0 +1,206 @@
+"""Producer behaviour against fakeredis (fast; the real queue path is in tests/integration)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import fakeredis
+import pytest
+import redis
+
+import producer.client
+import producer.publisher
+from producer import DeadLetteredError, Producer, PublishError, wire
+from storage import ValidationError
+from storage.ops import make_op
+from tests.services import free_port
+from tests.unit.fakes import FakeStore
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[fakeredis.FakeRedis]:
+    server = fakeredis.FakeServer()
+    client = fakeredis.FakeRedis(server=server)
+    monkeypatch.setattr(producer.publisher, "connect", lambda url, timeout: client)
+    yield client
+
+
+@pytest.fixture
+def prod(fake: fakeredis.FakeRedis) -> Iterator[Producer]:
+    with Producer(broker_url="redis://127.0.0.1:6379/0") as p:
+        yield p
+
+
+def _queued(fake: fakeredis.FakeRedis) -> list[wire.Message]:
+    return [wire.parse_message(raw) for raw in reversed(fake.lrange(wire.QUEUE, 0, -1))]
+
+
+def test_save_publishes_one_message_per_op_with_its_recovery_record(
+    prod: Producer, fake: fakeredis.FakeRedis
+) -> None:
+    ids = [
+        prod.save_state("a", "s", {"x": 1}),
+        prod.save_task("a", "t", {"y": 2}),
+        prod.save_conversation("c", {"role": "user", "text": "hi"}),
+        prod.save_transactions("case", [{"id": "t1", "amount": 3}]),
+    ]
+    messages = _queued(fake)
+    assert [m.id for m in messages] == ids
+    assert [m.ops[0]["op"] for m in messages] == [
+        "save_state",
+        "save_task",
+        "save_conversation",
+        "save_transactions",
+    ]
+    pending = fake.zrange(wire.PENDING_KEY, 0, -1, withscores=True)
+    assert [mid.decode() for mid, _ in pending] == ids
+    assert [score for _, score in pending] == sorted(score for _, score in pending)
+    assert fake.hget(wire.MESSAGES_KEY, ids[0]) == fake.lindex(wire.QUEUE, -1)
+    versions = [m.ops[0]["version"] for m in messages]
+    assert versions == sorted(versions), "send order is version order"
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda p: p.save_state("", "s", {}),
+        lambda p: p.save_state("a", "s", {"x": float("nan")}),
+        lambda p: p.save_task("a", "t", {"x": object()}),
+        lambda p: p.save_conversation("c", "not a dict"),
+        lambda p: p.save_transactions("c", [{"id": ""}]),
+        lambda p: p.save_state("a", "s", {}, version="bad version!"),
+    ],
+)
+def test_bad_input_raises_at_the_call_and_publishes_nothing(
+    prod: Producer, fake: fakeredis.FakeRedis, call: Any
+) -> None:
+    with pytest.raises(ValidationError):
+        call(prod)
+    assert fake.llen(wire.QUEUE) == 0
+    assert fake.zcard(wire.PENDING_KEY) == 0
+
+
+def test_message_matches_what_celery_itself_builds(
+    prod: Producer, fake: fakeredis.FakeRedis
+) -> None:
+    from celery import Celery
+
+    app = Celery("probe", set_as_current=False)
+    celery_msg = app.amqp.as_task_v2("x" * 32, wire.TASK_NAME, args=[[{"op": "save_state"}]])
+    prod.save_state("a", "s", {"x": 1})
+    ours = json.loads(fake.lindex(wire.QUEUE, 0))
+    assert set(ours["headers"]) == set(celery_msg.headers)
+    assert ours["content-type"] == "application/json"
+    assert ours["properties"]["body_encoding"] == "base64"
+    assert ours["properties"]["delivery_info"]["routing_key"] == wire.QUEUE
+    body = json.loads(base64.b64decode(ours["body"]))
+    assert body[1] == {} and set(body[2]) == set(celery_msg.body[2])
+    assert "x" not in ours["headers"]["argsrepr"], "payloads never reach the worker's log"
+
+
+def test_apply_publishes_many_ops_per_message(prod: Producer, fake: fakeredis.FakeRedis) -> None:
+    ops = [
+        make_op("save_state", {"agent_id": "a", "state_id": f"s{i}", "state": {}})
+        for i in range(1001)
+    ]
+    prod.apply(ops)
+    messages = _queued(fake)
+    assert [len(m.ops) for m in messages] == [500, 500, 1]
+    assert [op["id"] for m in messages for op in m.ops] == [op.id for op in ops]
+    assert prod.unconfirmed == 1001
+
+
+def _confirm_later(fake: fakeredis.FakeRedis, delay: float) -> threading.Thread:
+    def run() -> None:
+        time.sleep(delay)
+        fake.delete(wire.PENDING_KEY)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_wait_returns_when_confirmed_and_forgets(prod: Producer, fake: fakeredis.FakeRedis) -> None:
+    op_id = prod.save_state("a", "s", {})
+    thread = _confirm_later(fake, 0.05)
+    prod.wait(timeout=5)
+    thread.join()
+    assert prod.unconfirmed == 0
+    prod.wait([op_id], timeout=0.1)
+
+
+def test_wait_times_out(prod: Producer) -> None:
+    prod.save_state("a", "s", {})
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="1 op"):
+        prod.wait(timeout=0.2)
+    assert time.monotonic() - started < 1
+
+
+def test_wait_raises_for_a_dead_lettered_op(prod: Producer, fake: fakeredis.FakeRedis) -> None:
+    good = prod.save_state("a", "s", {})
+    bad = prod.save_state("a", "t", {})
+    fake.hset(wire.DLQ_KEY, bad, json.dumps({"error": "boom"}))
+    fake.zrem(wire.PENDING_KEY, good, bad)
+    with pytest.raises(DeadLetteredError) as info:
+        prod.wait(timeout=1)
+    assert info.value.op_id == bad and "boom" in info.value.error
+    prod.wait(timeout=0.1)  # reported once, then forgotten
+
+
+def test_memory_stays_bounded(fake: fakeredis.FakeRedis) -> None:
+    with Producer(broker_url="redis://x:6379/0", max_tracked=50) as p:
+        for i in range(120):
+            p.save_state("a", f"s{i}", {})
+        assert p.unconfirmed <= 50
+
+
+def test_unreachable_broker_raises_publish_error_fast_with_the_password_masked() -> None:
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    with Producer(broker_url=url, publish_timeout=1.0) as p:
+        started = time.monotonic()
+        with pytest.raises(PublishError) as info:
+            p.save_state("a", "s", {"x": 1})
+        assert time.monotonic() - started < 1.0
+    assert "hunter2" not in str(info.value) and "***" in str(info.value)
+
+
+def test_reads_open_a_store_lazily_and_close_closes_it(
+    fake: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stores: list[FakeStore] = []
+
+    def create(settings: Any) -> FakeStore:
+        stores.append(FakeStore())
+        return stores[-1]
+
+    monkeypatch.setattr(producer.client, "create_storage_client", create)
+    p = Producer(broker_url="redis://127.0.0.1:6379/0")
+    p.save_state("a", "s", {})
+    assert stores == [], "a publish-only producer never opens the store"
+    assert p.get_state("a", "s") is None
+    assert p.get_task("a", "t") is None
+    assert len(stores) == 1
+    p.close()
+    assert stores[0].closed
+    p.close()
+
+
+def test_publish_is_atomic_and_one_round_trip(prod: Producer, fake: fakeredis.FakeRedis) -> None:
+    prod.save_state("a", "s", {})  # the first publish loads the script
+    calls: list[Any] = []
+    real = redis.Redis.execute_command
+
+    def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(args[0])
+        return real(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fakeredis.FakeRedis, "execute_command", spy)
+        prod.save_state("a", "s", {})
+    assert calls == ["EVALSHA"]
