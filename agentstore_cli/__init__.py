@@ -1,0 +1,1 @@
+"""The `agentstore` command line: export, import, migrate, health, stats and dlq."""

@@ -1,0 +1,182 @@
+"""Operating a deployment: health checks, queue statistics, dead letters."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from producer import wire
+from storage.config import Settings, mask_url
+from storage.errors import StorageError
+from storage.factory import create_storage_client
+
+from .transfer import describe
+
+# kombu's Redis transport keeps delivered, unacknowledged messages in this hash.
+KOMBU_UNACKED_KEY = "unacked"
+HEALTH_PROBE_ID = "__health__"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One health check's outcome."""
+
+    name: str
+    ok: bool
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.name:<8} {'OK' if self.ok else 'FAIL':<4}  {self.detail}"
+
+
+def redis_client(url: str, timeout: float) -> redis.Redis:
+    """A Redis client that gives up after `timeout` seconds instead of retrying."""
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=timeout, socket_timeout=timeout, retry_on_timeout=False
+    )
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300] if text else ''}".rstrip(": ")
+
+
+def check_broker(url: str, timeout: float) -> Check:
+    """Redis PING at the broker URL."""
+    where = mask_url(url)
+    began = time.monotonic()
+    client = redis_client(url, timeout)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        return Check("broker", False, f"{where}: {_short(exc)}")
+    finally:
+        client.close()
+    return Check("broker", True, f"{where} (PING {1000 * (time.monotonic() - began):.1f} ms)")
+
+
+def check_store(settings: Settings) -> Check:
+    """Open the configured store and read one (absent) state."""
+    began = time.monotonic()
+    try:
+        with create_storage_client(settings) as store:
+            store.get_state(HEALTH_PROBE_ID, HEALTH_PROBE_ID)
+    except StorageError as exc:
+        return Check("store", False, str(exc).splitlines()[0][:500])
+    elapsed = 1000 * (time.monotonic() - began)
+    return Check("store", True, f"{describe(settings)} (read {elapsed:.0f} ms)")
+
+
+def ping_workers(url: str, timeout: float) -> dict[str, list[str]]:
+    """Workers answering a Celery ping over the broker, each with the queues it consumes."""
+    import celery
+
+    app = celery.Celery("agentstore-cli", broker=url, set_as_current=False)
+    app.conf.broker_connection_retry = False
+    app.conf.broker_connection_timeout = timeout
+    try:
+        inspect = app.control.inspect(timeout=timeout)
+        names = sorted(inspect.ping() or {})
+        if not names:
+            return {}
+        # Ask only the workers that answered, and stop waiting once each has replied.
+        queues = app.control.inspect(timeout=timeout, destination=names, limit=len(names))
+        active: dict[str, list[dict[str, Any]]] = queues.active_queues() or {}
+        return {name: sorted(q.get("name", "?") for q in active.get(name, [])) for name in names}
+    finally:
+        app.close()
+
+
+def check_workers(url: str, timeout: float) -> Check:
+    """At least one worker answers and consumes the agentstore queue."""
+    try:
+        workers = ping_workers(url, timeout)
+    except Exception as exc:  # kombu and celery raise many types for an unreachable broker
+        return Check("workers", False, f"{mask_url(url)}: {_short(exc)}")
+    ours = [name for name, queues in workers.items() if wire.QUEUE in queues]
+    if ours:
+        return Check("workers", True, f"{len(ours)} consuming {wire.QUEUE!r}: {', '.join(ours)}")
+    if workers:
+        return Check("workers", False, f"{len(workers)} answered but none consumes {wire.QUEUE!r}")
+    return Check("workers", False, f"no worker answered a ping within {timeout:g} s")
+
+
+def _within(name: str, deadline: float, run: Callable[[], Check]) -> Check:
+    # Drivers retry on their own schedules (Cosmos DB for tens of seconds); a health check
+    # answers within its deadline and leaves the straggler to die with the process.
+    box: list[Check] = []
+
+    def target() -> None:
+        try:
+            box.append(run())
+        except Exception as exc:
+            box.append(Check(name, False, _short(exc)))
+
+    thread = threading.Thread(target=target, name=f"health-{name}", daemon=True)
+    thread.start()
+    thread.join(deadline)
+    return box[0] if box else Check(name, False, f"no answer within {deadline:g} s")
+
+
+def run_health(settings: Settings, workers: bool = True, timeout: float = 10.0) -> list[Check]:
+    """Broker, store and (unless `workers` is False) worker checks, store and workers in
+    parallel; each gives up after `timeout` seconds."""
+    url = settings.celery_broker_url.get_secret_value()
+    broker = check_broker(url, min(timeout, 5.0))
+    results: dict[str, Check] = {}
+    threads = []
+
+    def run(name: str, check: Callable[[], Check]) -> None:
+        results[name] = _within(name, timeout, check)
+
+    threads.append(threading.Thread(target=run, args=("store", lambda: check_store(settings))))
+    if workers and broker.ok:
+        worker_wait = min(2.0, timeout)
+        threads.append(
+            threading.Thread(target=run, args=("workers", lambda: check_workers(url, worker_wait)))
+        )
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    checks = [broker, results["store"]]
+    if workers:
+        checks.append(results.get("workers") or Check("workers", False, "broker unreachable"))
+    return checks
+
+
+def queue_stats(client: redis.Redis) -> dict[str, int]:
+    """Queue depth, messages published but not yet confirmed, in flight, dead letters."""
+    pipe = client.pipeline(transaction=False)
+    pipe.llen(wire.QUEUE)
+    pipe.zcard(wire.PENDING_KEY)
+    pipe.hlen(KOMBU_UNACKED_KEY)
+    pipe.hlen(wire.DLQ_KEY)
+    queued, pending, unacked, dead = pipe.execute()
+    return {
+        "queued": int(queued),
+        "pending": int(pending),
+        "unacked": int(unacked),
+        "dead_letters": int(dead),
+    }
+
+
+def summarize_dead_letter(record: dict[str, Any]) -> str:
+    """One line for `dlq list`: id, last failure, attempts, op, error."""
+    op = record.get("op")
+    what = op.get("op", "?") if isinstance(op, dict) else "malformed message"
+    when = record.get("last_failure")
+    stamp = (
+        time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when))
+        if isinstance(when, int | float)
+        else "?"
+    )
+    error = " ".join(str(record.get("error", "")).split())
+    if len(error) > 120:
+        error = error[:117] + "..."
+    return f"{record.get('id')}  {stamp}Z  x{record.get('attempts', '?')}  {what}  {error}"
