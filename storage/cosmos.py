@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import threading
 import warnings
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
@@ -50,10 +51,12 @@ _INDEXING_POLICY = {
 _TRANSIENT_STATUS = frozenset({408, 410, 429, 449, 502, 503, 504})
 # Concurrent writers can make an etag stale again and again; past this we call it transient.
 _MAX_WRITE_ATTEMPTS = 10
+_LOOPBACK_TLS_WARNING = r"Unverified HTTPS request is being made to host '(127\.0\.0\.1|localhost)'"
 _CHUNK = 16  # records per executor task: amortises the hand-off, still spreads the work
 # Row ids are Cosmos-safe for the service, but the Python SDK also refuses ids containing
 # tab/CR/LF or ending in a space. Row ids never contain these `%XX` sequences (their `%` is
 # escaped as `%25`), so this extra escaping is injective and exactly reversible.
+_BAD_NAME_CHARS = frozenset("/\\?#\t\r\n")
 _SDK_ESCAPES = {"\t": "%09", "\n": "%0A", "\r": "%0D"}
 _SDK_TRANSLATION = str.maketrans(_SDK_ESCAPES)
 
@@ -77,9 +80,14 @@ class _Container:
     layout: _Layout
     key_field: str  # the item field the container is partitioned on
 
-    def query(self, sql: str, params: dict[str, object], partition: str | None) -> list[Any]:
+    @property
+    def aligned(self) -> bool:
+        """Partitioned on the field reads filter on (not, e.g., the seed's `/id`)."""
+        return self.key_field == self.layout.partition_field
+
+    def query(self, sql: str, params: Mapping[str, object], partition: str | None) -> list[Any]:
         parameters: list[dict[str, object]] = [{"name": k, "value": v} for k, v in params.items()]
-        if partition is not None and self.key_field == self.layout.partition_field:
+        if partition is not None and self.aligned:
             return list(self.proxy.query_items(sql, parameters=parameters, partition_key=partition))
         # Partitioned on another field (the seed's `/id`), or a scan: the query spans partitions.
         return list(
@@ -100,10 +108,8 @@ class CosmosDBClient(StorageBackend):
         **overrides: settings to use when `settings` is None, e.g. `cosmos_endpoint=...`.
 
     Raises:
-        ConfigError: the endpoint or key is missing or malformed, or a container's partition
-            key path is unusable.
-        StorageError: the account refused the key or could not create the containers.
-        TransientStorageError: the account could not be reached.
+        ConfigError: endpoint, key, database name or a container's partition key is unusable.
+        StorageError: the account refused the key (TransientStorageError: it was unreachable).
     """
 
     def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
@@ -114,12 +120,19 @@ class CosmosDBClient(StorageBackend):
                 "(e.g. COSMOS_ENDPOINT=https://<account>.documents.azure.com:443/)"
             )
         self._endpoint = settings.cosmos_endpoint
-        self._database_name = settings.cosmos_database_name
-        self._secret = settings.cosmos_key.get_secret_value()
+        self._database_name = name = settings.cosmos_database_name
+        if not 0 < len(name) <= 255 or name[-1] == " " or not _BAD_NAME_CHARS.isdisjoint(name):
+            raise ConfigError(
+                "COSMOS_DATABASE_NAME must be 1-255 characters, without / \\ ? # tab or newline, "
+                f"and not end with a space; got {name[:40]!r}"
+            )
+        self._key = settings.cosmos_key  # kept as SecretStr: masked in any dump of the object
         self._closed = False
         self._lock = threading.Lock()
         if urlsplit(self._endpoint).hostname in ("127.0.0.1", "localhost"):
-            _quiet_loopback_tls_warning()
+            # The SDK skips certificate checks for these two hosts only (its emulator rule) and
+            # urllib3 then warns on every request; re-adding the same filter replaces it.
+            warnings.filterwarnings("ignore", message=_LOOPBACK_TLS_WARNING)
         self._client = self._call(self._connect)
         try:
             self._containers = self._call(self._open_containers)
@@ -141,7 +154,7 @@ class CosmosDBClient(StorageBackend):
         try:
             return CosmosClient(
                 self._endpoint,
-                credential=self._secret,
+                credential=self._key.get_secret_value(),
                 connection_timeout=10,
                 read_timeout=60,
                 retry_total=9,
@@ -190,25 +203,41 @@ class CosmosDBClient(StorageBackend):
     def write_records(self, grouped: dict[Kind, list[Record]]) -> None:
         """Write deduped records, each only if newer than what is stored; see `apply`."""
         self._check_open()
-        work = [(self._containers[kind], rec) for kind, recs in grouped.items() for rec in recs]
-        work.sort(key=lambda pair: (pair[0].layout.container, pair[1].partition))
-        if len(work) <= 1:
-            for container, rec in work:  # a single save: no thread hand-off
-                self._call(functools.partial(_write, container, rec))
+        chunks: list[tuple[_Container, list[Record]]] = []
+        for kind, recs in grouped.items():
+            container = self._containers[kind]
+            recs = sorted(recs, key=lambda r: r.partition)
+            for _, group in itertools.groupby(recs, key=lambda r: r.partition):
+                part = list(group)
+                chunks += [(container, part[i : i + _CHUNK]) for i in range(0, len(part), _CHUNK)]
+        if len(chunks) <= 1:
+            for container, chunk in chunks:  # one partition's worth: no thread hand-off
+                self._write_chunk(container, chunk)
             return
-        futures: list[Future[None]] = [
-            self._executor.submit(self._write_chunk, work[i : i + _CHUNK])
-            for i in range(0, len(work), _CHUNK)
-        ]
+        futures = [self._executor.submit(self._write_chunk, c, recs) for c, recs in chunks]
         errors = [exc for f in futures if (exc := f.exception()) is not None]
         if errors:
             log.warning("%d of %d Cosmos DB write chunks failed", len(errors), len(futures))
             # A permanent failure is the more useful report: retrying will not fix it.
             raise next((e for e in errors if not isinstance(e, TransientStorageError)), errors[0])
 
-    def _write_chunk(self, chunk: list[tuple[_Container, Record]]) -> None:
-        for container, rec in chunk:
-            self._call(functools.partial(_write, container, rec))
+    def _write_chunk(self, container: _Container, recs: list[Record]) -> None:
+        # Records of one partition: one query finds which exist, instead of a read per record.
+        layout = container.layout
+        if len(recs) > 1 and recs[0].kind != "conversation" and container.aligned:
+            where = f"c.{layout.partition_field} = @p AND ARRAY_CONTAINS(@ids, c.id)"
+            sql = f"SELECT * FROM c WHERE {where}"
+            params = {"@p": recs[0].partition, "@ids": [_item_id(r.row_id) for r in recs]}
+            found = {
+                i["id"]: i
+                for i in self._call(lambda: container.query(sql, params, recs[0].partition))
+            }
+            for rec in recs:
+                current = found.get(_item_id(rec.row_id))
+                self._call(functools.partial(_write, container, rec, current, fresh=True))
+        else:
+            for rec in recs:
+                self._call(functools.partial(_write, container, rec))
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -225,31 +254,27 @@ class CosmosDBClient(StorageBackend):
     ) -> list[dict[str, Any]]:
         """Messages of `conversation_id` oldest first; with `limit`, only the newest `limit`."""
         check_id("conversation_id", conversation_id)
-        limit = check_limit(limit)
-        self._check_open()
-        if limit == 0:
-            return []
-        container = self._containers["conversation"]
-        where = "FROM c WHERE c.conversation_id = @cid"
-        if limit is None:
-            sql = f"SELECT VALUE c.data {where} ORDER BY c.position"
-            return self._call(
-                lambda: container.query(sql, {"@cid": conversation_id}, conversation_id)
-            )
-        # Newest `limit` first, then reversed: one ORDER BY field needs no composite index.
-        sql = f"SELECT TOP @n VALUE c.data {where} ORDER BY c.position DESC"
-        params: dict[str, object] = {"@cid": conversation_id, "@n": limit}
-        newest = self._call(lambda: container.query(sql, params, conversation_id))
-        newest.reverse()
-        return newest
+        return self._in_order("conversation", conversation_id, check_limit(limit))
 
     def get_transactions(self, case_id: str) -> list[dict[str, Any]]:
         """Transactions of `case_id` in the order they were first saved, each with its `"id"`."""
-        check_id("case_id", case_id)
+        return self._in_order("transaction", check_id("case_id", case_id), None)
+
+    def _in_order(self, kind: Kind, value: str, limit: int | None) -> list[dict[str, Any]]:
         self._check_open()
-        container = self._containers["transaction"]
-        sql = "SELECT VALUE c.data FROM c WHERE c.case_id = @cid ORDER BY c.position"
-        return self._call(lambda: container.query(sql, {"@cid": case_id}, case_id))
+        if limit == 0:
+            return []
+        container = self._containers[kind]
+        # The field name is ours, never a caller's value; values only travel as parameters.
+        where = f"FROM c WHERE c.{container.layout.partition_field} = @v"
+        if limit is None:
+            sql = f"SELECT VALUE c.data {where} ORDER BY c.position"
+            return self._call(lambda: container.query(sql, {"@v": value}, value))
+        # Newest `limit` first, then reversed: one ORDER BY field needs no composite index.
+        sql = f"SELECT TOP @n VALUE c.data {where} ORDER BY c.position DESC"
+        newest = self._call(lambda: container.query(sql, {"@v": value, "@n": limit}, value))
+        newest.reverse()
+        return newest
 
     def scan_records(self, kind: Kind, after: str | None = None, limit: int = 500) -> list[Record]:
         """Up to `limit` stored records of `kind` with row id > `after`, in item id order.
@@ -266,18 +291,10 @@ class CosmosDBClient(StorageBackend):
         )
         params: dict[str, object] = {"@n": limit, "@after": _item_id(after) if after else ""}
         items = self._call(lambda: container.query(sql, params, None))
-        layout = container.layout
+        pf, sf = container.layout.partition_field, container.layout.sub_id_field
         return [
-            Record(
-                kind,
-                _row_id(item["id"]),
-                item[layout.partition_field],
-                item["data"],
-                item["version"],
-                item["position"],
-                item[layout.sub_id_field],
-            )
-            for item in items
+            Record(kind, _row_id(i["id"]), i[pf], i["data"], i["version"], i["position"], i[sf])
+            for i in items
         ]
 
     def _point_read(self, kind: Kind, owner: str, sub: str) -> dict[str, Any] | None:
@@ -319,7 +336,7 @@ class CosmosDBClient(StorageBackend):
             self._raise(exc, getattr(exc, "status_code", None))
 
     def _raise(self, exc: AzureError, status: int | None) -> NoReturn:
-        reason = _short_reason(exc).replace(self._secret, "***")  # whatever the SDK said
+        reason = _short_reason(exc).replace(self._key.get_secret_value(), "***")
         where = f"Cosmos DB at {self._endpoint}"
         if status is None:
             raise TransientStorageError(f"{where} could not be reached: {reason}") from exc
@@ -331,7 +348,10 @@ class CosmosDBClient(StorageBackend):
         raise StorageError(f"{where} answered {status}{hint}: {reason}") from exc
 
 
-def _write(container: _Container, rec: Record) -> None:
+def _write(
+    container: _Container, rec: Record, current: dict[str, Any] | None = None, fresh: bool = False
+) -> None:
+    """Store `rec` unless a newer version is stored; `fresh`: `current` is what is stored."""
     layout = container.layout
     item: dict[str, Any] = {
         "id": _item_id(rec.row_id),
@@ -343,12 +363,11 @@ def _write(container: _Container, rec: Record) -> None:
     }
     proxy, key = container.proxy, item[container.key_field]
     # Messages and transactions are usually new: create first and read only on conflict.
-    current: dict[str, Any] | None = None
-    skip_read = rec.kind in ("conversation", "transaction")
+    fresh = fresh or rec.kind in ("conversation", "transaction")
     for _ in range(_MAX_WRITE_ATTEMPTS):
-        if current is None and not skip_read:
+        if not fresh:
             current = _read(proxy, item["id"], key)
-        skip_read = False
+        fresh = False
         if current is None:
             try:
                 proxy.create_item(item)
@@ -369,9 +388,9 @@ def _write(container: _Container, rec: Record) -> None:
             )
             return
         except exceptions.CosmosAccessConditionFailedError:
-            current = None  # written by someone else meanwhile: read it again
+            continue  # written by someone else meanwhile: read it again
         except exceptions.CosmosResourceNotFoundError:
-            current, skip_read = None, True
+            current, fresh = None, True
     raise TransientStorageError(
         f"Cosmos DB: gave up writing {rec.kind} {rec.row_id!r} after {_MAX_WRITE_ATTEMPTS} "
         "attempts; concurrent writers kept changing it. Retry the save."
@@ -427,13 +446,3 @@ def _short_reason(exc: AzureError) -> str:
     # The SDK's message is "(Code) Message\nCode: ...\nMessage: ..."; the first line suffices.
     lines = text.strip().splitlines()
     return (lines[0] if lines else type(exc).__name__)[:300]
-
-
-def _quiet_loopback_tls_warning() -> None:
-    # The SDK skips certificate checks for 127.0.0.1/localhost (its emulator rule) and urllib3
-    # then warns on every request; silence that warning for those two hosts only. Adding the
-    # same filter again replaces it, so calling this per client does not grow the filter list.
-    warnings.filterwarnings(
-        "ignore",
-        message=r"Unverified HTTPS request is being made to host '(127\.0\.0\.1|localhost)'",
-    )

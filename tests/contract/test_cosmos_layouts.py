@@ -23,6 +23,7 @@ from azure.cosmos import CosmosClient, PartitionKey, exceptions  # noqa: E402
 
 from storage.cosmos import CosmosDBClient  # noqa: E402
 from storage.errors import ConfigError, StorageError, TransientStorageError  # noqa: E402
+from storage.ids import row_id  # noqa: E402
 from storage.ops import make_op  # noqa: E402
 from storage.payload import MAX_PAYLOAD_BYTES  # noqa: E402
 
@@ -142,8 +143,19 @@ def test_every_method_on_both_layouts(raw: CosmosClient, make_client: Any, layou
     ]
     assert client.get_transactions("nobody") == []
 
-    # Every item carries every field, so any partition key path finds its value.
+    # A record written by the seed (no version, no data wrapper) is neither read nor scanned.
     db = raw.get_database_client(database)
+    legacy = {"id": "agent1_s_1", "agent_id": "agent/1", "state_id": "s_1", "state": {}}
+    db.get_container_client("agent_states").create_item(legacy)
+    assert client.get_state("agent/1", "s_1") == {"step": 2}
+    scanned = client.scan_records("state")
+    assert [(r.row_id, r.partition, r.sub_id, r.data, r.version) for r in scanned] == [
+        ("agent%2F1|s_1", "agent/1", "s_1", {"step": 2}, "0002")
+    ]
+    assert client.scan_records("state", after=scanned[-1].row_id) == []
+    assert len(client.scan_records("conversation", limit=4)) == 4
+
+    # Every item carries every field, so any partition key path finds its value.
     state = next(iter(db.get_container_client("agent_states").read_all_items()))
     assert {"id", "agent_id", "state_id", "version", "position", "data"} <= state.keys()
     txn = next(iter(db.get_container_client("transactions").read_all_items()))
@@ -253,3 +265,27 @@ def test_closed_client_refuses_calls(make_client: Any) -> None:
     client.close()
     with pytest.raises(StorageError, match="closed"):
         client.get_state("a", "s")
+
+
+def test_ids_the_sdk_refuses_are_mapped_reversibly(make_client: Any) -> None:
+    # The Python SDK refuses item ids with tab/CR/LF or a trailing space; Cosmos DB allows them.
+    client = make_client()
+    owner, name = "tab\there", "line\r\nend "
+    client.save_state(owner, name, {"v": 1})
+    client.save_task(owner, name, {"v": 2})
+    client.save_transactions("k ", [{"id": "t\n "}])
+    assert client.get_state(owner, name) == {"v": 1}
+    assert client.get_task(owner, name) == {"v": 2}
+    assert client.get_transactions("k ") == [{"id": "t\n "}]
+    assert [r.row_id for r in client.scan_records("state")] == [
+        row_id(("agent_id", owner), ("state_id", name))
+    ]
+    assert [r.sub_id for r in client.scan_records("transaction")] == ["t\n "]
+
+
+@pytest.mark.parametrize("name", ["a/b", "a#b", "trailing ", "x" * 256, ""])
+def test_unusable_database_name_is_a_config_error(server: CosmosServer, name: str) -> None:
+    with pytest.raises(ConfigError, match="COSMOS_DATABASE_NAME"):
+        CosmosDBClient(
+            cosmos_endpoint=server.endpoint, cosmos_key=server.key, cosmos_database_name=name
+        )
