@@ -1,0 +1,286 @@
+"""`agentstore migrate` between the real servers: PostgreSQL <-> Cosmos DB test server."""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import agentstore_cli.migrate as migrate_module
+from agentstore_cli.migrate import CHECKPOINT_DIR, KindCheck, migrate_stores, plan_migration
+from agentstore_cli.transfer import LineProgress, store_identity, target_settings
+from storage.config import load_settings
+from storage.errors import StorageError
+from tests.cli.conftest import (
+    Cli,
+    Cosmos,
+    assert_no_secret,
+    open_store,
+    same_reads,
+    seed,
+    snapshot,
+)
+from tests.services import fresh_pg_database
+
+COUNTS = {"state": 120, "task": 120, "conversation": 1_050, "transaction": 300}
+
+
+def env_file(path: Path, config: dict[str, str]) -> Path:
+    path.write_text("".join(f"{k}={v}\n" for k, v in config.items()), encoding="utf-8")
+    return path
+
+
+def checkpoints(cwd: Path) -> list[Path]:
+    return sorted((cwd / CHECKPOINT_DIR).glob("*.json"))
+
+
+def test_postgres_to_cosmos_and_back_copies_every_kind_exactly(
+    run: Cli, pg_url: str, cosmos: Cosmos, tmp_path: Path
+) -> None:
+    pg = {"POSTGRES_CONNECTION_STRING": pg_url}
+    cosmos_config = cosmos.config()
+    with open_store(pg) as source:
+        seed(source)
+        expected = snapshot(source)
+        to_cosmos = env_file(tmp_path / "cosmos.env", cosmos_config)
+        result = run(["migrate", "--to-env", str(to_cosmos), "--page-size", "200"], pg)
+        assert result.exit_code == 0, result.stderr
+        for kind, n in COUNTS.items():
+            assert f"source {n:>10,}  target {n:>10,}  OK" in result.stdout, kind
+        assert "migration complete" in result.stderr
+        assert checkpoints(tmp_path) == []  # removed once the count check passed
+        with open_store(cosmos_config) as copy:
+            assert snapshot(copy) == expected
+            same_reads(source, copy)
+
+        # Running it again changes nothing and still checks out.
+        again = run(["migrate", "--to-env", str(to_cosmos)], pg)
+        assert again.exit_code == 0, again.stderr
+        assert f"source {1_050:>10,}  target {1_050:>10,} ({1_050:,} before)  OK" in again.stdout
+
+        with fresh_pg_database("agentstore_cli") as back_url:
+            to_pg = env_file(tmp_path / "pg.env", {"POSTGRES_CONNECTION_STRING": back_url})
+            result = run(["migrate", "--to-env", str(to_pg)], cosmos_config)
+            assert result.exit_code == 0, result.stderr
+            with open_store({"POSTGRES_CONNECTION_STRING": back_url}) as back:
+                assert snapshot(back) == expected
+                same_reads(source, back)
+
+
+def test_a_failing_target_leaves_a_checkpoint_and_the_same_command_resumes(
+    run: Cli, pg_url: str, cosmos: Cosmos, tmp_path: Path
+) -> None:
+    pg = {"POSTGRES_CONNECTION_STRING": pg_url}
+    cosmos_config = cosmos.config()
+    to_cosmos = env_file(tmp_path / "cosmos.env", cosmos_config)
+    with open_store(pg) as source, open_store(cosmos_config) as target:
+        seed(source)
+        plan = plan_migration(
+            load_settings(_env_file=None, **pg_lower(pg)), target_settings(to_cosmos)
+        )
+        writes: list[int] = []
+        real_write = target.write_records
+
+        def failing_write(grouped: Any) -> None:
+            if len(writes) == 7:  # states 2 pages, tasks 2, then 3 pages of conversations
+                raise StorageError("target went away (test)")
+            real_write(grouped)
+            writes.append(sum(len(v) for v in grouped.values()))
+
+        target.write_records = failing_write  # type: ignore[method-assign]
+        with pytest.raises(StorageError, match="went away"):
+            migrate_stores(source, target, plan, page_size=100)
+        saved = json.loads(plan.path.read_text())
+        assert saved["kinds"]["state"]["copied"] == 120 and saved["kinds"]["state"]["done"]
+        assert saved["kinds"]["conversation"]["copied"] == 300
+        assert not saved["kinds"]["conversation"]["done"]
+        assert_no_secret(plan.path.read_text())
+
+        result = run(["migrate", "--to-env", str(to_cosmos), "--page-size", "100"], pg)
+        assert result.exit_code == 0, result.stderr
+        assert "resuming from checkpoint" in result.stderr
+        assert "state: already copied (120 records)" in result.stderr
+        assert "task: already copied (120 records)" in result.stderr
+        assert not plan.path.exists()
+        assert snapshot(target) == snapshot(source)
+        same_reads(source, target)
+
+
+def pg_lower(config: dict[str, str]) -> dict[str, Any]:
+    return {"postgres_connection_string": config["POSTGRES_CONNECTION_STRING"]}
+
+
+def test_a_killed_migration_resumes_and_every_record_arrives_once(
+    run: Cli, pg_url: str, cosmos: Cosmos, tmp_path: Path
+) -> None:
+    pg = {"POSTGRES_CONNECTION_STRING": pg_url}
+    cosmos_config = cosmos.config()
+    to_cosmos = env_file(tmp_path / "cosmos.env", cosmos_config)
+    with open_store(pg) as source:
+        seed(source)
+    proc = run.subprocess(["migrate", "--to-env", str(to_cosmos), "--page-size", "50"], pg)
+    progress: dict[str, Any] = {}
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            found = checkpoints(tmp_path)
+            if found:
+                try:
+                    progress = json.loads(found[0].read_text())["kinds"].get("conversation", {})
+                except (ValueError, OSError):
+                    progress = {}
+                if progress.get("copied", 0) >= 200:
+                    break
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        _, stderr = proc.communicate(timeout=10)
+    assert proc.returncode == -signal.SIGKILL, stderr.decode()
+    assert 200 <= progress["copied"] < 1_050 and not progress["done"]
+
+    result = run(["migrate", "--to-env", str(to_cosmos), "--page-size", "50"], pg)
+    assert result.exit_code == 0, result.stderr
+    assert "resuming from checkpoint" in result.stderr
+    for kind, n in COUNTS.items():
+        assert f"source {n:>10,}  target {n:>10,}  OK" in result.stdout, kind
+    with open_store(pg) as source, open_store(cosmos_config) as target:
+        assert snapshot(target) == snapshot(source)
+        for c in range(4):
+            history = target.get_conversation_history(f"conv-{c}")
+            assert [m["n"] for m in history] == list(range(c, 1_050, 4))
+
+
+def test_a_count_mismatch_exits_non_zero_and_a_rerun_copies_again(
+    run: Cli, pg_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    pg = {"POSTGRES_CONNECTION_STRING": pg_url}
+    with open_store(pg) as source:
+        seed(source, messages=30)
+    real_dedupe = migrate_module.dedupe
+
+    def lossy(page: Any) -> Any:
+        grouped = real_dedupe(page)
+        grouped["conversation"] = grouped["conversation"][1:]  # loses one message per page
+        return grouped
+
+    with fresh_pg_database("agentstore_cli") as target_url:
+        to_pg = env_file(tmp_path / "t.env", {"POSTGRES_CONNECTION_STRING": target_url})
+        monkeypatch.setattr(migrate_module, "dedupe", lossy)
+        result = run(["migrate", "--to-env", str(to_pg), "--page-size", "10"], pg)
+        assert result.exit_code == 1
+        assert f"conversation source {30:>10,}  target {27:>10,}  MISMATCH" in result.stdout
+        assert "count check failed for conversation" in result.stderr
+        assert len(checkpoints(tmp_path)) == 1  # kept: the counts before stay known
+
+        monkeypatch.setattr(migrate_module, "dedupe", real_dedupe)
+        result = run(["migrate", "--to-env", str(to_pg), "--page-size", "10"], pg)
+        assert result.exit_code == 0, result.stdout + result.stderr
+        assert "copying everything again" in result.stderr
+        assert f"conversation source {30:>10,}  target {30:>10,}  OK" in result.stdout
+        assert checkpoints(tmp_path) == []
+
+
+def test_a_target_with_data_of_its_own_may_hold_more(run: Cli, pg_url: str, tmp_path: Path) -> None:
+    pg = {"POSTGRES_CONNECTION_STRING": pg_url}
+    with open_store(pg) as source:
+        seed(source, messages=8)
+    with fresh_pg_database("agentstore_cli") as target_url:
+        target = {"POSTGRES_CONNECTION_STRING": target_url}
+        with open_store(target) as store:
+            store.save_conversation("elsewhere", {"n": 1})
+        result = run(["migrate", "--to-env", str(env_file(tmp_path / "t.env", target))], pg)
+        assert result.exit_code == 0, result.stderr
+        assert f"conversation source {8:>10,}  target {9:>10,} (1 before)  OK" in result.stdout
+
+
+def test_count_check_rules() -> None:
+    assert KindCheck("state", 10, 10, 0).ok
+    assert KindCheck("state", 10, 12, 5).ok
+    assert not KindCheck("state", 10, 9, 5).ok  # a record is missing
+    assert not KindCheck("state", 10, 16, 5).ok  # more than source + before: not ours
+    assert not KindCheck("state", 10, 11, 0).ok
+
+
+def test_refuses_to_migrate_a_store_onto_itself(
+    run: Cli, pg_url: str, cosmos: Cosmos, tmp_path: Path
+) -> None:
+    same_db = pg_url.replace("127.0.0.1", "localhost").replace(":pg-S3cret-Pw@", ":other@")
+    target = env_file(tmp_path / "same.env", {"POSTGRES_CONNECTION_STRING": same_db})
+    result = run(["migrate", "--to-env", str(target)], {"POSTGRES_CONNECTION_STRING": pg_url})
+    assert result.exit_code == 1
+    assert "source and target are the same store" in result.stderr
+    assert checkpoints(tmp_path) == []
+    config = cosmos.config("samedb")
+    result = run(["migrate", "--to-env", str(env_file(tmp_path / "c.env", config))], config)
+    assert result.exit_code == 1 and "same store" in result.stderr
+    empty = env_file(tmp_path / "empty.env", {"CELERY_BROKER_URL": "redis://127.0.0.1:6379/0"})
+    result = run(["migrate", "--to-env", str(empty)], {"POSTGRES_CONNECTION_STRING": pg_url})
+    assert result.exit_code == 1 and "target file configures no store" in result.stderr
+
+
+def test_the_target_reads_only_its_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("COSMOS_DATABASE_NAME=from_dotenv\n")
+    monkeypatch.setenv("POSTGRES_CONNECTION_STRING", "postgresql://u:p@db:5432/source")
+    monkeypatch.setenv("COSMOS_DATABASE_NAME", "source_db")
+    monkeypatch.setenv("COSMOS_MAX_CONCURRENCY", "3")
+    path = tmp_path / "t.env"
+    path.write_text(
+        'export COSMOS_ENDPOINT="https://acct.documents.azure.com:443/"\ncosmos_key=a2V5\n'
+    )
+    settings = target_settings(path)
+    assert settings.postgres_connection_string is None
+    assert settings.cosmos_endpoint == "https://acct.documents.azure.com:443/"
+    assert settings.cosmos_key is not None and settings.cosmos_key.get_secret_value() == "a2V5"
+    assert settings.cosmos_database_name == "transaction_review"
+    assert settings.cosmos_max_concurrency == 8
+    assert store_identity(settings) == (
+        "cosmos",
+        "acct.documents.azure.com",
+        "443",
+        "transaction_review",
+    )
+
+
+def test_checkpoint_of_another_migration_is_refused_unless_restarted(
+    run: Cli, pg_url: str, tmp_path: Path
+) -> None:
+    pg = {"POSTGRES_CONNECTION_STRING": pg_url}
+    with open_store(pg) as source:
+        seed(source, messages=4)
+    other = tmp_path / "other.json"
+    other.write_text(
+        json.dumps({"format": 1, "migration": "0123", "source": "a", "target": "b", "kinds": {}})
+    )
+    with fresh_pg_database("agentstore_cli") as target_url:
+        to_pg = env_file(tmp_path / "t.env", {"POSTGRES_CONNECTION_STRING": target_url})
+        result = run(["migrate", "--to-env", str(to_pg), "--checkpoint", str(other)], pg)
+        assert result.exit_code == 1 and "belongs to another migration (a -> b)" in result.stderr
+        result = run(
+            ["migrate", "--to-env", str(to_pg), "--checkpoint", str(other), "--restart"], pg
+        )
+        assert result.exit_code == 0, result.stderr
+        assert not other.exists()
+
+
+def test_progress_shows_rows_rate_and_eta_on_a_terminal() -> None:
+    out = io.StringIO()
+    progress = LineProgress(out, tty=True)
+    progress.start("conversation", 1000, initial=100)
+    progress.advance(400)
+    progress.finish()
+    text = out.getvalue()
+    assert "\r" in text and text.endswith("\n")
+    assert "500/1,000 rows ( 50.0%)" in text and "/s" in text and "ETA" in text
+    quiet = io.StringIO()
+    progress = LineProgress(quiet, tty=False)
+    progress.start("state", None)
+    progress.advance(7)
+    progress.finish()
+    assert "\r" not in quiet.getvalue() and "7 rows" in quiet.getvalue()
