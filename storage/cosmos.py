@@ -53,10 +53,10 @@ _TRANSIENT_STATUS = frozenset({408, 410, 429, 449, 502, 503, 504})
 _MAX_WRITE_ATTEMPTS = 10
 _LOOPBACK_TLS_WARNING = r"Unverified HTTPS request is being made to host '(127\.0\.0\.1|localhost)'"
 _CHUNK = 16  # records per executor task: amortises the hand-off, still spreads the work
+_BAD_NAME_CHARS = frozenset("/\\?#\t\r\n")  # in database names: refused by Cosmos DB or its SDK
 # Row ids are Cosmos-safe for the service, but the Python SDK also refuses ids containing
 # tab/CR/LF or ending in a space. Row ids never contain these `%XX` sequences (their `%` is
 # escaped as `%25`), so this extra escaping is injective and exactly reversible.
-_BAD_NAME_CHARS = frozenset("/\\?#\t\r\n")
 _SDK_ESCAPES = {"\t": "%09", "\n": "%0A", "\r": "%0D"}
 _SDK_TRANSLATION = str.maketrans(_SDK_ESCAPES)
 

@@ -289,3 +289,27 @@ def test_unusable_database_name_is_a_config_error(server: CosmosServer, name: st
         CosmosDBClient(
             cosmos_endpoint=server.endpoint, cosmos_key=server.key, cosmos_database_name=name
         )
+
+
+@pytest.mark.parametrize(
+    ("status", "transient"), [(429, True), (503, True), (408, True), (400, False)]
+)
+def test_http_errors_map_to_storage_errors(
+    server: CosmosServer,
+    make_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    status: int,
+    transient: bool,
+) -> None:
+    client = make_client()
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise exceptions.CosmosHttpResponseError(  # type: ignore[no-untyped-call]
+            status_code=status, message=f"boom {server.key}"
+        )
+
+    monkeypatch.setattr(client._containers["state"].proxy, "read_item", fail)
+    with pytest.raises(StorageError) as info:
+        client.get_state("a", "s")
+    assert isinstance(info.value, TransientStorageError) is transient
+    assert str(status) in str(info.value) and server.key not in str(info.value)
