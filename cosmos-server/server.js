@@ -133,7 +133,13 @@ function main() {
   const [packageHandler] = server.listeners("request");
   server.removeAllListeners("request");
   server.on("request", (req, res) => {
-    if (!authorized(req)) {
+    let ok = false;
+    try {
+      ok = authorized(req);
+    } catch (err) {
+      ok = false; // a malformed URL or header must not crash the server
+    }
+    if (!ok) {
       reject(req, res, 401, "Unauthorized",
         "The input authorization token can't serve the request. The wrong key is being used.");
     } else if (tooLarge(req)) {
