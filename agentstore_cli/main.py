@@ -203,7 +203,8 @@ def import_(ctx: click.Context, file: Any, page_size: int, dry_run: bool) -> Non
             if exc.written
             else "nothing was written"
         )
-        _fail(ctx, f"{file.name}: {exc}; {kept}")
+        name = getattr(file, "name", "-")
+        _fail(ctx, f"{'stdin' if name in ('-', '<stdin>') else name}: {exc}; {kept}")
     per_kind = ", ".join(f"{kind} {n:,}" for kind, n in result.per_kind.items())
     verb = "checked" if dry_run else "imported"
     click.echo(f"{verb} {result.records:,} records ({per_kind})", err=True)

@@ -246,6 +246,7 @@ class Worker:
         self.log = log
         self._out = log.open("ab")
         args = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--concurrency", "1"]
+        args += ["--loglevel", "INFO"]
         args += ["-n", f"cli{uuid.uuid4().hex[:6]}@%h", "--without-mingle", "--without-gossip"]
         self.proc = subprocess.Popen(
             args,
