@@ -44,10 +44,15 @@ app.conf.update(
     # message stranded in kombu's `unacked` hash waits for kombu's own redelivery.
     broker_transport_options={"visibility_timeout": _worker_settings.visibility_timeout_s},
     worker_consumer="worker.app:Consumer",
+    worker_cancel_long_running_tasks_on_connection_loss=False,
     worker_hijack_root_logger=True,
     task_track_started=False,
     worker_send_task_events=False,
 )
+
+
+if BROKER_URL.startswith(("redis://", "rediss://")):
+    app.conf.broker_transport = "worker.transport:Transport"
 
 
 class _Process:
