@@ -268,7 +268,13 @@ def migrate(
 @click.option(
     "--no-workers", is_flag=True, help="Skip the worker check (for a worker's own healthcheck)."
 )
-@click.option("--timeout", type=click.FloatRange(0.5, 120), default=10.0, show_default=True)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(1, 120),
+    default=8.0,
+    show_default=True,
+    help="Seconds for all checks together (fits a 10 s container healthcheck timeout).",
+)
 @click.pass_context
 def health(ctx: click.Context, no_workers: bool, timeout: float) -> None:
     """Check the broker (PING), the store (one read) and the workers (Celery ping).

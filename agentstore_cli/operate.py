@@ -106,47 +106,56 @@ def check_workers(url: str, timeout: float) -> Check:
     return Check("workers", False, f"no worker answered a ping within {timeout:g} s")
 
 
-def _within(name: str, deadline: float, run: Callable[[], Check]) -> Check:
-    # Drivers retry on their own schedules (Cosmos DB for tens of seconds); a health check
-    # answers within its deadline and leaves the straggler to die with the process.
-    box: list[Check] = []
+class _Background:
+    """Runs a check in a daemon thread; `result(deadline)` waits at most until `deadline`.
 
-    def target() -> None:
-        try:
-            box.append(run())
-        except Exception as exc:
-            box.append(Check(name, False, _short(exc)))
+    Drivers retry on their own schedules (Cosmos DB for tens of seconds); a health check
+    answers in time and leaves a straggler to die with the process.
+    """
 
-    thread = threading.Thread(target=target, name=f"health-{name}", daemon=True)
-    thread.start()
-    thread.join(deadline)
-    return box[0] if box else Check(name, False, f"no answer within {deadline:g} s")
-
-
-def run_health(settings: Settings, workers: bool = True, timeout: float = 10.0) -> list[Check]:
-    """Broker, store and (unless `workers` is False) worker checks, store and workers in
-    parallel; each gives up after `timeout` seconds."""
-    url = settings.celery_broker_url.get_secret_value()
-    broker = check_broker(url, min(timeout, 5.0))
-    results: dict[str, Check] = {}
-    threads = []
-
-    def run(name: str, check: Callable[[], Check]) -> None:
-        results[name] = _within(name, timeout, check)
-
-    threads.append(threading.Thread(target=run, args=("store", lambda: check_store(settings))))
-    if workers and broker.ok:
-        worker_wait = min(2.0, timeout)
-        threads.append(
-            threading.Thread(target=run, args=("workers", lambda: check_workers(url, worker_wait)))
+    def __init__(self, name: str, run: Callable[[], Check]) -> None:
+        self._name = name
+        self._box: list[Check] = []
+        self._thread = threading.Thread(
+            target=self._target, args=(run,), name=f"health-{name}", daemon=True
         )
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    checks = [broker, results["store"]]
-    if workers:
-        checks.append(results.get("workers") or Check("workers", False, "broker unreachable"))
+        self._thread.start()
+
+    def _target(self, run: Callable[[], Check]) -> None:
+        try:
+            self._box.append(run())
+        except Exception as exc:
+            self._box.append(Check(self._name, False, _short(exc)))
+
+    def result(self, deadline: float, timeout: float) -> Check:
+        self._thread.join(max(deadline - time.monotonic(), 0.0))
+        return (
+            self._box[0]
+            if self._box
+            else Check(self._name, False, f"no answer within {timeout:g} s")
+        )
+
+
+def run_health(settings: Settings, workers: bool = True, timeout: float = 8.0) -> list[Check]:
+    """Broker, store and (unless `workers` is False) worker checks, all within `timeout` s.
+
+    The store is checked while the broker is; the workers only once the broker answered.
+    """
+    deadline = time.monotonic() + timeout
+    url = settings.celery_broker_url.get_secret_value()
+    store = _Background("store", lambda: check_store(settings))
+    broker = _Background("broker", lambda: check_broker(url, min(timeout, 5.0)))
+    checks = [broker.result(deadline, timeout)]
+    pinged = None
+    if workers and checks[0].ok:
+        # The ping waits its whole timeout for replies: leave it what the deadline allows.
+        wait = max(min(2.0, deadline - time.monotonic() - 0.5), 0.1)
+        pinged = _Background("workers", lambda: check_workers(url, wait))
+    checks.append(store.result(deadline, timeout))
+    if pinged is not None:
+        checks.append(pinged.result(deadline, timeout))
+    elif workers:
+        checks.append(Check("workers", False, "broker unreachable"))
     return checks
 
 

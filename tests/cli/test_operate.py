@@ -191,3 +191,19 @@ def test_broker_errors_are_one_line_without_the_password(run: Cli) -> None:
         assert result.stderr.startswith("agentstore: broker: ConnectionError")
         assert len(result.stderr.strip().splitlines()) == 1
         assert "Traceback" not in result.stderr
+
+
+def test_health_answers_within_its_timeout_when_the_store_hangs(run: Cli, spare_redis: str) -> None:
+    import socket
+
+    with socket.socket() as silent:  # accepts connections (backlog), never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        hanging = f"postgresql://postgres@127.0.0.1:{port}/db"
+        began = time.monotonic()
+        result = run(["health", "--no-workers", "--timeout", "1.5"], config(spare_redis, hanging))
+        assert time.monotonic() - began < 3
+    assert result.exit_code == 1
+    assert "broker   OK" in result.stdout
+    assert "store    FAIL  no answer within 1.5 s" in result.stdout
