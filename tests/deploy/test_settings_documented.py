@@ -1,0 +1,98 @@
+"""Every variable in docker-compose.yml and .env.example is a real setting, and vice versa."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import pytest
+
+from storage.config import Settings
+from worker.settings import WorkerSettings
+
+from .files import ROOT, env_example, load_compose, our_services, referenced_variables
+
+# Read by docker compose itself (the postgres image), never by agentstore.
+COMPOSE_ONLY = {"POSTGRES_PASSWORD"}
+SETTINGS = {name.upper() for name in Settings.model_fields}
+WORKER = {f"AGENTSTORE_{f.name.upper()}" for f in dataclasses.fields(WorkerSettings)}
+KNOWN = SETTINGS | WORKER | COMPOSE_ONLY
+
+
+def _defaults() -> dict[str, Any]:
+    defaults: dict[str, Any] = {}
+    for name, info in Settings.model_fields.items():
+        value = info.default
+        defaults[name.upper()] = getattr(value, "get_secret_value", lambda v=value: v)()
+    for f in dataclasses.fields(WorkerSettings):
+        defaults[f"AGENTSTORE_{f.name.upper()}"] = f.default
+    return defaults
+
+
+def test_worker_field_names_are_its_environment_variables() -> None:
+    # WorkerSettings documents AGENTSTORE_<FIELD> per field; the code must read exactly those.
+    source = "\n".join(p.read_text() for p in (ROOT / "worker").glob("*.py"))
+    assert set(re.findall(r"\bAGENTSTORE_[A-Z0-9_]+\b", source)) == WORKER
+
+
+def test_env_example_documents_every_setting_and_nothing_else() -> None:
+    documented = set(env_example())
+    assert not KNOWN - documented, f"undocumented in .env.example: {sorted(KNOWN - documented)}"
+    assert not documented - KNOWN, f"not settings: {sorted(documented - KNOWN)}"
+
+
+def test_env_example_states_each_meaning_and_the_real_default() -> None:
+    defaults = _defaults()
+    for var in env_example().values():
+        assert len(var.comment) > 20, f"{var.name}: say what it means"
+        stated = re.search(r"Default: (?:`([^`]*)`|(none))", var.comment)
+        assert stated, f"{var.name}: the comment must say `Default: ...`"
+        real = defaults.get(var.name)
+        if stated.group(2) == "none":
+            assert real is None, f"{var.name} defaults to {real!r}, not none"
+            continue
+        text = stated.group(1)
+        assert real is not None, f"{var.name} has no default, but .env.example says {text!r}"
+        assert type(real)(text) == real, f"{var.name}: documented {text!r}, real {real!r}"
+        if var.commented and var.value:
+            assert type(real)(var.value) == real, f"{var.name}: example line shows {var.value!r}"
+
+
+def test_compose_refers_only_to_real_settings() -> None:
+    compose = load_compose()
+    referenced: set[str] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+        elif isinstance(node, str):
+            referenced.update(referenced_variables(node))
+
+    walk(compose)
+    assert not referenced - KNOWN, f"compose interpolates unknown {sorted(referenced - KNOWN)}"
+    assert referenced >= COMPOSE_ONLY, "a compose-only variable nobody uses: drop it"
+    for name, service in our_services(compose).items():
+        keys = set(service.get("environment") or {})
+        assert not keys - SETTINGS - WORKER, f"{name} sets unknown {sorted(keys - KNOWN)}"
+
+
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+def test_each_setting_is_read_from_its_variable(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Guards the premise of the cross-check: the variable name really reaches the field.
+    values = {
+        "POSTGRES_CONNECTION_STRING": "postgresql://u@h:5432/d",
+        "COSMOS_ENDPOINT": "https://h:443/",
+        "CELERY_BROKER_URL": "redis://h:6379/3",
+    }
+    field = name.lower()
+    annotation = str(Settings.model_fields[field].annotation)
+    value = values.get(name, "7" if "int" in annotation else "text")
+    monkeypatch.setenv(name, value)
+    got = getattr(Settings(_env_file=None), field)  # type: ignore[call-arg]
+    got = getattr(got, "get_secret_value", lambda: got)()
+    assert str(got) == value
