@@ -7,9 +7,12 @@ server). A wrong module path, variable name or command fails here, not in produc
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -21,9 +24,9 @@ import pytest
 
 from producer import Producer
 from tests.cosmos_server import EMULATOR_KEY
-from tests.services import fresh_pg_database, unavailable
+from tests.services import free_port, fresh_pg_database, unavailable
 
-from .files import load_compose, our_services, service_environment
+from .files import dockerfile_instructions, load_compose, our_services, service_environment
 from .native import NativeProcess, base_environment, command_of, localized_environment, start
 
 COMPOSE = load_compose()
@@ -164,3 +167,41 @@ def test_one_shot_service_runs_to_success(name: str, local: LocalServices, workd
     assert result.returncode == 0, result.stdout + result.stderr
     if name == "demo":
         assert "verified" in result.stdout, result.stdout
+
+
+def _healthcheck() -> tuple[list[str], float]:
+    check = next(i for i in dockerfile_instructions() if i.keyword == "HEALTHCHECK")
+    options, _, exec_form = check.arguments.partition("CMD")
+    timeout = re.search(r"--timeout=(\d+)s", options)
+    assert timeout, "HEALTHCHECK needs an explicit --timeout"
+    return json.loads(exec_form), float(timeout.group(1))
+
+
+def test_image_healthcheck_passes_in_a_worker_environment(
+    local: LocalServices, workdir: Path
+) -> None:
+    command, limit = _healthcheck()
+    started = time.monotonic()
+    result = subprocess.run(
+        command,
+        env=_env("worker", local),
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=limit + 20,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert time.monotonic() - started < limit, "slower than the HEALTHCHECK timeout"
+
+
+def test_image_healthcheck_fails_when_the_broker_is_down(
+    local: LocalServices, workdir: Path
+) -> None:
+    command, limit = _healthcheck()
+    env = _env("worker", local) | {"CELERY_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    started = time.monotonic()
+    result = subprocess.run(
+        command, env=env, cwd=workdir, capture_output=True, text=True, timeout=limit + 20
+    )
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert time.monotonic() - started < limit, "slower than the HEALTHCHECK timeout"
