@@ -142,6 +142,13 @@ def test_terminated_database_connections_are_retried(
         work.publish(prod)
         worker = start_worker(broker, database, **SLOW)
         terminated = 0
+        # A storm first: connections killed faster than the store's own one reconnect can
+        # absorb, until the worker's retry-with-backoff has visibly taken over.
+        wait_until("progress", lambda: pending(client) <= work.total - 200, 60, 0.005)
+        storm_end = time.monotonic() + 5
+        while "transient failure" not in worker.log() and time.monotonic() < storm_end:
+            terminated += _terminate_backends(database)
+            time.sleep(0.002)
         for _ in range(5):
             before = pending(client)
             wait_until("progress", lambda b=before: pending(client) <= b - 200, 60, 0.005)
@@ -151,6 +158,7 @@ def test_terminated_database_connections_are_retried(
     assert terminated >= 5
     assert DeadLetters(broker).count() == 0
     retried = worker.log().count("transient failure")
+    assert retried >= 1, "the worker's own retry path was exercised"
     print(f"\npg_terminate_backend: {terminated} connections killed, {retried} batch retries")
     client.close()
 
