@@ -70,8 +70,7 @@ def _secrets_of(settings: Settings) -> list[str]:
 
 
 def _settings(ctx: click.Context, loaded: Settings | None = None) -> Settings:
-    """The settings (from the environment and .env unless `loaded`), their secrets noted so
-    that no message printed afterwards can contain them."""
+    # Every secret configured is noted, so that no message printed afterwards can hold it.
     settings = loaded or load_settings()
     ctx.find_root().ensure_object(dict).setdefault("secrets", []).extend(_secrets_of(settings))
     return settings
@@ -95,6 +94,11 @@ class _Group(click.Group):
             _fail(ctx, str(exc))
         except redis.RedisError as exc:
             _fail(ctx, f"broker: {type(exc).__name__}: {exc}")
+        except BrokenPipeError:
+            # `agentstore export | head`: the reader has all it wanted; say nothing more.
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(1)
         except OSError as exc:  # an unwritable --output, a vanished import file, a full disk
             _fail(ctx, f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
 
@@ -108,9 +112,8 @@ def cli() -> None:
     """
 
 
-def _progress(stream_tty: bool | None = None) -> Progress:
-    tty = sys.stderr.isatty() if stream_tty is None else stream_tty
-    return LineProgress(sys.stderr, tty=True) if tty else NoProgress()
+def _progress() -> Progress:
+    return LineProgress(sys.stderr, tty=True) if sys.stderr.isatty() else NoProgress()
 
 
 def _kinds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[Kind, ...]:

@@ -149,8 +149,15 @@ def plan_migration(
     mid = migration_id(source, target)
     path = checkpoint or CHECKPOINT_DIR / f"migrate-{mid}.json"
     src, tgt = describe(source), describe(target)
-    found = None if restart else Checkpoint.load(path, mid, src, tgt)
-    return found or Checkpoint(path, mid, src, tgt)
+    if not restart:
+        return Checkpoint.load(path, mid, src, tgt) or Checkpoint(path, mid, src, tgt)
+    fresh = Checkpoint(path, mid, src, tgt)
+    # Starting over keeps what the target held before the first run: the partial copy
+    # since then is ours, not the target's own data, and must not loosen the count check.
+    with contextlib.suppress(TransferError):
+        earlier = Checkpoint.load(path, mid, src, tgt)
+        fresh.target_before = earlier.target_before if earlier else None
+    return fresh
 
 
 def read_ahead(items: Iterator[T], depth: int = READ_AHEAD) -> Iterator[T]:
@@ -190,14 +197,12 @@ def read_ahead(items: Iterator[T], depth: int = READ_AHEAD) -> Iterator[T]:
         thread.join(timeout=30)
 
 
-def count_both(
-    source: StorageBackend, target: StorageBackend | None, kind: Kind
-) -> tuple[int, int]:
-    """`(source count, target count)` of `kind`, scanned at the same time."""
+def count_both(source: StorageBackend, target: StorageBackend, kind: Kind) -> tuple[int, int]:
+    """`(source count, target count)` of `kind`, both scanned at the same time."""
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="agentstore-count") as pool:
         src = pool.submit(count_records, source, kind)
-        tgt = pool.submit(count_records, target, kind) if target is not None else None
-        return src.result(), tgt.result() if tgt is not None else 0
+        tgt = pool.submit(count_records, target, kind)
+        return src.result(), tgt.result()
 
 
 def migrate_stores(
@@ -242,6 +247,7 @@ def migrate_stores(
         state["done"] = True
         checkpoint.save()
         progress.finish()
+    note("count check: scanning both stores")
     checks = []
     for kind in KINDS:
         src, tgt = count_both(source, target, kind)

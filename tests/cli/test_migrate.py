@@ -284,3 +284,33 @@ def test_progress_shows_rows_rate_and_eta_on_a_terminal() -> None:
     progress.advance(7)
     progress.finish()
     assert "\r" not in quiet.getvalue() and "7 rows" in quiet.getvalue()
+
+
+def test_restart_copies_from_the_start_and_keeps_the_counts_before_the_first_run(
+    run: Cli, pg_url: str, tmp_path: Path
+) -> None:
+    pg = {"POSTGRES_CONNECTION_STRING": pg_url}
+    with open_store(pg) as source:
+        seed(source, messages=30)
+    with fresh_pg_database("agentstore_cli") as target_url:
+        to_pg = env_file(tmp_path / "t.env", {"POSTGRES_CONNECTION_STRING": target_url})
+        target_config = {"POSTGRES_CONNECTION_STRING": target_url}
+        plan = plan_migration(load_settings(_env_file=None, **pg_lower(pg)), target_settings(to_pg))
+        with open_store(target_config) as target:
+            real_write, calls = target.write_records, []
+
+            def fail_third(grouped: Any) -> None:
+                calls.append(1)
+                if len(calls) == 3:
+                    raise StorageError("target went away (test)")
+                real_write(grouped)
+
+            target.write_records = fail_third  # type: ignore[method-assign]
+            with pytest.raises(StorageError):
+                migrate_stores(source_store := open_store(pg), target, plan, page_size=100)
+            source_store.close()
+        result = run(["migrate", "--to-env", str(to_pg), "--restart"], pg)
+        assert result.exit_code == 0, result.stderr
+        assert "resuming" not in result.stderr
+        assert "before" not in result.stdout  # the partial copy is not the target's own data
+        assert f"state        source {120:>10,}  target {120:>10,}  OK" in result.stdout
