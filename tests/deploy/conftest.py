@@ -27,7 +27,7 @@ def spare_redis_url() -> Iterator[str]:
     base = urlsplit(REDIS_URL)
     admin = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3, socket_timeout=3)
     try:
-        databases = int(admin.config_get("databases").get("databases", 16))
+        databases = int(admin.config_get("databases").get("databases") or 16)
     except redis.RedisError as exc:
         unavailable(f"Redis at {REDIS_URL}: {exc}")
     finally:

@@ -136,6 +136,7 @@ def test_worker_service_starts_answers_applies_and_stops(
         try:
             state = {"service": name, "nonce": uuid.uuid4().hex}
             op_id = producer.save_state(f"compose-{name}", "probe", state)
+            assert op_id is not None
             producer.wait([op_id], timeout=30)
             assert producer.get_state(f"compose-{name}", "probe") == state
         finally:
