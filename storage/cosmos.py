@@ -54,24 +54,6 @@ _MAX_WRITE_ATTEMPTS = 10
 _LOOPBACK_TLS_WARNING = r"Unverified HTTPS request is being made to host '(127\.0\.0\.1|localhost)'"
 _CHUNK = 16  # records per executor task: amortises the hand-off, still spreads the work
 _BAD_NAME_CHARS = frozenset("/\\?#\t\r\n")  # in database names: refused by Cosmos DB or its SDK
-# Row ids are Cosmos-safe for the service, but the Python SDK also refuses ids containing
-# tab/CR/LF or ending in a space. Row ids never contain these `%XX` sequences (their `%` is
-# escaped as `%25`), so this extra escaping is injective and exactly reversible.
-_SDK_ESCAPES = {"\t": "%09", "\n": "%0A", "\r": "%0D"}
-_SDK_TRANSLATION = str.maketrans(_SDK_ESCAPES)
-
-
-def _item_id(rid: str) -> str:
-    out = rid.translate(_SDK_TRANSLATION)
-    return out[:-1] + "%20" if out.endswith(" ") else out
-
-
-def _row_id(item_id: str) -> str:
-    if "%" not in item_id:
-        return item_id
-    for char, escaped in (*_SDK_ESCAPES.items(), (" ", "%20")):
-        item_id = item_id.replace(escaped, char)
-    return item_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,13 +209,13 @@ class CosmosDBClient(StorageBackend):
         if len(recs) > 1 and recs[0].kind != "conversation" and container.aligned:
             where = f"c.{layout.partition_field} = @p AND ARRAY_CONTAINS(@ids, c.id)"
             sql = f"SELECT * FROM c WHERE {where}"
-            params = {"@p": recs[0].partition, "@ids": [_item_id(r.row_id) for r in recs]}
+            params = {"@p": recs[0].partition, "@ids": [r.row_id for r in recs]}
             found = {
                 i["id"]: i
                 for i in self._call(lambda: container.query(sql, params, recs[0].partition))
             }
             for rec in recs:
-                current = found.get(_item_id(rec.row_id))
+                current = found.get(rec.row_id)
                 self._call(functools.partial(_write, container, rec, current, fresh=True))
         else:
             for rec in recs:
@@ -289,11 +271,11 @@ class CosmosDBClient(StorageBackend):
             "SELECT TOP @n * FROM c WHERE c.id > @after AND IS_DEFINED(c.version) "
             "AND IS_DEFINED(c.data) ORDER BY c.id"
         )
-        params: dict[str, object] = {"@n": limit, "@after": _item_id(after) if after else ""}
+        params: dict[str, object] = {"@n": limit, "@after": after or ""}
         items = self._call(lambda: container.query(sql, params, None))
         pf, sf = container.layout.partition_field, container.layout.sub_id_field
         return [
-            Record(kind, _row_id(i["id"]), i[pf], i["data"], i["version"], i["position"], i[sf])
+            Record(kind, i["id"], i[pf], i["data"], i["version"], i["position"], i[sf])
             for i in items
         ]
 
@@ -307,9 +289,8 @@ class CosmosDBClient(StorageBackend):
         except ValidationError:
             return None  # too long together to have been saved
         container = self._containers[kind]
-        item_id = _item_id(rid)
-        fields = {"id": item_id, layout.partition_field: owner, layout.sub_id_field: sub}
-        item = self._call(lambda: _read(container.proxy, item_id, fields[container.key_field]))
+        fields = {"id": rid, layout.partition_field: owner, layout.sub_id_field: sub}
+        item = self._call(lambda: _read(container.proxy, rid, fields[container.key_field]))
         return None if item is None else dict(item["data"])
 
     # -- lifecycle and errors ---------------------------------------------------------------
@@ -354,7 +335,7 @@ def _write(
     """Store `rec` unless a newer version is stored; `fresh`: `current` is what is stored."""
     layout = container.layout
     item: dict[str, Any] = {
-        "id": _item_id(rec.row_id),
+        "id": rec.row_id,
         layout.partition_field: rec.partition,
         layout.sub_id_field: rec.sub_id,
         "version": rec.version,

@@ -5,8 +5,20 @@ from __future__ import annotations
 from .errors import ValidationError
 
 MAX_ID_CHARS = 255
-# Cosmos DB forbids these in ids; `|` is our separator and `%` our escape character.
-ESCAPES = {"%": "%25", "/": "%2F", "\\": "%5C", "?": "%3F", "#": "%23", "|": "%7C"}
+# Cosmos DB forbids `/ \ ? #` in ids and its Python SDK also refuses tab, CR, LF and a
+# trailing space; `|` is our separator and `%` our escape character (so it goes first).
+ESCAPES = {
+    "%": "%25",
+    "/": "%2F",
+    "\\": "%5C",
+    "?": "%3F",
+    "#": "%23",
+    "|": "%7C",
+    "\t": "%09",
+    "\n": "%0A",
+    "\r": "%0D",
+    " ": "%20",
+}
 _NEEDS_ESCAPE = frozenset(ESCAPES)
 _TRANSLATION = str.maketrans(ESCAPES)
 

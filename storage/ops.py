@@ -197,6 +197,7 @@ class Record:
     data: dict[str, Any]
     version: str
     # Sort key within the partition: send order for messages, save order for transactions.
+    # "<version> <suffix>": a space sorts below every version character, so "10 x" < "10.5 x".
     position: str
     sub_id: str = ""
 
@@ -212,7 +213,7 @@ def _records_of(op: Op) -> Iterable[Record]:
         yield Record("task", rid, t.agent_id, t.task_data, op.version, op.version, t.task_id)
     elif isinstance(op, SaveConversation):
         c = op.args
-        position = f"{op.version}/{op.id}"
+        position = f"{op.version} {op.id}"
         yield Record(
             "conversation", op.id, c.conversation_id, c.message, op.version, position, op.id
         )
@@ -220,7 +221,7 @@ def _records_of(op: Op) -> Iterable[Record]:
         case_id = op.args.case_id
         for index, txn in enumerate(op.args.transactions):
             rid = row_id(("case_id", case_id), ("transaction id", txn["id"]))
-            position = f"{op.version}/{index:05d}"
+            position = f"{op.version} {index:05d}"
             yield Record("transaction", rid, case_id, txn, op.version, position, txn["id"])
 
 

@@ -82,7 +82,7 @@ _VERSIONS = (
 ALTER TABLE conversations ADD COLUMN IF NOT EXISTS version TEXT COLLATE "C";
 ALTER TABLE conversations ADD COLUMN IF NOT EXISTS position TEXT COLLATE "C";
 UPDATE conversations SET version = {_version_from("timestamp")} WHERE version IS NULL;
-UPDATE conversations SET position = version || '/' || id WHERE position IS NULL;
+UPDATE conversations SET position = version || ' ' || id WHERE position IS NULL;
 ALTER TABLE conversations ALTER COLUMN version SET NOT NULL;
 ALTER TABLE conversations ALTER COLUMN position SET NOT NULL;
 CREATE INDEX IF NOT EXISTS idx_conversations_conv_position
@@ -94,7 +94,7 @@ UPDATE transactions SET
     transaction = CASE WHEN jsonb_typeof(transaction->'id') = 'string' THEN transaction
                        ELSE transaction || jsonb_build_object('id', id) END,
     version = {_version_from("timestamp")},
-    position = {_version_from("timestamp")} || '/' || id,
+    position = {_version_from("timestamp")} || ' ' || id,
     id = CASE WHEN length({_TXN_ROW_ID}) <= 255 THEN {_TXN_ROW_ID} ELSE id END
     WHERE version IS NULL;
 ALTER TABLE transactions ALTER COLUMN version SET NOT NULL;
