@@ -238,15 +238,17 @@ def migrate_stores(
             note(f"{kind}: already copied ({state['copied']:,} records)")
             continue
         progress.start(kind, totals(kind), initial=state["copied"])
-        for page in read_ahead(scan_pages(source, kind, page_size, state["after"])):
-            target.write_records(dedupe(page))
-            state["after"] = page[-1].row_id
-            state["copied"] += len(page)
-            checkpoint.save()
-            progress.advance(len(page))
+        try:
+            for page in read_ahead(scan_pages(source, kind, page_size, state["after"])):
+                target.write_records(dedupe(page))
+                state["after"] = page[-1].row_id
+                state["copied"] += len(page)
+                checkpoint.save()
+                progress.advance(len(page))
+        finally:
+            progress.finish()  # also when interrupted: the line shows how far it got
         state["done"] = True
         checkpoint.save()
-        progress.finish()
     note("count check: scanning both stores")
     checks = []
     for kind in KINDS:

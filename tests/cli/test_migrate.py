@@ -115,7 +115,34 @@ def pg_lower(config: dict[str, str]) -> dict[str, Any]:
     return {"postgres_connection_string": config["POSTGRES_CONNECTION_STRING"]}
 
 
-def test_a_killed_migration_resumes_and_every_record_arrives_once(
+def _stop_when_copied(
+    run: Cli, args: list[str], config: dict[str, str], at: int, sig: int
+) -> tuple[int, str, dict[str, Any]]:
+    """Run the CLI as a process; send `sig` once the checkpoint shows `at` messages copied."""
+    proc = run.subprocess(args, config)
+    progress: dict[str, Any] = {}
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            found = checkpoints(run.cwd)
+            if found:
+                try:
+                    progress = json.loads(found[0].read_text())["kinds"].get("conversation", {})
+                except (ValueError, OSError):
+                    progress = {}  # caught between write and rename: look again
+                if progress.get("copied", 0) >= at:
+                    break
+            time.sleep(0.01)
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    saved = json.loads(checkpoints(run.cwd)[0].read_text())["kinds"]["conversation"]
+    return proc.returncode, stderr.decode(), saved
+
+
+def test_an_interrupted_then_killed_migration_resumes_and_every_record_arrives_once(
     run: Cli, pg_url: str, cosmos: Cosmos, tmp_path: Path
 ) -> None:
     pg = {"POSTGRES_CONNECTION_STRING": pg_url}
@@ -123,28 +150,19 @@ def test_a_killed_migration_resumes_and_every_record_arrives_once(
     to_cosmos = env_file(tmp_path / "cosmos.env", cosmos_config)
     with open_store(pg) as source:
         seed(source)
-    proc = run.subprocess(["migrate", "--to-env", str(to_cosmos), "--page-size", "50"], pg)
-    progress: dict[str, Any] = {}
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and proc.poll() is None:
-            found = checkpoints(tmp_path)
-            if found:
-                try:
-                    progress = json.loads(found[0].read_text())["kinds"].get("conversation", {})
-                except (ValueError, OSError):
-                    progress = {}
-                if progress.get("copied", 0) >= 200:
-                    break
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        _, stderr = proc.communicate(timeout=10)
-    assert proc.returncode == -signal.SIGKILL, stderr.decode()
-    assert 200 <= progress["copied"] < 1_050 and not progress["done"]
+    args = ["migrate", "--to-env", str(to_cosmos), "--page-size", "50"]
+    code, stderr, saved = _stop_when_copied(run, args, pg, 200, signal.SIGINT)
+    assert code == 130, stderr
+    assert "interrupted; run the same command again to resume" in stderr
+    assert "Traceback" not in stderr
+    assert 200 <= saved["copied"] < 1_050 and not saved["done"]
 
-    result = run(["migrate", "--to-env", str(to_cosmos), "--page-size", "50"], pg)
+    code, stderr, saved = _stop_when_copied(run, args, pg, saved["copied"] + 200, signal.SIGKILL)
+    assert code == -signal.SIGKILL, stderr
+    assert "resuming from checkpoint" in stderr
+    assert saved["copied"] < 1_050 and not saved["done"]
+
+    result = run(args, pg)
     assert result.exit_code == 0, result.stderr
     assert "resuming from checkpoint" in result.stderr
     for kind, n in COUNTS.items():
