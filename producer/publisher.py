@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -57,7 +59,8 @@ class Publisher:
         # Half the budget per attempt, and a retry only while half is left: a publish that
         # fails fast (reset connection) retries, one that hangs gives up in time.
         self.redis = connect(broker_url, timeout / 2)
-        self._script = self.redis.register_script(_PUBLISH)
+        self._pool = self.redis.connection_pool
+        self._sha = hashlib.sha1(_PUBLISH.encode()).hexdigest()
 
     def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
         """Queue `(message id, message)` pairs atomically, or raise `PublishError`.
@@ -73,7 +76,7 @@ class Publisher:
         while True:
             attempt += 1
             try:
-                self._script(keys=_KEYS, args=argv)
+                self._evalsha(argv)
                 return
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 elapsed = time.monotonic() - start
@@ -88,6 +91,26 @@ class Publisher:
                 raise PublishError(
                     f"the broker at {self.masked_url} refused the publish: {_reason(exc)}"
                 ) from None
+
+    def _evalsha(self, argv: list[str | bytes]) -> None:
+        # Straight on a pooled connection: the client's per-command machinery (retries,
+        # observability hooks) costs as much as the round trip itself.
+        conn: Any = self._pool.get_connection()
+        try:
+            try:
+                conn.send_command("EVALSHA", self._sha, len(_KEYS), *_KEYS, *argv)
+                conn.read_response()
+            except redis.exceptions.NoScriptError:
+                conn.send_command("SCRIPT", "LOAD", _PUBLISH)
+                conn.read_response()
+                conn.send_command("EVALSHA", self._sha, len(_KEYS), *_KEYS, *argv)
+                conn.read_response()
+        except (redis.ConnectionError, redis.TimeoutError):
+            # The reply may still be on its way: this socket must never be reused.
+            conn.disconnect()
+            raise
+        finally:
+            self._pool.release(conn)
 
     def close(self) -> None:
         self.redis.close()

@@ -11,7 +11,6 @@ from typing import Any
 
 import fakeredis
 import pytest
-import redis
 
 import producer.client
 import producer.publisher
@@ -194,13 +193,14 @@ def test_reads_open_a_store_lazily_and_close_closes_it(
 def test_publish_is_atomic_and_one_round_trip(prod: Producer, fake: fakeredis.FakeRedis) -> None:
     prod.save_state("a", "s", {})  # the first publish loads the script
     calls: list[Any] = []
-    real = redis.Redis.execute_command
+    conn_class = fake.connection_pool.connection_class
+    real = conn_class.send_command
 
     def spy(self: Any, *args: Any, **kwargs: Any) -> Any:
         calls.append(args[0])
         return real(self, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(fakeredis.FakeRedis, "execute_command", spy)
+        mp.setattr(conn_class, "send_command", spy)
         prod.save_state("a", "s", {})
     assert calls == ["EVALSHA"]
