@@ -115,9 +115,11 @@ class LineProgress:
             return f"{self._label:<12} {self._rows:>10,} rows  {rate:>9,.0f}/s  {elapsed:6.1f} s"
         left = max(self._total - self._rows, 0)
         eta = _clock(left / rate) if rate > 0 and left else "--:--" if left else "done"
-        pct = 100.0 * self._rows / self._total if self._total else 100.0
+        pct = min(100.0 * self._rows / self._total, 100.0) if self._total else 100.0
+        filled = int(pct / 5)
+        bar = "#" * filled + "-" * (20 - filled)
         return (
-            f"{self._label:<12} {self._rows:>10,}/{self._total:,} rows ({pct:5.1f}%)  "
+            f"{self._label:<12} [{bar}] {self._rows:>10,}/{self._total:,} rows ({pct:5.1f}%)  "
             f"{rate:>9,.0f}/s  ETA {eta}"
         )
 

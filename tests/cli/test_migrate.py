@@ -295,7 +295,11 @@ def test_progress_shows_rows_rate_and_eta_on_a_terminal() -> None:
     progress.finish()
     text = out.getvalue()
     assert "\r" in text and text.endswith("\n")
-    assert "500/1,000 rows ( 50.0%)" in text and "/s" in text and "ETA" in text
+    assert (
+        "[##########----------]        500/1,000 rows ( 50.0%)" in text
+        and "/s" in text
+        and "ETA" in text
+    )
     quiet = io.StringIO()
     progress = LineProgress(quiet, tty=False)
     progress.start("state", None)
