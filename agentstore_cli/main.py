@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Literal, NoReturn
 import click
 import redis
 
-from producer import wire
 from storage.config import Settings, load_settings
 from storage.errors import StorageError
 from storage.ops import KINDS, Kind
@@ -302,34 +301,15 @@ def health(ctx: click.Context, no_workers: bool, timeout: float) -> None:
 def stats(ctx: click.Context, no_workers: bool, as_json: bool) -> None:
     """Queue depth, pending and in-flight messages, dead letters, workers."""
     url = _settings(ctx).celery_broker_url.get_secret_value()
-    client = operate.redis_client(url, 5.0)
     try:
-        numbers: dict[str, Any] = dict(operate.queue_stats(client))
-    finally:
-        client.close()
-    workers: list[str] | None = None
-    if not no_workers:
-        try:
-            answered = operate.ping_workers(url, 2.0)
-        except Exception as exc:  # kombu and celery raise many types for a broker problem
-            _fail(ctx, f"worker ping failed: {type(exc).__name__}: {exc}")
-        workers = [name for name, queues in answered.items() if wire.QUEUE in queues]
-    numbers["workers"] = None if workers is None else len(workers)
-    # The worker keeps no applied-ops counter in Redis (only a log line per batch).
-    numbers["applied_per_s"] = None
+        numbers = operate.collect_stats(url, workers=not no_workers)
+    except operate.WorkerPingError as exc:
+        _fail(ctx, str(exc))
     if as_json:
-        click.echo(json.dumps({**numbers, "worker_names": workers}))
+        click.echo(json.dumps(numbers))
         return
-    rows = [
-        ("queue depth", numbers["queued"], f"LLEN {wire.QUEUE}"),
-        ("pending", numbers["pending"], "published, not yet applied or dead-lettered"),
-        ("in flight", numbers["unacked"], "delivered to a worker, not yet acknowledged"),
-        ("dead letters", numbers["dead_letters"], "agentstore dlq list"),
-        ("workers", "-" if workers is None else len(workers), ", ".join(workers or [])),
-        ("applied ops/s", "n/a", "the worker exposes no applied-ops counter"),
-    ]
-    for name, value, note in rows:
-        click.echo(f"{name:<14} {value:>8}  {note}".rstrip())
+    for line in operate.stats_lines(numbers):
+        click.echo(line)
 
 
 @cli.group()

@@ -175,6 +175,48 @@ def queue_stats(client: redis.Redis) -> dict[str, int]:
     }
 
 
+class WorkerPingError(Exception):
+    """The broker answered but the Celery ping over it failed."""
+
+
+def collect_stats(url: str, workers: bool = True) -> dict[str, Any]:
+    """`queue_stats` plus the workers consuming the queue (None when not asked).
+
+    `applied_per_s` is always None: the worker keeps no applied-ops counter in Redis (only
+    a log line per batch), so there is nothing to sample.
+    """
+    client = redis_client(url, 5.0)
+    try:
+        numbers: dict[str, Any] = dict(queue_stats(client))
+    finally:
+        client.close()
+    names: list[str] | None = None
+    if workers:
+        try:
+            answered = ping_workers(url, 2.0)
+        except Exception as exc:  # kombu and celery raise many types for a broker problem
+            raise WorkerPingError(f"worker ping failed: {_short(exc)}") from None
+        names = [name for name, queues in answered.items() if wire.QUEUE in queues]
+    numbers["workers"] = None if names is None else len(names)
+    numbers["applied_per_s"] = None
+    numbers["worker_names"] = names
+    return numbers
+
+
+def stats_lines(numbers: dict[str, Any]) -> list[str]:
+    """`collect_stats` for humans: name, value, what it means."""
+    names = numbers["worker_names"]
+    rows = [
+        ("queue depth", numbers["queued"], f"LLEN {wire.QUEUE}"),
+        ("pending", numbers["pending"], "published, not yet applied or dead-lettered"),
+        ("in flight", numbers["unacked"], "delivered to a worker, not yet acknowledged"),
+        ("dead letters", numbers["dead_letters"], "agentstore dlq list"),
+        ("workers", "-" if names is None else len(names), ", ".join(names or [])),
+        ("applied ops/s", "n/a", "the worker exposes no applied-ops counter"),
+    ]
+    return [f"{name:<14} {value:>8}  {note}".rstrip() for name, value, note in rows]
+
+
 def summarize_dead_letter(record: dict[str, Any]) -> str:
     """One line for `dlq list`: id, last failure, attempts, op, error."""
     op = record.get("op")
