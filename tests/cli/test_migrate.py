@@ -16,6 +16,7 @@ from agentstore_cli.migrate import CHECKPOINT_DIR, KindCheck, migrate_stores, pl
 from agentstore_cli.transfer import LineProgress, store_identity, target_settings
 from storage.config import load_settings
 from storage.errors import StorageError
+from storage.ops import dedupe as real_dedupe
 from tests.cli.conftest import (
     Cli,
     Cosmos,
@@ -180,7 +181,6 @@ def test_a_count_mismatch_exits_non_zero_and_a_rerun_copies_again(
     pg = {"POSTGRES_CONNECTION_STRING": pg_url}
     with open_store(pg) as source:
         seed(source, messages=30)
-    real_dedupe = migrate_module.dedupe
 
     def lossy(page: Any) -> Any:
         grouped = real_dedupe(page)
