@@ -17,6 +17,7 @@ from .tracker import Tracker
 
 # Ops per message on the batch path: one message is one task, and bounded in size.
 MAX_OPS_PER_MESSAGE = 500
+MAX_MESSAGE_CHARS = 4_000_000
 
 
 class Producer(StorageClient):
@@ -62,15 +63,30 @@ class Producer(StorageClient):
         return op.id
 
     def apply(self, ops: Sequence[Op]) -> None:
-        """Publish already validated ops, up to 500 per message, all in one atomic publish."""
+        """Publish already validated ops, many per message, all in one atomic publish."""
         batch = []
-        for start in range(0, len(ops), MAX_OPS_PER_MESSAGE):
-            chunk = ops[start : start + MAX_OPS_PER_MESSAGE]
-            mid = wire.new_message_id()
-            message = wire.build_message(mid, [op.model_dump_json() for op in chunk])
-            batch.append((mid, message, [op.id for op in chunk]))
+        chunk: list[Op] = []
+        texts: list[str] = []
+        size = 0
+        for op in ops:
+            text = op.model_dump_json()
+            if chunk and (
+                len(chunk) >= MAX_OPS_PER_MESSAGE or size + len(text) > MAX_MESSAGE_CHARS
+            ):
+                batch.append(self._message(chunk, texts))
+                chunk, texts, size = [], [], 0
+            chunk.append(op)
+            texts.append(text)
+            size += len(text)
+        if chunk:
+            batch.append(self._message(chunk, texts))
         if batch:
             self._publish(batch)
+
+    @staticmethod
+    def _message(chunk: list[Op], texts: list[str]) -> tuple[str, bytes, list[str]]:
+        mid = wire.new_message_id()
+        return mid, wire.build_message(mid, texts), [op.id for op in chunk]
 
     def _publish(self, batch: list[tuple[str, bytes, list[str]]]) -> None:
         if self._closed:

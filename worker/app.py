@@ -56,24 +56,33 @@ if BROKER_URL.startswith(("redis://", "rediss://")):
 
 
 class _Process:
-    """What one worker process owns: storage client, Redis client, batcher, reaper."""
+    """What one worker process owns: Redis client, reaper, and (once reachable) the store."""
 
     def __init__(self) -> None:
         self.redis = connect(BROKER_URL, 10.0)
-        self.store = create_storage_client(_settings)
-        self.applier = BatchApplier(self.store, self.redis, _worker_settings)
         reaper = Reaper(
             self.redis,
             _worker_settings.recovery_after_s,
             interval_s=_worker_settings.reaper_interval_s,
             max_per_round=_worker_settings.reaper_batch,
         )
+        # Started before the store is opened: messages lost while the database was away
+        # must be recovered even if no new message arrives to start anything else.
         self.reaper = ReaperThread(reaper, _worker_settings.reaper_interval_s)
         self.reaper.start()
+        self._applier: BatchApplier | None = None
+
+    def applier(self) -> BatchApplier:
+        """The batcher, opening the store on first use; raises if it cannot be opened."""
+        if self._applier is None:
+            store = create_storage_client(_settings)
+            self._applier = BatchApplier(store, self.redis, _worker_settings)
+        return self._applier
 
     def close(self) -> None:
         self.reaper.stop()
-        self.store.close()
+        if self._applier is not None:
+            self._applier.store.close()
         self.redis.close()
 
 
@@ -91,7 +100,12 @@ def _get_process() -> _Process:
 
 def _init_process(**_: Any) -> None:
     # After fork: connections made in the parent must never be shared with a child.
-    _get_process()
+    process = _get_process()
+    try:
+        process.applier()
+    except Exception as exc:
+        # Not fatal: the first task tries again, and its message stays pending until then.
+        log.error("cannot open the store yet: %s", exc)
 
 
 def _close_process(**_: Any) -> None:
@@ -110,7 +124,7 @@ def _apply_ops(self: Task, *args: Any, **kwargs: Any) -> None:
     # Any arguments are accepted, so a malformed message is dead-lettered by our code
     # instead of failing in Celery's call and being republished forever.
     ops: object = args[0] if len(args) == 1 and not kwargs else {"args": args, "kwargs": kwargs}
-    _get_process().applier.run(str(self.request.id), ops)
+    _get_process().applier().run(str(self.request.id), ops)
 
 
 apply_ops: Task = app.task(name=wire.TASK_NAME, bind=True, acks_late=True, ignore_result=True)(

@@ -57,7 +57,7 @@ class BatchApplier:
         *,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self._store = store
+        self.store = store
         self._redis = client
         self._settings = settings
         self._sleep = sleep
@@ -158,7 +158,7 @@ class BatchApplier:
         for attempt in range(1, s.retry_tries + 1):
             part.attempts += 1
             try:
-                self._store.apply(ops)
+                self.store.apply(ops)
                 return None, False
             except TRANSIENT as exc:
                 error = f"{type(exc).__name__}: {exc}"

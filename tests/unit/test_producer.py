@@ -204,3 +204,13 @@ def test_publish_is_atomic_and_one_round_trip(prod: Producer, fake: fakeredis.Fa
         mp.setattr(conn_class, "send_command", spy)
         prod.save_state("a", "s", {})
     assert calls == ["EVALSHA"]
+
+
+def test_apply_bounds_message_size(prod: Producer, fake: fakeredis.FakeRedis) -> None:
+    big = {"blob": "x" * 1_500_000}
+    ops = [
+        make_op("save_state", {"agent_id": "a", "state_id": f"s{i}", "state": big})
+        for i in range(3)
+    ]
+    prod.apply(ops)
+    assert [len(m.ops) for m in _queued(fake)] == [2, 1]
