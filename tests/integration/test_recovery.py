@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -196,4 +197,24 @@ def test_broker_restarted_mid_drain_loses_nothing(
         prod.wait(timeout=120)
         work.check(prod, database)
     assert DeadLetters(aof_server.url).count() == 0
+    client.close()
+
+
+def test_sigterm_mid_drain_finishes_the_batch_and_loses_nothing(
+    broker: str, database: str, start_worker: WorkerFactory
+) -> None:
+    work = Workload(keys=300, versions=4, messages=600)
+    client = redis.Redis.from_url(broker)
+    with producer(broker, database) as prod:
+        work.publish(prod)
+        worker = start_worker(broker, database, **SLOW)
+        wait_until("progress", lambda: pending(client) <= work.total - 300, 60, 0.005)
+        worker.proc.send_signal(signal.SIGTERM)
+        assert worker.proc.wait(timeout=30) == 0, worker.log()[-2000:]
+        assert "Warm shutdown" in worker.log()
+        assert pending(client) > 0, "stopped mid-drain"
+        start_worker(broker, database)
+        prod.wait(timeout=60)
+        work.check(prod, database)
+    assert DeadLetters(broker).count() == 0
     client.close()

@@ -1,0 +1,29 @@
+"""Worker settings come from the environment and fail clearly."""
+
+from __future__ import annotations
+
+import pytest
+
+from storage.errors import ConfigError
+from worker.settings import WorkerSettings, load_worker_settings
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("AGENTSTORE_BATCH_MAX", "AGENTSTORE_BATCH_WAIT_MS", "AGENTSTORE_RECOVERY_AFTER_S"):
+        monkeypatch.delenv(var, raising=False)
+    settings = load_worker_settings()
+    assert settings == WorkerSettings()
+    assert (settings.batch_max, settings.batch_wait_ms) == (500, 5.0)
+
+
+def test_overrides_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTSTORE_BATCH_MAX", "50")
+    monkeypatch.setenv("AGENTSTORE_RECOVERY_AFTER_S", "3")
+    settings = load_worker_settings()
+    assert settings.batch_max == 50 and settings.recovery_after_s == 3.0
+    monkeypatch.setenv("AGENTSTORE_BATCH_MAX", "lots")
+    with pytest.raises(ConfigError, match="AGENTSTORE_BATCH_MAX"):
+        load_worker_settings()
+    monkeypatch.setenv("AGENTSTORE_BATCH_MAX", "0")
+    with pytest.raises(ConfigError, match="at least 1"):
+        load_worker_settings()
