@@ -27,7 +27,7 @@ test: venv node
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy storage producer worker
+	$(BIN)/mypy storage producer worker agentstore_cli
 
 format: venv
 	$(BIN)/ruff format .
