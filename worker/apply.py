@@ -194,7 +194,8 @@ class BatchApplier:
             len(part.ops),
             part.attempts,
             "transient" if transient else "permanent",
-            error[:300],
+            # The first line only: PostgreSQL's DETAIL line can quote the row, i.e. payload.
+            error.split("\n", 1)[0][:300],
             ", ".join(op.id for op, _ in part.ops[:20]),
         )
 
