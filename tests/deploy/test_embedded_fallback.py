@@ -26,14 +26,14 @@ def test_uses_local_servers_when_they_answer(
 
 
 def test_starts_embedded_servers_when_nothing_answers(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    embedded_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("AGENTSTORE_TEST_PG", raising=False)
     monkeypatch.delenv("AGENTSTORE_TEST_REDIS", raising=False)
     monkeypatch.delenv("CI", raising=False)
     dead_pg = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
-    with fallback_services(tmp_path, dead_pg, dead_redis) as services:
+    with fallback_services(embedded_dir, dead_pg, dead_redis) as services:
         assert (services.postgres.origin, services.redis.origin) == ("embedded", "embedded")
         assert services.postgres.url.split("?")[0].endswith("/postgres"), "the admin database"
         assert redis.Redis.from_url(services.redis.url).ping()
