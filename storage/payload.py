@@ -25,6 +25,21 @@ def _parse_int(text: str) -> int:
     return value
 
 
+def _parse_float(text: str) -> float:
+    value = float(text)
+    # JSON has one number type: Cosmos DB returns 1.0 as 1 and -0.0 as 0, and PostgreSQL's
+    # JSONB returns 1e16 and above as integers and -0.0 as 0.0. Refusing them keeps the
+    # promise that a payload comes back with the same types.
+    if value.is_integer():
+        small = abs(value) <= MAX_SAFE_INT
+        instead = f"the int {int(value)} or as a string" if small else "a string"
+        raise ValidationError(
+            f"has the float {text}, which the stores return as an int (or without its sign); "
+            f"save it as {instead}"
+        )
+    return value
+
+
 def _depth_ok(text: str) -> bool:
     # Cheap upper bound first: brackets inside strings only make it more conservative.
     if text.count("[") + text.count("{") <= MAX_DEPTH:
@@ -63,7 +78,8 @@ def encode_payload(field: str, value: object) -> str:
     """Return the compact JSON text of `value`, or raise `ValidationError` saying what is wrong.
 
     Accepted: a dict of plain JSON (str keys, str/int/float/bool/None/list/dict values), finite
-    numbers, integers within ±(2**53-1), no NUL characters, valid UTF-8, at most
+    numbers, integers within ±(2**53-1), floats with a fractional part (1.0, -0.0 and 1e300
+    come back as ints from some store), no NUL characters, valid UTF-8, at most
     `MAX_PAYLOAD_BYTES` encoded and `MAX_DEPTH` levels deep.
     """
     if not isinstance(value, dict):
@@ -87,7 +103,11 @@ def encode_payload(field: str, value: object) -> str:
     if "\\u0000" in text and _has_nul(value):
         raise ValidationError(f"{field} contains NUL (\\u0000), which the stores cannot keep")
     # Tuples, non-string keys and the like serialise but come back different: refuse them.
-    if json.loads(text, parse_int=_parse_int) != value:
+    try:
+        back = json.loads(text, parse_int=_parse_int, parse_float=_parse_float)
+    except ValidationError as exc:
+        raise ValidationError(f"{field} {exc}") from None
+    if back != value:
         raise ValidationError(
             f"{field} does not survive a JSON round trip (tuples, non-string keys or "
             "other non-JSON types); use lists, dicts with string keys, and plain values"
