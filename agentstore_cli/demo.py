@@ -165,7 +165,8 @@ def run_agent(
         task_id = f"task-{step % TASKS_PER_AGENT}"
         task = {"status": "done" if step >= rounds - TASKS_PER_AGENT else "running", "at": step}
         message = {"role": ("user", "assistant")[step % 2], "content": f"turn {step} · café"}
-        transaction = {"id": f"t{step:04d}", "amount": round(step * 1.25, 2), "currency": "EUR"}
+        # Money as integer cents: an integral float (2.0) would come back from JSON as 2.
+        transaction = {"id": f"t{step:04d}", "amount_cents": step * 125, "currency": "EUR"}
         _timed(run, producer.save_state, agent_id, "plan", state)
         run.expected.states[(agent_id, "plan")] = state
         _timed(run, producer.save_task, agent_id, task_id, task)
