@@ -10,18 +10,72 @@ the messages involved stay in `pending` and the reaper recovers them.
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
 
+from producer import wire
+
+from . import deadletters
+
+log = logging.getLogger(__name__)
+
 
 class Channel(kombu_redis.Channel):
+    _popped: bytes | None = None
+
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         if self.connection.client is None:
             raise redis.ConnectionError("this broker connection was already closed")
         params: dict[str, Any] = super()._connparams(asynchronous)  # type: ignore[no-untyped-call]
         return params
+
+    # kombu decodes the entry BRPOP returns (JSON, then the envelope) before any Celery hook
+    # runs, and an error there stops the worker ("Unrecoverable error"): one hand-pushed
+    # non-JSON entry would take a worker down. The entry has left the list by then, so keep
+    # its raw bytes and, if it is not one of our messages, dead-letter it and go on. An error
+    # with a well-formed message is not the message's fault: it still propagates.
+
+    def _brpop_start(self, timeout: Any = None) -> None:
+        self.client.set_response_callback("BRPOP", self._keep_popped)
+        super()._brpop_start(timeout)  # type: ignore[no-untyped-call]
+
+    def _keep_popped(self, response: Any, **_: Any) -> tuple[Any, ...] | None:
+        self._popped = response[1] if response else None
+        return tuple(response) if response else None  # what redis-py's own callback returns
+
+    def _brpop_read(self, **options: Any) -> bool:
+        self._popped = None
+        try:
+            return bool(super()._brpop_read(**options))  # type: ignore[no-untyped-call]
+        except (ValueError, TypeError, KeyError) as exc:
+            raw = self._popped
+            if raw is None:
+                raise
+            try:
+                wire.parse_message(raw)
+            except wire.MalformedMessage as malformed:
+                error = f"{malformed.reason} ({type(exc).__name__}: {exc})"
+                self._dead_letter(raw, error[:500], malformed.message_id)
+                return True
+            raise
+
+    def _dead_letter(self, raw: bytes, reason: str, mid: str | None) -> None:
+        now = time.time()
+        key, record = deadletters.message_record(raw, reason, mid, now)
+        try:
+            with self.conn_or_acquire() as client:
+                pipe = client.pipeline(transaction=True)
+                deadletters.add(pipe, key, record, now)
+                if mid is not None:
+                    deadletters.confirm(pipe, [mid])
+                pipe.execute()
+            log.error("dead-lettered queue entry %s: %s", key, reason)
+        except redis.RedisError:
+            log.exception("could not dead-letter a queue entry (%s)", reason)
 
 
 class Transport(kombu_redis.Transport):

@@ -7,6 +7,7 @@ dead-lettered with a reason, leaves `pending`, and the worker goes on applying s
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from collections.abc import Callable
 
@@ -96,4 +97,37 @@ def test_malformed_messages_are_dead_lettered_with_a_reason_and_the_worker_goes_
     finally:
         dlq.close()
         publisher.close()
+        client.close()
+
+
+# Not even a Celery message: kombu decodes these itself, before any Celery hook.
+GARBAGE = [b"{not json", b"\x80\x81\xfe", b"", b"[]", b'"a string"', b'{"headers": {}}']
+
+
+def test_raw_garbage_on_the_queue_is_dead_lettered_and_the_worker_goes_on(
+    broker: str, database: str, start_worker: WorkerFactory
+) -> None:
+    worker = start_worker(broker, database)
+    client = redis.Redis.from_url(broker)
+    dlq = DeadLetters(broker)
+    try:
+        with producer(broker, database) as prod:
+            for n, raw in enumerate(GARBAGE):
+                # Pushed while the worker is idle, so its BRPOP (not our batching) takes it.
+                client.lpush(wire.QUEUE, raw)
+                wait_until("taken", lambda: client.llen(wire.QUEUE) == 0, 10)
+                op_id = prod.save_state("agent", f"g{n}", {"n": n})
+                for _ in range(60):
+                    assert worker.alive(), f"{raw!r} stopped the worker:\n{worker.log()[-2000:]}"
+                    with contextlib.suppress(TimeoutError):
+                        prod.wait([op_id], timeout=0.5)
+                        break
+                assert prod.get_state("agent", f"g{n}") == {"n": n}
+        records = dlq.list(limit=100)
+        assert sorted(r["raw"].encode("utf-8", "replace") for r in records) == sorted(
+            raw.decode("utf-8", "replace").encode() for raw in GARBAGE
+        )
+        assert all(r["error"] for r in records)
+    finally:
+        dlq.close()
         client.close()
