@@ -1,6 +1,6 @@
 """The producer side of agentstore: `Producer` publishes saves to the worker queue."""
 
 from .client import Producer
-from .errors import DeadLetteredError, PublishError
+from .errors import BufferFullError, DeadLetteredError, PublishError
 
-__all__ = ["DeadLetteredError", "Producer", "PublishError"]
+__all__ = ["BufferFullError", "DeadLetteredError", "Producer", "PublishError"]

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import atexit
+import logging
+import os
 import threading
+import time
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from storage.base import StorageClient
 from storage.config import Settings, load_settings
 from storage.factory import create_storage_client
-from storage.ops import Op, OpName, make_op
+from storage.ops import Op, OpName, encode_op
 
 from . import wire
+from .buffer import Batch, SendBuffer
+from .errors import PublishError
 from .publisher import Publisher
 from .tracker import Tracker
+
+log = logging.getLogger(__name__)
 
 # Ops per message on the batch path: one message is one task, and bounded in size.
 MAX_OPS_PER_MESSAGE = 500
@@ -23,16 +32,25 @@ MAX_MESSAGE_CHARS = 4_000_000
 class Producer(StorageClient):
     """Publishes saves to the worker queue; reads straight from the configured store.
 
-    `save_*` validate at the call (`storage.ValidationError`, nothing published), publish
-    durably (the op is in the broker, recorded for recovery, when the call returns) and
-    return the op id. Reads open a storage client on first use, so a publish-only producer
-    needs no database credentials.
+    `save_*` validate at the call (`storage.ValidationError`, nothing published) and return
+    the op id. By default they publish durably: the op is in the broker, recorded for
+    recovery, when the call returns. With `linger_ms > 0` they only buffer the op and return
+    at once; a background thread publishes the buffer in batches (one task message per
+    `max_batch` ops) at least every `linger_ms`. `flush()`, `close()` and interpreter exit
+    publish what is buffered; a crash loses it (docs/GUARANTEES.md). Reads open a storage
+    client on first use, so a publish-only producer needs no database credentials.
 
     Args:
         settings: as from `storage.load_settings()`; read from the environment if omitted.
         broker_url: overrides `CELERY_BROKER_URL` (default `redis://127.0.0.1:6379/0`).
-        publish_timeout: seconds after which an unreachable broker raises `PublishError`.
+        publish_timeout: seconds after which an unreachable broker raises `PublishError`
+            (buffered: after which one background attempt fails and is retried).
         max_tracked: how many unconfirmed ops `wait()` remembers at most.
+        linger_ms: 0 (default) publishes each save before it returns; more buffers saves
+            for up to this many milliseconds.
+        max_batch: buffered ops per task message.
+        max_buffer: buffered ops not yet published, at most; a save then blocks.
+        buffer_timeout: seconds a save blocks on a full buffer before `BufferFullError`.
         **overrides: other settings, as for `load_settings`.
     """
 
@@ -43,24 +61,75 @@ class Producer(StorageClient):
         broker_url: str | None = None,
         publish_timeout: float = 5.0,
         max_tracked: int = 100_000,
+        linger_ms: float = 0.0,
+        max_batch: int = MAX_OPS_PER_MESSAGE,
+        max_buffer: int = 100_000,
+        buffer_timeout: float = 5.0,
         **overrides: Any,
     ) -> None:
+        if linger_ms < 0:
+            raise ValueError("linger_ms must not be negative")
+        if not 1 <= max_batch <= MAX_OPS_PER_MESSAGE:
+            raise ValueError(f"max_batch must be between 1 and {MAX_OPS_PER_MESSAGE}")
         self._settings = settings or load_settings(**overrides)
         url = broker_url or self._settings.celery_broker_url.get_secret_value()
         self._publisher = Publisher(url, publish_timeout)
+        self._max_tracked = max_tracked
         self._tracker = Tracker(self._publisher.redis, max_tracked)
         self._reader: StorageClient | None = None
         self._reader_lock = threading.Lock()
         self._closed = False
+        self._buffer: SendBuffer | None = None
+        if linger_ms > 0:
+            self._buffer = SendBuffer(
+                self._publish_batch,
+                linger_s=linger_ms / 1000,
+                max_batch=max_batch,
+                max_buffer=max_buffer,
+                buffer_timeout=buffer_timeout,
+            )
+            _buffered.add(self)
+        _live.add(self)
 
     def __repr__(self) -> str:
         return f"Producer(broker={self._publisher.masked_url!r})"
 
     def _submit(self, name: OpName, args: dict[str, Any], version: str | None) -> str:
-        op = make_op(name, args, version=version)
+        op_id, text = encode_op(name, args, version=version)
+        if self._buffer is not None:
+            if self._closed:
+                raise RuntimeError("Producer is closed")
+            self._buffer.add(op_id, text)
+            return op_id
         # A single-op message takes its op's id, so `wait([op_id])` works from any process.
-        self._publish([(op.id, wire.build_message(op.id, [op.model_dump_json()]), [op.id])])
-        return op.id
+        self._publish([(op_id, wire.build_message(op_id, [text]), [op_id])])
+        return op_id
+
+    def _publish_batch(self, batch: Batch) -> None:
+        # The sender thread's publish: the same atomic Lua publish as a durable save.
+        self._publisher.publish([(mid, message) for mid, message, _ in batch])
+        for mid, _, op_ids in batch:
+            self._tracker.add(op_ids, mid)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Publish every buffered op now; returns once the broker has them all.
+
+        Raises `PublishError` (with the broker's last error) if they could not all be
+        published within `timeout` seconds; they stay buffered and are retried. Without
+        buffering there is nothing to do.
+        """
+        if self._buffer is not None:
+            self._buffer.flush(timeout)
+
+    @property
+    def buffered(self) -> int:
+        """Ops saved but not yet published (always 0 without buffering)."""
+        return 0 if self._buffer is None else len(self._buffer)
+
+    @property
+    def publish_error(self) -> PublishError | None:
+        """The background publisher's last failure, while its buffer has not drained since."""
+        return None if self._buffer is None else self._buffer.error
 
     def apply(self, ops: Sequence[Op]) -> None:
         """Publish already validated ops, many per message, all in one atomic publish."""
@@ -96,17 +165,25 @@ class Producer(StorageClient):
             self._tracker.add(op_ids, mid)
 
     def wait(self, op_ids: Iterable[str] | None = None, timeout: float = 30.0) -> None:
-        """Block until the ops are applied (readable), by default all this producer published.
+        """Block until the ops are applied (readable), by default all this producer saved.
 
-        Raises `DeadLetteredError` (op id and error) if one was dead-lettered instead, and
-        `TimeoutError` after `timeout` seconds. Polls Redis with backoff, never the database.
+        Buffered ops are published first (`flush`). Raises `DeadLetteredError` (op id and
+        error) if one was dead-lettered instead, `TimeoutError` after `timeout` seconds, and
+        `PublishError` if buffered ops could not be published in that time. Polls Redis with
+        backoff, never the database.
         """
+        if self._buffer is not None and len(self._buffer):
+            deadline = time.monotonic() + timeout
+            if op_ids is not None:
+                op_ids = list(op_ids)
+            self._buffer.flush(timeout)
+            timeout = max(0.0, deadline - time.monotonic())
         self._tracker.wait(op_ids, timeout)
 
     @property
     def unconfirmed(self) -> int:
-        """How many published ops this producer has not yet seen applied."""
-        return len(self._tracker)
+        """How many saved ops this producer has not yet seen applied (buffered ones too)."""
+        return len(self._tracker) + self.buffered
 
     def _store(self) -> StorageClient:
         with self._reader_lock:
@@ -130,13 +207,58 @@ class Producer(StorageClient):
     def get_transactions(self, case_id: str) -> list[dict[str, Any]]:
         return self._store().get_transactions(case_id)
 
-    def close(self) -> None:
-        """Close the broker connections and the reader, if one was opened."""
+    def close(self, timeout: float = 30.0) -> None:
+        """Publish what is buffered, then close the broker connections and the reader.
+
+        Raises `PublishError` if buffered ops could not be published within `timeout`
+        seconds: they are lost, and the error says how many.
+        """
         with self._reader_lock:
             if self._closed:
                 return
             self._closed = True
             reader, self._reader = self._reader, None
+        _buffered.discard(self)
+        _live.discard(self)
+        left, error = 0, None
+        if self._buffer is not None:
+            error = self._buffer.error
+            left = self._buffer.stop(timeout)
+            error = self._buffer.error or error
         self._publisher.close()
         if reader is not None:
             reader.close()
+        if left:
+            raise PublishError(
+                f"{left:,} buffered op(s) were not published within {timeout:g}s and are lost"
+                + (f": {error}" if error else "")
+            ) from error
+
+    def _after_fork_in_child(self) -> None:
+        # The child tracks and buffers only its own saves; the parent sends its own buffer.
+        self._tracker = Tracker(self._publisher.redis, self._max_tracked)
+        if self._buffer is not None:
+            self._buffer.after_fork_in_child()
+
+
+# Producers alive in this process, for the fork hook; buffered ones, for the exit flush.
+_live: weakref.WeakSet[Producer] = weakref.WeakSet()
+_buffered: weakref.WeakSet[Producer] = weakref.WeakSet()
+EXIT_TIMEOUT_S = 10.0
+
+
+def _after_fork_in_child() -> None:
+    for producer in list(_live):
+        producer._after_fork_in_child()
+
+
+def _flush_at_exit() -> None:
+    for producer in list(_buffered):
+        try:
+            producer.close(timeout=EXIT_TIMEOUT_S)
+        except Exception as exc:
+            log.error("agentstore: at exit, %s", exc)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_flush_at_exit)

@@ -9,6 +9,10 @@ class PublishError(StorageError):
     """The broker did not take the op: nothing was published (or it is unknown whether it was)."""
 
 
+class BufferFullError(PublishError):
+    """A buffered producer's buffer stayed full for `buffer_timeout`: this save was not taken."""
+
+
 class DeadLetteredError(StorageError):
     """An op was dead-lettered instead of applied; `op_id` and `error` say which and why."""
 

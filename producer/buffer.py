@@ -1,0 +1,270 @@
+"""Buffered publishing: saves return at once; a background thread publishes them in batches.
+
+Ops wait in memory for at most `linger` seconds (or until `max_batch` of them are ready) and
+then go out as one task message per `max_batch` ops, several messages per Lua publish, so
+recovery and `Producer.wait()` work exactly as for single saves. What a crash can lose is
+what is still in memory: see docs/GUARANTEES.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+
+from . import wire
+from .errors import BufferFullError, PublishError
+
+log = logging.getLogger(__name__)
+
+# One Lua publish carries at most this many messages / characters: the round trip is
+# amortised, and Redis is never blocked for long by one script.
+MAX_MESSAGES_PER_PUBLISH = 8
+MAX_PUBLISH_CHARS = 8_000_000
+MAX_MESSAGE_CHARS = 4_000_000
+_BACKOFF_MAX_S = 2.0
+
+# (message id, message, op ids)
+Batch = list[tuple[str, bytes, list[str]]]
+
+
+class SendBuffer:
+    """Ops (op id, op JSON text) waiting to be published, and the thread that publishes them.
+
+    `publish` is called with whole batches from the sender thread only; it raises
+    `PublishError` when the broker did not take them, and the batch is then retried, with
+    the same message ids, after a backoff. Ops are published in the order they were added.
+    """
+
+    def __init__(
+        self,
+        publish: Callable[[Batch], None],
+        *,
+        linger_s: float,
+        max_batch: int,
+        max_buffer: int,
+        buffer_timeout: float,
+    ) -> None:
+        if linger_s <= 0:
+            raise ValueError("linger must be positive")
+        if max_batch < 1 or max_buffer < max_batch:
+            raise ValueError("need 1 <= max_batch <= max_buffer")
+        if buffer_timeout < 0:
+            raise ValueError("buffer_timeout must not be negative")
+        self._publish = publish
+        self._linger = linger_s
+        self._max_batch = max_batch
+        self._max_buffer = max_buffer
+        self._buffer_timeout = buffer_timeout
+        self._reset()
+
+    def _reset(self) -> None:
+        """Empty, with fresh locks and no thread: at creation, and in a forked child."""
+        self._lock = threading.Lock()
+        # One condition for everything: added ops, flush requests, published ops, space.
+        self._cond = threading.Condition(self._lock)
+        self._ids: list[str] = []
+        self._texts: list[str] = []
+        self._size = 0  # characters in `_texts`
+        self._added = 0  # ops ever accepted
+        self._sent = 0  # ops ever published (in order, so `_sent >= n` covers the first n)
+        self._retry: Batch | None = None  # a batch the broker has not taken yet
+        self._retry_ops = 0
+        self._flush_to = 0  # publish without lingering until `_sent` reaches this
+        self._error: PublishError | None = None  # the last failure, until a publish succeeds
+        self._failures = 0
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def after_fork_in_child(self) -> None:
+        # The parent's ops are the parent's to send: the child starts empty, with its own
+        # thread (started on its first save) and locks that no parent thread can hold.
+        self._reset()
+
+    def __len__(self) -> int:
+        """Ops accepted and not yet published."""
+        return self._added - self._sent
+
+    @property
+    def error(self) -> PublishError | None:
+        """The last publish failure, while the buffer has not drained since."""
+        return self._error
+
+    # -- the caller's side -------------------------------------------------------------
+
+    def add(self, op_id: str, text: str) -> None:
+        """Queue one op; blocks while the buffer is full, up to `buffer_timeout` seconds."""
+        with self._lock:
+            if self._stopping:
+                raise RuntimeError("Producer is closed")
+            if self._added - self._sent >= self._max_buffer:
+                self._wait_for_space()
+            self._ids.append(op_id)
+            self._texts.append(text)
+            self._size += len(text)
+            self._added += 1
+            n = len(self._ids)
+            if self._thread is None:
+                self._start()
+            elif n == 1 or n == self._max_batch or self._size > MAX_MESSAGE_CHARS:
+                # The first op starts the linger clock; a full batch goes out at once.
+                self._cond.notify_all()
+
+    def _wait_for_space(self) -> None:
+        deadline = time.monotonic() + self._buffer_timeout
+        while self._added - self._sent >= self._max_buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._stopping:
+                cause = f"; the broker keeps failing: {self._error}" if self._error else ""
+                raise BufferFullError(
+                    f"{self._max_buffer:,} buffered ops not yet published after waiting "
+                    f"{self._buffer_timeout:g}s for room{cause}. Nothing was buffered for this "
+                    "save; retry it, or raise max_buffer or buffer_timeout"
+                ) from self._error
+            self._cond.wait(remaining)
+
+    def flush(self, timeout: float) -> None:
+        """Publish everything added so far; raise `PublishError` if not done in `timeout` s."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            target = self._added
+            if self._sent >= target:
+                return
+            self._flush_to = max(self._flush_to, target)
+            self._cond.notify_all()
+            while self._sent < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._thread is None:
+                    left = target - self._sent
+                    why = f": {self._error}" if self._error else " (the broker is slow)"
+                    raise PublishError(
+                        f"{left:,} buffered op(s) not published within {timeout:g}s{why}"
+                    ) from self._error
+                self._cond.wait(remaining)
+
+    def stop(self, timeout: float) -> int:
+        """Flush for up to `timeout` s, then stop the thread; returns the ops left unsent."""
+        with contextlib.suppress(PublishError):
+            self.flush(timeout)
+        with self._lock:
+            self._stopping = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=max(1.0, timeout))
+        return len(self)
+
+    def _start(self) -> None:
+        thread = threading.Thread(target=self._run, name="agentstore-publisher", daemon=True)
+        self._thread = thread
+        thread.start()
+
+    # -- the sender thread ------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                taken = self._take()
+                if taken is None:
+                    return
+            if taken:
+                # Built outside the lock, so saves never wait for it; kept as built, so a
+                # retry republishes the same message ids.
+                self._retry = self._build(*taken)
+            batch = self._retry
+            assert batch is not None
+            try:
+                self._publish(batch)
+            except PublishError as exc:
+                self._failed(batch, exc)
+                continue
+            except Exception as exc:  # a bug or an unexpected client error: never die on it
+                log.exception("publishing buffered ops failed unexpectedly")
+                self._failed(batch, PublishError(f"unexpected error while publishing: {exc!r}"))
+                continue
+            with self._lock:
+                self._retry = None
+                self._sent += sum(len(ids) for _, _, ids in batch)
+                if self._error is not None:
+                    log.warning("buffered publishing recovered after %d failure(s)", self._failures)
+                self._error, self._failures = None, 0
+                self._cond.notify_all()
+
+    def _take(self) -> tuple[list[str], list[str]] | tuple[()] | None:
+        """Under the lock: the ops to publish next, after lingering; `()` to retry the last
+        batch; None once stopping."""
+        if self._stopping:
+            return None
+        if self._retry is not None:
+            return ()
+        while not self._ids:
+            self._cond.wait()
+            if self._stopping:
+                return None
+        deadline = time.monotonic() + self._linger
+        while (
+            len(self._ids) < self._max_batch
+            and self._size <= MAX_MESSAGE_CHARS
+            and self._flush_to <= self._sent
+            and not self._stopping
+        ):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._cond.wait(remaining)
+        limit = self._max_batch * MAX_MESSAGES_PER_PUBLISH
+        if self._size > MAX_PUBLISH_CHARS:  # large payloads: bound one publish's size too
+            chars = 0
+            for n, text in enumerate(self._texts[:limit]):
+                chars += len(text)
+                if chars > MAX_PUBLISH_CHARS:
+                    limit = max(n, 1)
+                    break
+        ids, texts = self._ids[:limit], self._texts[:limit]
+        if len(ids) == len(self._ids):
+            self._ids, self._texts, self._size = [], [], 0
+        else:
+            del self._ids[:limit], self._texts[:limit]
+            self._size -= sum(map(len, texts))
+        return ids, texts
+
+    def _build(self, ids: list[str], texts: list[str]) -> Batch:
+        """Messages of at most `max_batch` ops and `MAX_MESSAGE_CHARS` characters each."""
+        batch: Batch = []
+        start = 0
+        while start < len(ids):
+            end, size = start, 0
+            while end < len(ids) and end - start < self._max_batch:
+                length = len(texts[end])
+                if end > start and size + length > MAX_MESSAGE_CHARS:
+                    break
+                size += length
+                end += 1
+            mid = wire.new_message_id()
+            batch.append((mid, wire.build_message(mid, texts[start:end]), ids[start:end]))
+            start = end
+        return batch
+
+    def _failed(self, batch: Batch, exc: PublishError) -> None:
+        with self._lock:
+            self._error = exc
+            self._failures += 1
+            failures = self._failures
+            # Flush and save callers waiting on us learn of the failure now.
+            self._cond.notify_all()
+        ops = sum(len(ids) for _, _, ids in batch)
+        if failures == 1 or failures % 10 == 0:
+            log.warning(
+                "could not publish %d buffered op(s) (failure %d; kept, retrying): %s",
+                ops,
+                failures,
+                exc,
+            )
+        delay = min(0.05 * 2 ** min(failures, 10), _BACKOFF_MAX_S) * random.uniform(0.5, 1.0)
+        deadline = time.monotonic() + delay
+        with self._lock:
+            while not self._stopping and (remaining := deadline - time.monotonic()) > 0:
+                self._cond.wait(remaining)
