@@ -1,0 +1,112 @@
+"""Cross-message batching in the worker, and in-batch dedupe and ordering in `storage.ops`."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+
+import fakeredis
+import pytest
+
+from producer import wire
+from producer.publisher import Publisher
+from storage.ops import Op, encode_op, make_op, parse_op, records
+from tests.unit.fakes import FakeStore
+from worker.apply import BatchApplier
+from worker.settings import WorkerSettings
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[fakeredis.FakeRedis]:
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    monkeypatch.setattr("producer.publisher.connect", lambda url, timeout: client)
+    yield client
+
+
+class WatchingStore(FakeStore):
+    """Records, at each apply, how many messages were still pending (not yet confirmed)."""
+
+    def __init__(self, client: fakeredis.FakeRedis) -> None:
+        super().__init__()
+        self.client = client
+        self.pending_at_apply: list[int] = []
+
+    def apply(self, ops: Sequence[Op]) -> None:
+        self.pending_at_apply.append(int(self.client.zcard(wire.PENDING_KEY)))
+        super().apply(ops)
+
+
+def _publish_single_saves(n: int) -> list[str]:
+    pub = Publisher("redis://127.0.0.1:6379/0")
+    ids = []
+    for i in range(n):
+        op_id, text = encode_op("save_state", {"agent_id": "a", "state_id": f"s{i}", "state": {}})
+        pub.publish([(op_id, wire.build_message(op_id, [text]))])
+        ids.append(op_id)
+    return ids
+
+
+def test_many_single_save_messages_are_applied_in_one_call_and_confirmed_after_it(
+    fake: fakeredis.FakeRedis,
+) -> None:
+    ids = _publish_single_saves(50)
+    store = WatchingStore(fake)
+    applier = BatchApplier(store, fake, WorkerSettings(batch_wait_ms=0), sleep=lambda s: None)
+    first = wire.parse_message(fake.rpop(wire.QUEUE))
+    batch = applier.run(first.id, first.ops)
+    assert store.calls == [ids], "one apply call for all 50 messages"
+    assert store.pending_at_apply == [50], "nothing was confirmed before the apply returned"
+    assert batch.message_ids == ids
+    assert fake.zcard(wire.PENDING_KEY) == 0 and fake.hlen(wire.MESSAGES_KEY) == 0
+
+
+def test_a_failed_apply_confirms_nothing(fake: fakeredis.FakeRedis) -> None:
+    _publish_single_saves(5)
+    store = FakeStore()
+    store.transient_failures = 100
+    settings = WorkerSettings(batch_wait_ms=0, retry_tries=2, retry_max_s=0.5)
+
+    class Broken(Exception):
+        pass
+
+    def confirm(batch: object) -> None:
+        raise Broken
+
+    applier = BatchApplier(store, fake, settings, sleep=lambda s: None)
+    applier._confirm = confirm  # type: ignore[method-assign]
+    first = wire.parse_message(fake.rpop(wire.QUEUE))
+    with pytest.raises(Broken):
+        applier.run(first.id, first.ops)
+    assert fake.zcard(wire.PENDING_KEY) == 5, "still pending: the reaper will bring them back"
+
+
+def _op(kind: str, key: str, version: str, **extra: object) -> Op:
+    if kind == "state":
+        return make_op(
+            "save_state", {"agent_id": "a", "state_id": key, "state": extra}, version=version
+        )
+    return make_op("save_conversation", {"conversation_id": key, "message": extra}, version=version)
+
+
+def test_dedupe_keeps_the_newest_version_per_key_whatever_the_order() -> None:
+    ops = [_op("state", f"s{i % 5}", f"{v:03d}", v=v) for v, i in enumerate(range(50))]
+    for seed in range(5):
+        shuffled = ops[:]
+        random.Random(seed).shuffle(shuffled)
+        grouped = records(shuffled)
+        states = {rec.sub_id: rec for rec in grouped["state"]}
+        assert len(grouped["state"]) == 5
+        for i in range(5):
+            newest = max(v for v in range(50) if v % 5 == i)
+            assert states[f"s{i}"].version == f"{newest:03d}"
+            assert states[f"s{i}"].data == {"v": newest}
+
+
+def test_messages_are_never_deduped_and_keep_their_send_order() -> None:
+    ops = [_op("conversation", "c", f"{v:03d}", v=v) for v in range(20)]
+    again = [parse_op(op.model_dump(mode="json")) for op in ops[:5]]  # redelivered copies
+    shuffled = ops + again
+    random.Random(1).shuffle(shuffled)
+    conv = records(shuffled)["conversation"]
+    assert len(conv) == 20, "one row per op id"
+    assert [r.data["v"] for r in sorted(conv, key=lambda r: r.position)] == list(range(20))
