@@ -7,13 +7,15 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
 
+from storage import StorageClient
+from tests.contract.conftest import Backend
 from tests.services import free_port, fresh_pg_database, pg_admin, unavailable
 
 # Random per run, so finding one in any output can only mean it leaked from this run.
@@ -86,5 +88,8 @@ def pg_url_with_password() -> Iterator[str]:
         admin.close()
 
 
-def read_all(paths: list[Path]) -> list[str]:
-    return [p.read_text(errors="replace") for p in paths if p.is_file()]
+@pytest.fixture(scope="module", params=["postgres", "cosmos"])
+def store(request: pytest.FixtureRequest) -> Iterator[StorageClient]:
+    """A fresh store on each real backend."""
+    with ExitStack() as stack:
+        yield Backend(request.param, stack).client()
