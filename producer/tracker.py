@@ -70,8 +70,15 @@ class Tracker:
         pipe = self._redis.pipeline(transaction=False)
         pipe.zmscore(wire.PENDING_KEY, message_ids)
         pipe.hmget(wire.DLQ_KEY, [op_id for op_id, _ in items])
-        scores, dead = pipe.execute()
+        # A message refused as a whole (malformed) is dead-lettered by its message id.
+        pipe.hmget(wire.DLQ_KEY, message_ids)
+        scores, dead, dead_messages = pipe.execute()
         still = {mid for mid, score in zip(message_ids, scores, strict=True) if score is not None}
+        refused = {
+            mid: record
+            for mid, record in zip(message_ids, dead_messages, strict=True)
+            if record is not None
+        }
         left = []
         with self._lock:
             for (op_id, mid), record in zip(items, dead, strict=True):
@@ -79,6 +86,7 @@ class Tracker:
                     left.append((op_id, mid))
                     continue
                 self._outstanding.pop(op_id, None)
+                record = record if record is not None else refused.get(mid)
                 if record is not None:
                     self._failed[op_id] = _error_of(record)
                     if len(self._failed) > _MAX_FAILED:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ import fakeredis
 import pytest
 
 import producer.publisher
-from producer import BufferFullError, Producer, PublishError, wire
+from producer import BufferFullError, DeadLetteredError, Producer, PublishError, wire
 from storage import ValidationError
 
 LONG = 60_000.0  # a linger that never ends within a test: only flush/close publish
@@ -207,3 +208,15 @@ def test_close_publishes_what_is_buffered_and_refuses_later_saves(
 def test_bad_buffer_settings_are_refused(fake: fakeredis.FakeRedis, kw: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         Producer(broker_url="redis://127.0.0.1:6379/0", **kw)
+
+
+def test_wait_reports_ops_of_a_message_refused_as_a_whole(fake: fakeredis.FakeRedis) -> None:
+    with _buffered() as prod:
+        ids = [prod.save_state("a", f"s{i}", {}) for i in range(3)]
+        prod.flush()
+        (message,) = _queued(fake)
+        fake.hset(wire.DLQ_KEY, message.id, json.dumps({"error": "undecodable: boom"}))
+        fake.zrem(wire.PENDING_KEY, message.id)
+        with pytest.raises(DeadLetteredError, match="boom") as info:
+            prod.wait(ids, timeout=5)
+        assert info.value.op_id in ids
