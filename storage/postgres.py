@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import select
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import psycopg2
@@ -20,60 +19,23 @@ from .base import StorageBackend, check_limit
 from .config import Settings, load_settings, mask_url
 from .errors import ConfigError, StorageError, TransientStorageError
 from .ids import check_id
-from .ops import Kind, Record
+from .ops import Kind, Record, Tombstone
 from .postgres_schema import migrate
+from .postgres_sql import (
+    SCANS,
+    TOMBSTONE_DELETES,
+    TOMBSTONE_UPSERT,
+    UPSERTS,
+    prune_count,
+    prune_delete,
+    prune_statements,
+)
+from .retention import RetentionPolicy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Statements per kind: each upsert writes only when the incoming version is newer, so
-# redelivered and reordered ops converge on the newest version.
-_UPSERTS: dict[Kind, tuple[str, str, Callable[[Record], tuple[Any, ...]]]] = {
-    "state": (
-        "INSERT INTO agent_states AS t (id, agent_id, state_id, state, version) VALUES %s "
-        "ON CONFLICT (agent_id, state_id) DO UPDATE SET state = EXCLUDED.state, "
-        "version = EXCLUDED.version, timestamp = CURRENT_TIMESTAMP "
-        "WHERE t.version < EXCLUDED.version",
-        "(%s, %s, %s, %s::jsonb, %s)",
-        lambda r: (r.row_id, r.partition, r.sub_id, json.dumps(r.data), r.version),
-    ),
-    "task": (
-        "INSERT INTO agent_tasks AS t (id, agent_id, task_id, task_data, version) VALUES %s "
-        "ON CONFLICT (agent_id, task_id) DO UPDATE SET task_data = EXCLUDED.task_data, "
-        "version = EXCLUDED.version, timestamp = CURRENT_TIMESTAMP "
-        "WHERE t.version < EXCLUDED.version",
-        "(%s, %s, %s, %s::jsonb, %s)",
-        lambda r: (r.row_id, r.partition, r.sub_id, json.dumps(r.data), r.version),
-    ),
-    # Messages are immutable: the first copy of a message id stays.
-    "conversation": (
-        "INSERT INTO conversations (id, conversation_id, message, version, position) "
-        "VALUES %s ON CONFLICT (id) DO NOTHING",
-        "(%s, %s, %s::jsonb, %s, %s)",
-        lambda r: (r.row_id, r.partition, json.dumps(r.data), r.version, r.position),
-    ),
-    # A re-saved transaction takes the newer content but keeps its first position.
-    "transaction": (
-        "INSERT INTO transactions AS t (id, case_id, transaction, version, position) VALUES %s "
-        "ON CONFLICT (id) DO UPDATE SET "
-        "transaction = CASE WHEN t.version < EXCLUDED.version "
-        "THEN EXCLUDED.transaction ELSE t.transaction END, "
-        "version = GREATEST(t.version, EXCLUDED.version), "
-        "position = LEAST(t.position, EXCLUDED.position), timestamp = CURRENT_TIMESTAMP "
-        "WHERE t.version < EXCLUDED.version OR t.position > EXCLUDED.position",
-        "(%s, %s, %s::jsonb, %s, %s)",
-        lambda r: (r.row_id, r.partition, json.dumps(r.data), r.version, r.position),
-    ),
-}
-
-# Columns read back as Records: row id, partition, sub id, payload, version, position.
-_SCANS: dict[Kind, str] = {
-    "state": "id, agent_id, state_id, state, version, version FROM agent_states",
-    "task": "id, agent_id, task_id, task_data, version, version FROM agent_tasks",
-    "conversation": "id, conversation_id, id, message, version, position FROM conversations",
-    "transaction": "id, case_id, transaction->>'id', transaction, version, position "
-    "FROM transactions",
-}
+_MAX_PRUNE_BATCHES = 1_000
 
 _TRANSIENT = (
     psycopg2.OperationalError,
@@ -179,22 +141,27 @@ class PostgreSQLClient(StorageBackend):
 
         return self._run(action)
 
-    def write_records(self, grouped: dict[Kind, list[Record]]) -> None:
-        """Write all of `grouped` in one transaction."""
-        if not any(grouped.values()):
+    def write_records(
+        self, grouped: dict[Kind, list[Record]], tombstones: Sequence[Tombstone] = ()
+    ) -> None:
+        """Write `tombstones`, then `grouped`, in one transaction."""
+        if not tombstones and not any(grouped.values()):
             return
 
         def action(conn: Any) -> None:
             with conn.cursor() as cur:
                 cur.execute("BEGIN")
                 try:
-                    for kind, sql_template in _UPSERTS.items():
+                    if tombstones:
+                        _write_tombstones(cur, tombstones)
+                    for kind, upsert in UPSERTS.items():
                         # Sorted keys make concurrent batches lock rows in one order: no deadlock.
                         rows = sorted(grouped[kind], key=lambda r: r.row_id)
                         if rows:
-                            sql, template, to_row = sql_template
-                            values = [to_row(r) for r in rows]
-                            execute_values(cur, sql, values, template=template, page_size=1000)
+                            values = [upsert.row(r) for r in rows]
+                            execute_values(
+                                cur, upsert.sql, values, template=upsert.template, page_size=1000
+                            )
                     cur.execute("COMMIT")
                 except BaseException:
                     if not conn.closed:
@@ -212,7 +179,7 @@ class PostgreSQLClient(StorageBackend):
         check_id("agent_id", agent_id)
         check_id("state_id", state_id)
         return self._one(
-            "SELECT state FROM agent_states WHERE agent_id = %s AND state_id = %s",
+            "SELECT state FROM agent_states WHERE agent_id = %s AND state_id = %s AND NOT deleted",
             (agent_id, state_id),
         )
 
@@ -220,7 +187,8 @@ class PostgreSQLClient(StorageBackend):
         check_id("agent_id", agent_id)
         check_id("task_id", task_id)
         return self._one(
-            "SELECT task_data FROM agent_tasks WHERE agent_id = %s AND task_id = %s",
+            "SELECT task_data FROM agent_tasks "
+            "WHERE agent_id = %s AND task_id = %s AND NOT deleted",
             (agent_id, task_id),
         )
 
@@ -245,19 +213,71 @@ class PostgreSQLClient(StorageBackend):
     def get_transactions(self, case_id: str) -> list[dict[str, Any]]:
         check_id("case_id", case_id)
         rows = self._fetch(
-            "SELECT transaction FROM transactions WHERE case_id = %s ORDER BY position",
+            "SELECT transaction FROM transactions WHERE case_id = %s AND NOT deleted "
+            "ORDER BY position",
             (case_id,),
         )
         return [row[0] for row in rows]
 
+    def list_states(self, agent_id: str) -> list[str]:
+        check_id("agent_id", agent_id)
+        rows = self._fetch(
+            "SELECT state_id FROM agent_states WHERE agent_id = %s AND NOT deleted", (agent_id,)
+        )
+        return sorted(row[0] for row in rows)
+
+    def list_tasks(self, agent_id: str) -> list[str]:
+        check_id("agent_id", agent_id)
+        rows = self._fetch(
+            "SELECT task_id FROM agent_tasks WHERE agent_id = %s AND NOT deleted", (agent_id,)
+        )
+        return sorted(row[0] for row in rows)
+
     def scan_records(self, kind: Kind, after: str | None = None, limit: int = 500) -> list[Record]:
         rows = self._fetch(
-            f"SELECT {_SCANS[kind]} WHERE id > %s ORDER BY id LIMIT %s", (after or "", limit)
+            f"SELECT {SCANS[kind]} WHERE id > %s ORDER BY id LIMIT %s", (after or "", limit)
         )
         return [
-            Record(kind, rid, part, data, ver, pos, sub) for rid, part, sub, data, ver, pos in rows
+            Record(kind, rid, part, data, ver, pos, sub, deleted)
+            for rid, part, sub, data, ver, pos, deleted in rows
         ]
+
+    def prune(self, policy: RetentionPolicy, *, dry_run: bool = False) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for category, (query, params) in prune_statements(policy).items():
+            if dry_run:
+                counts[category] = self._fetch(prune_count(query), params)[0][0]
+                continue
+            # Short transactions of at most batch_size rows: no long locks, and several
+            # workers pruning at once only split the work.
+            delete = prune_delete(category, query)
+            removed = 0
+            for _ in range(_MAX_PRUNE_BATCHES):
+                done = self._execute(delete, (*params, policy.batch_size))
+                removed += done
+                if done < policy.batch_size:
+                    break
+            counts[category] = removed
+        return counts
+
+    def _execute(self, sql: str, params: tuple[Any, ...]) -> int:
+        def action(conn: Any) -> int:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                count: int = cur.rowcount
+                return count
+
+        return self._run(action)
 
     def close(self) -> None:
         if not self._pool.closed:
             self._pool.closeall()
+
+
+def _write_tombstones(cur: Any, tombstones: Sequence[Tombstone]) -> None:
+    ordered = sorted(tombstones, key=lambda t: (t.scope, t.key))
+    execute_values(cur, TOMBSTONE_UPSERT, [(t.scope, t.key, t.version) for t in ordered])
+    for scope, deletes in TOMBSTONE_DELETES.items():
+        keyed = [(t.key, t.version) for t in ordered if t.scope == scope]
+        for delete in deletes if keyed else ():
+            execute_values(cur, delete, keyed)

@@ -1,0 +1,163 @@
+"""The SQL the PostgreSQL backend runs, one statement per job, all parameterised."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from .ops import Kind, Record, Scope
+from .retention import RetentionPolicy
+
+
+class Upsert(NamedTuple):
+    sql: str
+    template: str
+    row: Callable[[Record], tuple[Any, ...]]
+
+
+def _guarded(table: str, columns: str, scope: Scope, partition: str, on_conflict: str) -> str:
+    # Rows older than a tombstone of their partition (erase, whole-history delete) are skipped,
+    # so a late redelivered save cannot bring back what was deleted after it.
+    return (
+        f"INSERT INTO {table} AS t ({columns}) SELECT {columns} FROM (VALUES %s) AS v({columns}) "
+        "WHERE NOT EXISTS (SELECT 1 FROM agentstore_tombstones tb "
+        f"WHERE tb.scope = '{scope}' AND tb.key = v.{partition} "
+        'AND tb.version >= v.version COLLATE "C") '
+        f"ON CONFLICT {on_conflict}"
+    )
+
+
+def _keyed(table: str, sub_id: str, payload: str) -> Upsert:
+    columns = f"id, agent_id, {sub_id}, {payload}, version, deleted"
+    return Upsert(
+        _guarded(
+            table,
+            columns,
+            "agent",
+            "agent_id",
+            f"(agent_id, {sub_id}) DO UPDATE SET {payload} = EXCLUDED.{payload}, "
+            "version = EXCLUDED.version, deleted = EXCLUDED.deleted, "
+            "timestamp = CURRENT_TIMESTAMP WHERE t.version < EXCLUDED.version",
+        ),
+        "(%s, %s, %s, %s::jsonb, %s, %s)",
+        lambda r: (r.row_id, r.partition, r.sub_id, json.dumps(r.data), r.version, r.deleted),
+    )
+
+
+# Each upsert writes only when the incoming version is newer, so redelivered and reordered
+# ops converge on the newest version.
+UPSERTS: dict[Kind, Upsert] = {
+    "state": _keyed("agent_states", "state_id", "state"),
+    "task": _keyed("agent_tasks", "task_id", "task_data"),
+    # Messages are immutable: the first copy of a message id stays.
+    "conversation": Upsert(
+        _guarded(
+            "conversations",
+            "id, conversation_id, message, version, position",
+            "conversation",
+            "conversation_id",
+            "(id) DO NOTHING",
+        ),
+        "(%s, %s, %s::jsonb, %s, %s)",
+        lambda r: (r.row_id, r.partition, json.dumps(r.data), r.version, r.position),
+    ),
+    # A re-saved transaction takes the newer content but keeps its first position.
+    "transaction": Upsert(
+        _guarded(
+            "transactions",
+            "id, case_id, transaction, version, position, deleted",
+            "case",
+            "case_id",
+            "(id) DO UPDATE SET "
+            "transaction = CASE WHEN t.version < EXCLUDED.version "
+            "THEN EXCLUDED.transaction ELSE t.transaction END, "
+            "deleted = CASE WHEN t.version < EXCLUDED.version "
+            "THEN EXCLUDED.deleted ELSE t.deleted END, "
+            "version = GREATEST(t.version, EXCLUDED.version), "
+            "position = LEAST(t.position, EXCLUDED.position), timestamp = CURRENT_TIMESTAMP "
+            "WHERE t.version < EXCLUDED.version OR t.position > EXCLUDED.position",
+        ),
+        "(%s, %s, %s::jsonb, %s, %s, %s)",
+        lambda r: (r.row_id, r.partition, json.dumps(r.data), r.version, r.position, r.deleted),
+    ),
+}
+
+TOMBSTONE_UPSERT = (
+    "INSERT INTO agentstore_tombstones AS t (scope, key, version) VALUES %s "
+    "ON CONFLICT (scope, key) DO UPDATE SET version = EXCLUDED.version, created_at = now() "
+    "WHERE t.version < EXCLUDED.version"
+)
+
+
+# What a tombstone of each scope removes at once: its partition's rows older than it.
+def _erase(table: str, column: str) -> str:
+    return (
+        f"DELETE FROM {table} d USING (VALUES %s) AS tb(key, version) "
+        f'WHERE d.{column} = tb.key AND d.version < tb.version COLLATE "C"'
+    )
+
+
+TOMBSTONE_DELETES: dict[Scope, tuple[str, ...]] = {
+    "agent": (_erase("agent_states", "agent_id"), _erase("agent_tasks", "agent_id")),
+    "conversation": (_erase("conversations", "conversation_id"),),
+    "case": (_erase("transactions", "case_id"),),
+}
+
+# Columns read back as Records: row id, partition, sub id, payload, version, position, deleted.
+SCANS: dict[Kind, str] = {
+    "state": "id, agent_id, state_id, state, version, version, deleted FROM agent_states",
+    "task": "id, agent_id, task_id, task_data, version, version, deleted FROM agent_tasks",
+    "conversation": "id, conversation_id, id, message, version, position, false FROM conversations",
+    "transaction": "id, case_id, transaction->>'id', transaction, version, position, deleted "
+    "FROM transactions",
+}
+
+
+def prune_statements(policy: RetentionPolicy) -> dict[str, tuple[str, tuple[Any, ...]]]:
+    """Per category: a query selecting (up to %s) ids of rows to remove, and its parameters.
+
+    Each is run as `DELETE ... WHERE id IN (<query> LIMIT n)` in short transactions.
+    """
+    found: dict[str, tuple[str, tuple[Any, ...]]] = {}
+    age = "timestamp < CURRENT_TIMESTAMP - make_interval(secs => %s)"
+    if policy.keep_messages is not None:
+        found["conversations:over_count"] = (
+            "SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY conversation_id "
+            "ORDER BY position DESC) AS newest FROM conversations) ranked WHERE newest > %s",
+            (policy.keep_messages,),
+        )
+    if policy.message_max_age_s is not None:
+        found["conversations:expired"] = (
+            f"SELECT id FROM conversations WHERE {age}",
+            (policy.message_max_age_s,),
+        )
+    if policy.finished_task_max_age_s is not None:
+        found["agent_tasks:expired"] = (
+            f"SELECT id FROM agent_tasks WHERE task_data->>'status' = ANY(%s) AND {age}",
+            (list(policy.finished_statuses), policy.finished_task_max_age_s),
+        )
+    if policy.transaction_max_age_s is not None:
+        found["transactions:expired"] = (
+            f"SELECT id FROM transactions WHERE {age}",
+            (policy.transaction_max_age_s,),
+        )
+    grace = (policy.tombstone_grace_s,)
+    for table in ("agent_states", "agent_tasks", "transactions"):
+        found[f"{table}:tombstones"] = (f"SELECT id FROM {table} WHERE deleted AND {age}", grace)
+    found["agentstore_tombstones:expired"] = (
+        "SELECT ctid AS id FROM agentstore_tombstones "
+        "WHERE created_at < now() - make_interval(secs => %s)",
+        grace,
+    )
+    return found
+
+
+def prune_delete(category: str, select: str) -> str:
+    table = category.split(":")[0]
+    key = "ctid" if table == "agentstore_tombstones" else "id"
+    return f"DELETE FROM {table} WHERE {key} IN ({select} LIMIT %s)"
+
+
+def prune_count(select: str) -> str:
+    return f"SELECT count(*) FROM ({select}) doomed"

@@ -1,0 +1,45 @@
+"""Retention: what old data and old tombstones a store may drop. Off by default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import Settings
+
+DAY_S = 86_400.0
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """Limits per kind; None keeps everything of that kind.
+
+    Tombstones are kept `tombstone_grace_s` (default 7 days), which must exceed the longest
+    time an op can wait before it is applied (queue backlog, recovery, a dead-letter replay):
+    an op older than its tombstone that arrives after the tombstone is gone is applied again.
+    """
+
+    keep_messages: int | None = None
+    message_max_age_s: float | None = None
+    finished_task_max_age_s: float | None = None
+    finished_statuses: tuple[str, ...] = ("done", "completed", "finished", "failed", "cancelled")
+    transaction_max_age_s: float | None = None
+    tombstone_grace_s: float = 7 * DAY_S
+    batch_size: int = 1_000
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetentionPolicy:
+        def seconds(days: float | None) -> float | None:
+            return None if days is None else days * DAY_S
+
+        return cls(
+            keep_messages=settings.agentstore_retain_messages,
+            message_max_age_s=seconds(settings.agentstore_retain_messages_days),
+            finished_task_max_age_s=seconds(settings.agentstore_retain_finished_tasks_days),
+            finished_statuses=tuple(
+                s.strip()
+                for s in settings.agentstore_finished_task_statuses.split(",")
+                if s.strip()
+            ),
+            transaction_max_age_s=seconds(settings.agentstore_retain_transactions_days),
+            tombstone_grace_s=settings.agentstore_tombstone_grace_days * DAY_S,
+        )
