@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .ops import Kind, Record, Scope
-from .retention import RetentionPolicy
+from .retention import RetentionPolicy, prune_limits
 
 
 class Upsert(NamedTuple):
@@ -114,42 +114,36 @@ SCANS: dict[Kind, str] = {
 }
 
 
+_AGE = "timestamp < CURRENT_TIMESTAMP - make_interval(secs => %s)"
+# Per category (see `retention.prune_limits`): a query selecting ids of rows to remove.
+_PRUNE_SELECTS: dict[str, str] = {
+    "conversations:over_count": "SELECT id FROM (SELECT id, row_number() OVER "
+    "(PARTITION BY conversation_id ORDER BY position DESC) AS newest FROM conversations) "
+    "ranked WHERE newest > %s",
+    "conversations:expired": f"SELECT id FROM conversations WHERE {_AGE}",
+    "agent_tasks:expired": "SELECT id FROM agent_tasks "
+    f"WHERE task_data->>'status' = ANY(%s) AND {_AGE}",
+    "transactions:expired": f"SELECT id FROM transactions WHERE {_AGE}",
+    **{
+        f"{table}:tombstones": f"SELECT id FROM {table} WHERE deleted AND {_AGE}"
+        for table in ("agent_states", "agent_tasks", "transactions")
+    },
+    "agentstore_tombstones:expired": "SELECT ctid AS id FROM agentstore_tombstones "
+    "WHERE created_at < now() - make_interval(secs => %s)",
+}
+
+
 def prune_statements(policy: RetentionPolicy) -> dict[str, tuple[str, tuple[Any, ...]]]:
     """Per category: a query selecting (up to %s) ids of rows to remove, and its parameters.
 
     Each is run as `DELETE ... WHERE id IN (<query> LIMIT n)` in short transactions.
     """
     found: dict[str, tuple[str, tuple[Any, ...]]] = {}
-    age = "timestamp < CURRENT_TIMESTAMP - make_interval(secs => %s)"
-    if policy.keep_messages is not None:
-        found["conversations:over_count"] = (
-            "SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY conversation_id "
-            "ORDER BY position DESC) AS newest FROM conversations) ranked WHERE newest > %s",
-            (policy.keep_messages,),
-        )
-    if policy.message_max_age_s is not None:
-        found["conversations:expired"] = (
-            f"SELECT id FROM conversations WHERE {age}",
-            (policy.message_max_age_s,),
-        )
-    if policy.finished_task_max_age_s is not None:
-        found["agent_tasks:expired"] = (
-            f"SELECT id FROM agent_tasks WHERE task_data->>'status' = ANY(%s) AND {age}",
-            (list(policy.finished_statuses), policy.finished_task_max_age_s),
-        )
-    if policy.transaction_max_age_s is not None:
-        found["transactions:expired"] = (
-            f"SELECT id FROM transactions WHERE {age}",
-            (policy.transaction_max_age_s,),
-        )
-    grace = (policy.tombstone_grace_s,)
-    for table in ("agent_states", "agent_tasks", "transactions"):
-        found[f"{table}:tombstones"] = (f"SELECT id FROM {table} WHERE deleted AND {age}", grace)
-    found["agentstore_tombstones:expired"] = (
-        "SELECT ctid AS id FROM agentstore_tombstones "
-        "WHERE created_at < now() - make_interval(secs => %s)",
-        grace,
-    )
+    for category, limit in prune_limits(policy).items():
+        params: tuple[Any, ...] = (limit,)
+        if category == "agent_tasks:expired":
+            params = (list(policy.finished_statuses), limit)
+        found[category] = (_PRUNE_SELECTS[category], params)
     return found
 
 

@@ -43,3 +43,24 @@ class RetentionPolicy:
             transaction_max_age_s=seconds(settings.agentstore_retain_transactions_days),
             tombstone_grace_s=settings.agentstore_tombstone_grace_days * DAY_S,
         )
+
+
+def prune_limits(policy: RetentionPolicy) -> dict[str, float]:
+    """Per prune category `policy` enables, in the order stores prune them: its limit.
+
+    A category is "<table or container>:<what>"; its limit is a message count for
+    `conversations:over_count` and an age in seconds for every other one.
+    """
+    limits: dict[str, float] = {}
+    if policy.keep_messages is not None:
+        limits["conversations:over_count"] = policy.keep_messages
+    if policy.message_max_age_s is not None:
+        limits["conversations:expired"] = policy.message_max_age_s
+    if policy.finished_task_max_age_s is not None:
+        limits["agent_tasks:expired"] = policy.finished_task_max_age_s
+    if policy.transaction_max_age_s is not None:
+        limits["transactions:expired"] = policy.transaction_max_age_s
+    for table in ("agent_states", "agent_tasks", "transactions"):
+        limits[f"{table}:tombstones"] = policy.tombstone_grace_s
+    limits["agentstore_tombstones:expired"] = policy.tombstone_grace_s
+    return limits
