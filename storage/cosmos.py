@@ -23,15 +23,16 @@ from .cosmos_items import (
     LIVE,
     Container,
     Layout,
+    decode,
     from_item,
     key_field,
     read,
     write,
 )
-from .cosmos_retention import SCOPE_OF, TOMBSTONES, Remover
+from .cosmos_retention import TOMBSTONES, Remover
 from .errors import ConfigError, StorageError, TransientStorageError, ValidationError
 from .ids import check_id, row_id
-from .ops import KINDS, Kind, Record, Scope, Tombstone
+from .ops import KINDS, SCOPE_OF, Kind, Record, Scope, Tombstone
 from .retention import RetentionPolicy
 
 log = logging.getLogger(__name__)
@@ -272,12 +273,12 @@ class CosmosDBClient(StorageBackend):
         where = f"FROM c WHERE c.{container.layout.partition_field} = @v AND {LIVE}"
         if limit is None:
             sql = f"SELECT VALUE c.data {where} ORDER BY c.position"
-            return self._call(lambda: container.query(sql, {"@v": value}, value))
+            texts = self._call(lambda: container.query(sql, {"@v": value}, value))
+            return [decode(text) for text in texts]
         # Newest `limit` first, then reversed: one ORDER BY field needs no composite index.
         sql = f"SELECT TOP @n VALUE c.data {where} ORDER BY c.position DESC"
         newest = self._call(lambda: container.query(sql, {"@v": value, "@n": limit}, value))
-        newest.reverse()
-        return newest
+        return [decode(text) for text in reversed(newest)]
 
     def list_states(self, agent_id: str) -> list[str]:
         """The ids of the states of `agent_id` that exist (not deleted), sorted."""
@@ -325,7 +326,7 @@ class CosmosDBClient(StorageBackend):
         container = self._containers[kind]
         fields = {"id": rid, layout.partition_field: owner, layout.sub_id_field: sub}
         item = self._call(lambda: read(container.proxy, rid, fields[container.key_field]))
-        return None if item is None or item.get("deleted") else dict(item["data"])
+        return None if item is None or item.get("deleted") else decode(item["data"])
 
     # -- retention --------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,9 +27,9 @@ LAYOUTS: dict[Kind, Layout] = {
     "conversation": Layout("conversations", "conversation_id", "message_id"),
     "transaction": Layout("transactions", "case_id", "transaction_id"),
 }
-# Payloads are never queried by reads; indexing them would cost write RUs in proportion to
-# their size. (Retention's finished-task filter reads `data.status` from items it has
-# already narrowed down by the indexed `_ts`.)
+# Payloads are stored as JSON text, not as a nested document: Cosmos DB parses JSON numbers
+# as doubles and returns 1.0 as 1, so only text gives back exactly what was saved. Reads
+# never query inside a payload; retention's finished-task filter reads the copied `status`.
 INDEXING_POLICY = {
     "indexingMode": "consistent",
     "automatic": True,
@@ -77,8 +78,18 @@ def to_item(layout: Layout, rec: Record) -> dict[str, Any]:
         "version": rec.version,
         "position": rec.position,
         "deleted": rec.deleted,
-        "data": rec.data,
+        "data": encode(rec.data),
+        **({"status": rec.data["status"]} if "status" in rec.data and rec.kind == "task" else {}),
     }
+
+
+def encode(data: dict[str, Any]) -> str:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def decode(text: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(text)
+    return data
 
 
 def from_item(kind: Kind, layout: Layout, item: Mapping[str, Any]) -> Record:
@@ -87,7 +98,7 @@ def from_item(kind: Kind, layout: Layout, item: Mapping[str, Any]) -> Record:
         kind,
         item["id"],
         item[pf],
-        item["data"],
+        decode(item["data"]),
         item["version"],
         item["position"],
         item[sf],

@@ -25,7 +25,6 @@ T = TypeVar("T")
 # not share a logical partition (nor a transactional batch) with the items it covers anyway;
 # and the data containers' reads, scans and migration would all have to step around it.
 TOMBSTONES = Layout("agentstore_tombstones", "key", "scope")
-SCOPE_OF: dict[Kind, Scope] = {k: scope for scope, kinds in SCOPE_KINDS.items() for k in kinds}
 
 _CHUNK = 16  # deletes per executor task
 _ERASE_PAGE = 1_000
@@ -35,7 +34,7 @@ _OURS = "IS_DEFINED(c.version)"  # not items someone else (e.g. the seed) wrote
 # Per category (see `retention.prune_limits`) but over_count: which items it removes.
 _PRUNE_WHERE: dict[str, str] = {
     "conversations:expired": f"{_OURS} AND {_AGED}",
-    "agent_tasks:expired": f"{_OURS} AND ARRAY_CONTAINS(@statuses, c.data.status) AND {_AGED}",
+    "agent_tasks:expired": f"{_OURS} AND ARRAY_CONTAINS(@statuses, c.status) AND {_AGED}",
     "transactions:expired": f"{_OURS} AND {_AGED}",
     **{
         f"{table}:tombstones": f"{_OURS} AND c.deleted = true AND {_AGED}"

@@ -87,15 +87,32 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class StateArgs(_Strict):
+# Row ids are checked at the call too: ids that are fine alone can be too long together.
+class StateKey(_Strict):
     agent_id: Annotated[str, _id("agent_id")]
     state_id: Annotated[str, _id("state_id")]
+
+    @model_validator(mode="after")
+    def _fits(self) -> StateKey:
+        _state_id(self.agent_id, self.state_id)
+        return self
+
+
+class StateArgs(StateKey):
     state: Annotated[dict[str, Any], _payload("state")]
 
 
-class TaskArgs(_Strict):
+class TaskKey(_Strict):
     agent_id: Annotated[str, _id("agent_id")]
     task_id: Annotated[str, _id("task_id")]
+
+    @model_validator(mode="after")
+    def _fits(self) -> TaskKey:
+        _task_id(self.agent_id, self.task_id)
+        return self
+
+
+class TaskArgs(TaskKey):
     task_data: Annotated[dict[str, Any], _payload("task_data")]
 
 
@@ -123,15 +140,11 @@ class TransactionsArgs(_Strict):
     case_id: Annotated[str, _id("case_id")]
     transactions: Annotated[list[dict[str, Any]], BeforeValidator(_check_transactions)]
 
-
-class StateKey(_Strict):
-    agent_id: Annotated[str, _id("agent_id")]
-    state_id: Annotated[str, _id("state_id")]
-
-
-class TaskKey(_Strict):
-    agent_id: Annotated[str, _id("agent_id")]
-    task_id: Annotated[str, _id("task_id")]
+    @model_validator(mode="after")
+    def _fits(self) -> TransactionsArgs:
+        for txn in self.transactions:
+            _transaction_id(self.case_id, txn["id"])
+        return self
 
 
 class ConversationKey(_Strict):
@@ -153,6 +166,12 @@ def _check_transaction_ids(value: object) -> list[str] | None:
 class TransactionsKey(_Strict):
     case_id: Annotated[str, _id("case_id")]
     ids: Annotated[list[str] | None, BeforeValidator(_check_transaction_ids)] = None
+
+    @model_validator(mode="after")
+    def _fits(self) -> TransactionsKey:
+        for txn_id in self.ids or ():
+            _transaction_id(self.case_id, txn_id)
+        return self
 
 
 class AgentKey(_Strict):
@@ -254,7 +273,7 @@ _adapter: pydantic.TypeAdapter[Op] = pydantic.TypeAdapter(Op)
 def _describe(exc: pydantic.ValidationError) -> str:
     parts = []
     for err in exc.errors(include_url=False, include_input=False):
-        where = ".".join(str(p) for p in err["loc"] if p not in _OP_NAMES)
+        where = ".".join(str(p) for p in err["loc"] if p not in _OP_NAMES and p != "args")
         msg = err["msg"].removeprefix("Value error, ")
         parts.append(f"{where}: {msg}" if where and where not in msg else msg)
     return "; ".join(parts)
@@ -275,14 +294,16 @@ def make_op(
     name: OpName, args: dict[str, Any], *, version: str | None = None, op_id: str | None = None
 ) -> Op:
     """Build and validate an op for a save call; raise `ValidationError` at the call if bad."""
-    return parse_op(
-        {
-            "op": name,
-            "args": args,
-            "id": op_id or new_op_id(),
-            "version": new_version() if version is None else version,
-        }
-    )
+    message = {
+        "op": name,
+        "args": args,
+        "id": op_id or new_op_id(),
+        "version": new_version() if version is None else version,
+    }
+    try:
+        return _adapter.validate_python(message)
+    except pydantic.ValidationError as exc:
+        raise ValidationError(f"{name}: {_describe(exc)}") from None
 
 
 # (owner field, sub field or None, payload field) of the saves `encode_op` builds itself.
@@ -382,6 +403,7 @@ SCOPE_KINDS: dict[Scope, tuple[Kind, ...]] = {
     "conversation": ("conversation",),
     "case": ("transaction",),
 }
+SCOPE_OF: dict[Kind, Scope] = {k: scope for scope, kinds in SCOPE_KINDS.items() for k in kinds}
 # Deleted transactions sort last, so a later save takes the position it is saved at.
 _DELETED_POSITION = "~"
 

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import select
 import threading
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -19,7 +20,7 @@ from .base import StorageBackend, check_limit
 from .config import Settings, load_settings, mask_url
 from .errors import ConfigError, StorageError, TransientStorageError
 from .ids import check_id
-from .ops import Kind, Record, Tombstone
+from .ops import SCOPE_OF, Kind, Record, Tombstone
 from .postgres_schema import migrate
 from .postgres_sql import (
     SCANS,
@@ -36,6 +37,14 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _MAX_PRUNE_BATCHES = 1_000
+# Partition locks (see _lock_partitions): a fixed number of buckets keeps the locks a
+# transaction holds well under max_locks_per_transaction, whatever the batch.
+_LOCK_SPACE = 74_612
+_LOCK_BUCKETS = 64
+_LOCK_SQL = (
+    "SELECT CASE WHEN x THEN pg_advisory_xact_lock(%s, b) "
+    "ELSE pg_advisory_xact_lock_shared(%s, b) END FROM unnest(%s::int[], %s::bool[]) AS u(b, x)"
+)
 
 _TRANSIENT = (
     psycopg2.OperationalError,
@@ -152,6 +161,7 @@ class PostgreSQLClient(StorageBackend):
             with conn.cursor() as cur:
                 cur.execute("BEGIN")
                 try:
+                    _lock_partitions(cur, grouped, tombstones)
                     if tombstones:
                         _write_tombstones(cur, tombstones)
                     for kind, upsert in UPSERTS.items():
@@ -281,3 +291,20 @@ def _write_tombstones(cur: Any, tombstones: Sequence[Tombstone]) -> None:
         keyed = [(t.key, t.version) for t in ordered if t.scope == scope]
         for delete in deletes if keyed else ():
             execute_values(cur, delete, keyed)
+
+
+def _bucket(scope: str, key: str) -> int:
+    return zlib.crc32(f"{scope}\x00{key}".encode()) % _LOCK_BUCKETS
+
+
+def _lock_partitions(
+    cur: Any, grouped: dict[Kind, list[Record]], tombstones: Sequence[Tombstone]
+) -> None:
+    # A tombstone takes its partition's lock exclusively, saves take theirs shared: a save
+    # that checked for tombstones before an erase committed cannot then slip its older row
+    # past the erase's DELETE. Acquired in bucket order, so batches never deadlock on them.
+    exclusive = {_bucket(t.scope, t.key) for t in tombstones}
+    shared = {_bucket(SCOPE_OF[kind], r.partition) for kind, recs in grouped.items() for r in recs}
+    buckets = sorted(exclusive | shared)
+    flags = [b in exclusive for b in buckets]
+    cur.execute(_LOCK_SQL, (_LOCK_SPACE, _LOCK_SPACE, buckets, flags))
