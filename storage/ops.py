@@ -494,6 +494,11 @@ def plan(ops: Sequence[Op]) -> Plan:
     return Plan(dedupe(recs), list(newest.values()))
 
 
+def records(ops: Sequence[Op]) -> dict[Kind, list[Record]]:
+    """The deduped records `ops` write, per kind (their tombstones aside)."""
+    return plan(ops).records
+
+
 def dedupe(recs: Iterable[Record]) -> dict[Kind, list[Record]]:
     """Group records per kind, keeping for each row id only the newest version.
 

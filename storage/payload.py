@@ -144,9 +144,9 @@ def encode_payload(field: str, value: object) -> str:
     """Return the compact JSON text of `value`, or raise `ValidationError` saying what is wrong.
 
     Accepted: a dict of plain JSON (str keys, str/int/float/bool/None/list/dict values), finite
-    numbers, integers within ±(2**53-1), floats with a fractional part (1.0, -0.0 and 1e300
-    come back as ints from some store), no NUL characters, valid UTF-8, at most
-    `MAX_PAYLOAD_BYTES` encoded and `MAX_DEPTH` levels deep.
+    numbers, integers within ±(2**53-1), floats but -0.0 and those of magnitude 1e16 or more
+    without a fraction (PostgreSQL returns them as ints or unsigned), no NUL characters,
+    valid UTF-8, at most `MAX_PAYLOAD_BYTES` as stored and `MAX_DEPTH` levels deep.
     """
     if type(value) is dict:
         fast = _fast_encode(value)
