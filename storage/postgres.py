@@ -27,6 +27,7 @@ from .postgres_sql import (
     TOMBSTONE_DELETES,
     TOMBSTONE_UPSERT,
     UPSERTS,
+    pages,
     prune_count,
     prune_delete,
     prune_statements,
@@ -164,14 +165,11 @@ class PostgreSQLClient(StorageBackend):
                     _lock_partitions(cur, grouped, tombstones)
                     if tombstones:
                         _write_tombstones(cur, tombstones)
-                    for kind, upsert in UPSERTS.items():
-                        # Sorted keys make concurrent batches lock rows in one order: no deadlock.
+                    for kind, sql in UPSERTS.items():
+                        # Sorted keys make concurrent batches lock rows in one order (pages too).
                         rows = sorted(grouped[kind], key=lambda r: r.row_id)
-                        if rows:
-                            values = [upsert.row(r) for r in rows]
-                            execute_values(
-                                cur, upsert.sql, values, template=upsert.template, page_size=1000
-                            )
+                        for page in pages(rows):
+                            cur.execute(sql, (page,))
                     cur.execute("COMMIT")
                 except BaseException:
                     if not conn.closed:

@@ -26,8 +26,9 @@ def has_buffered_mode() -> bool:
 class ProducerThread(threading.Thread):
     """Saves at about `rate` ops/s until stopped; each call lands in `saves`.
 
-    Durable: a save is acknowledged when it returns. Buffered: when a later `flush()`
-    returns; saves a failed flush covered count as unacknowledged.
+    Durable: a save is acknowledged when it returns. Buffered (`linger_ms`): when a later
+    `flush()` returns; a failed flush leaves them buffered (and retried), so only the last
+    flush failing makes them unacknowledged.
     """
 
     def __init__(
@@ -49,12 +50,12 @@ class ProducerThread(threading.Thread):
         self._interval = 1.0 / rate
         self._rng = random.Random(f"{seed}-producer-{index}")
         self._halt = stop
-        self._buffered = buffered
+        self.buffered = buffered
         self._unflushed: list[Save] = []
 
     def run(self) -> None:
         try:
-            options: dict[str, Any] = {"linger_ms": 5} if self._buffered else {}
+            options: dict[str, Any] = {"linger_ms": 5} if self.buffered else {}
             with Producer(broker_url=self._url, publish_timeout=2.0, **options) as prod:
                 self._loop(prod)
         except BaseException as exc:  # reported by the test, not lost in a thread
@@ -67,7 +68,7 @@ class ProducerThread(threading.Thread):
         while not self._halt.is_set():
             seq += 1
             self._save_one(prod, seq)
-            if self._buffered and time.monotonic() - last_flush > 0.2:
+            if self.buffered and time.monotonic() - last_flush > 0.5:
                 self._flush(prod)
                 last_flush = time.monotonic()
             next_at += self._interval
@@ -76,17 +77,19 @@ class ProducerThread(threading.Thread):
                 self._halt.wait(delay)
             elif delay < -1.0:
                 next_at = time.monotonic()  # no burst to catch up after an outage
-        if self._buffered:
-            self._flush(prod)
+        if self.buffered:
+            self._flush(prod, final=True)
 
-    def _flush(self, prod: Producer) -> None:
-        saves, self._unflushed = self._unflushed, []
+    def _flush(self, prod: Producer, *, final: bool = False) -> None:
         try:
-            prod.flush()  # type: ignore[attr-defined]
+            prod.flush(timeout=10.0)
         except PublishError:
             self.publish_failures += 1
-            saves = [_unacked(s) for s in saves]
-        self.saves += saves
+            if not final:
+                return  # still buffered and retried: a later flush acknowledges them
+            self._unflushed = [_unacked(s) for s in self._unflushed]
+        self.saves += self._unflushed
+        self._unflushed = []
 
     def _save_one(self, prod: Producer, seq: int) -> None:
         rng, t = self._rng, self.index
@@ -118,7 +121,7 @@ class ProducerThread(threading.Thread):
             op_id = None
             self._halt.wait(0.1)  # the broker is away; an agent would back off too
         save = Save(kind, owner, sub, version, payload, op_id, t, seq)  # type: ignore[arg-type]
-        if self._buffered and op_id is not None:
+        if self.buffered and op_id is not None:
             self._unflushed.append(save)
         else:
             self.saves.append(save)

@@ -25,6 +25,7 @@ class ScenarioResult:
     dead_letters: int
     unexpected_worker_exits: int
     in_flight_at_kills: int
+    acked_by_mode: dict[str, int]
     drain_s: float
 
 
@@ -69,6 +70,8 @@ def render(results: list[ScenarioResult], started: datetime.datetime, command: s
         lines += [
             f"- publish calls that raised `PublishError` (not acknowledged, not counted as "
             f"lost): {r.publish_failures}",
+            "- acknowledged saves by producer mode: "
+            + ", ".join(f"{mode} {n:,}" for mode, n in r.acked_by_mode.items()),
             f"- messages in flight (taken by a worker, unconfirmed) at the worker kills: "
             f"{r.in_flight_at_kills}",
             f"- workers that exited without being killed: {r.unexpected_worker_exits}",

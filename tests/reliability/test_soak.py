@@ -139,6 +139,10 @@ def test_chaos_soak_loses_nothing_acknowledged(
             dead_letters=dead_letters,
             unexpected_worker_exits=cluster.unexpected_exits,
             in_flight_at_kills=cluster.in_flight_at_kills,
+            acked_by_mode={
+                mode: sum(s.acked for p in producers if p.buffered == buffered for s in p.saves)
+                for mode, buffered in (("durable", False), ("buffered", True))
+            },
             drain_s=drain_s,
         )
     )

@@ -110,3 +110,28 @@ def test_messages_are_never_deduped_and_keep_their_send_order() -> None:
     conv = records(shuffled)["conversation"]
     assert len(conv) == 20, "one row per op id"
     assert [r.data["v"] for r in sorted(conv, key=lambda r: r.position)] == list(range(20))
+
+
+def _publish_message(n_ops: int) -> str:
+    pub = Publisher("redis://127.0.0.1:6379/0")
+    texts = [
+        encode_op("save_state", {"agent_id": "a", "state_id": f"s{i}", "state": {}})[1]
+        for i in range(n_ops)
+    ]
+    mid = wire.new_message_id()
+    pub.publish([(mid, wire.build_message(mid, texts))])
+    return mid
+
+
+def test_a_batch_is_bounded_by_ops_not_by_messages(fake: fakeredis.FakeRedis) -> None:
+    _publish_message(1)
+    for _ in range(10):
+        _publish_message(300)
+    store = FakeStore()
+    settings = WorkerSettings(batch_max=500, batch_wait_ms=0)
+    applier = BatchApplier(store, fake, settings, sleep=lambda s: None)
+    first = wire.parse_message(fake.rpop(wire.QUEUE))
+    batch = applier.run(first.id, first.ops)
+    assert len(batch.message_ids) == 3, "1 + 300 + 300 ops: the message that reached 500 is last"
+    assert len(store.calls[0]) == 601
+    assert fake.llen(wire.QUEUE) == 8 and fake.zcard(wire.PENDING_KEY) == 8
