@@ -1,4 +1,4 @@
-"""The `agentstore` command: export, import, migrate, health, stats, dlq.
+"""The `agentstore` command: export, import, migrate, health, stats, dlq, erase, prune.
 
 Exit codes: 0 success; 1 a failed check, a configuration or storage error, a bad import
 line or a migration count mismatch (one line on stderr, no traceback); 2 bad arguments;
@@ -23,6 +23,7 @@ from storage.errors import StorageError
 from storage.ops import KINDS, Kind
 
 from . import operate
+from .lifecycle import erase, prune
 from .migrate import migrate_stores, plan_migration
 from .transfer import (
     DEFAULT_PAGE_SIZE,
@@ -399,3 +400,7 @@ def dlq_purge(ctx: click.Context, ids: tuple[str, ...], everything: bool, yes: b
     click.echo(f"purged {purged} dead letter(s)")
     if missing:
         _fail(ctx, f"no dead letter(s) {', '.join(missing)}")
+
+
+cli.add_command(erase)
+cli.add_command(prune)

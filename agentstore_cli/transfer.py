@@ -27,7 +27,9 @@ from storage.payload import encode_payload
 from storage.versions import VERSION_RE
 
 DEFAULT_PAGE_SIZE = 500
-FIELDS = ("kind", "row_id", "partition", "sub_id", "data", "version", "position")
+FIELDS = ("kind", "row_id", "partition", "sub_id", "data", "version", "position", "deleted")
+# Files written before deletes existed have no "deleted": their records are all live.
+_OPTIONAL = {"deleted": False}
 # Only for progress totals; the count check scans instead, through the storage contract.
 _PG_TABLES: dict[Kind, str] = {
     "state": "agent_states",
@@ -200,6 +202,7 @@ def parse_line(raw: bytes | str, line: int) -> Record:
         raise BadLine(line, f"not JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise BadLine(line, f"expected a JSON object, got {type(obj).__name__}")
+    obj = {**_OPTIONAL, **obj}
     missing = [name for name in FIELDS if name not in obj]
     extra = sorted(set(obj) - set(FIELDS))
     if missing or extra:
@@ -221,6 +224,8 @@ def parse_line(raw: bytes | str, line: int) -> Record:
             raise BadLine(line, f"{name} must be a non-empty string of at most 255 characters")
     if not VERSION_RE.match(obj["version"]):
         raise BadLine(line, "version must be 1-64 characters from [0-9A-Za-z._:-]")
+    if not isinstance(obj["deleted"], bool):
+        raise BadLine(line, "deleted must be true or false")
     return Record(
         cast(Kind, kind),
         obj["row_id"],
@@ -229,6 +234,7 @@ def parse_line(raw: bytes | str, line: int) -> Record:
         obj["version"],
         obj["position"],
         obj["sub_id"],
+        obj["deleted"],
     )
 
 

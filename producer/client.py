@@ -207,6 +207,12 @@ class Producer(StorageClient):
     def get_transactions(self, case_id: str) -> list[dict[str, Any]]:
         return self._store().get_transactions(case_id)
 
+    def list_states(self, agent_id: str) -> list[str]:
+        return self._store().list_states(agent_id)
+
+    def list_tasks(self, agent_id: str) -> list[str]:
+        return self._store().list_tasks(agent_id)
+
     def close(self, timeout: float = 30.0) -> None:
         """Publish what is buffered, then close the broker connections and the reader.
 

@@ -8,7 +8,8 @@ from types import TracebackType
 from typing import Any, Self
 
 from .errors import ValidationError
-from .ops import Kind, Op, OpName, Record, make_op, records
+from .ops import Kind, Op, OpName, Record, Tombstone, make_op, plan
+from .retention import RetentionPolicy
 
 
 def check_limit(limit: object) -> int | None:
@@ -59,6 +60,32 @@ class StorageClient(ABC):
         args = {"case_id": case_id, "transactions": transactions}
         return self._submit("save_transactions", args, version)
 
+    def delete_state(
+        self, agent_id: str, state_id: str, *, version: str | None = None
+    ) -> str | None:
+        """Delete one state; a save older than this delete will not bring it back."""
+        return self._submit("delete_state", {"agent_id": agent_id, "state_id": state_id}, version)
+
+    def delete_task(self, agent_id: str, task_id: str, *, version: str | None = None) -> str | None:
+        """Delete one task; a save older than this delete will not bring it back."""
+        return self._submit("delete_task", {"agent_id": agent_id, "task_id": task_id}, version)
+
+    def delete_conversation(
+        self, conversation_id: str, *, version: str | None = None
+    ) -> str | None:
+        """Delete the whole history of `conversation_id` (messages older than this delete)."""
+        return self._submit("delete_conversation", {"conversation_id": conversation_id}, version)
+
+    def delete_transactions(
+        self, case_id: str, ids: list[str] | None = None, *, version: str | None = None
+    ) -> str | None:
+        """Delete the given transaction ids of `case_id`, or all of them when `ids` is None."""
+        return self._submit("delete_transactions", {"case_id": case_id, "ids": ids}, version)
+
+    def erase_agent(self, agent_id: str, *, version: str | None = None) -> str | None:
+        """Delete every state and task of `agent_id` older than this call."""
+        return self._submit("erase_agent", {"agent_id": agent_id}, version)
+
     def _submit(self, name: OpName, args: dict[str, Any], version: str | None) -> str | None:
         self.apply([make_op(name, args, version=version)])
         return None
@@ -90,6 +117,14 @@ class StorageClient(ABC):
         """The case's transactions in save order, each with its `"id"`."""
 
     @abstractmethod
+    def list_states(self, agent_id: str) -> list[str]:
+        """The state ids of `agent_id` that exist (not deleted), sorted."""
+
+    @abstractmethod
+    def list_tasks(self, agent_id: str) -> list[str]:
+        """The task ids of `agent_id` that exist (not deleted), sorted."""
+
+    @abstractmethod
     def close(self) -> None:
         """Release connections; the client is unusable afterwards."""
 
@@ -114,11 +149,25 @@ class StorageBackend(StorageClient):
         PostgreSQL applies them in one transaction. Re-applying any op, or applying them in
         another order, ends in the same stored state.
         """
-        self.write_records(records(ops))
+        batch = plan(ops)
+        self.write_records(batch.records, batch.tombstones)
 
     @abstractmethod
-    def write_records(self, grouped: dict[Kind, list[Record]]) -> None:
-        """Write records deduped per row id (`storage.ops.dedupe`), each only if newer."""
+    def write_records(
+        self, grouped: dict[Kind, list[Record]], tombstones: Sequence[Tombstone] = ()
+    ) -> None:
+        """Write `tombstones`, then records deduped per row id (`storage.ops.dedupe`).
+
+        A record is written only if it is newer than the stored one and than any tombstone
+        of its partition; a tombstone deletes its partition's older rows at once.
+        """
+
+    @abstractmethod
+    def prune(self, policy: RetentionPolicy, *, dry_run: bool = False) -> dict[str, int]:
+        """Remove what `policy` no longer keeps, in bounded batches; counts per category.
+
+        With `dry_run`, only count. Safe to run from several processes at once.
+        """
 
     @abstractmethod
     def scan_records(self, kind: Kind, after: str | None = None, limit: int = 500) -> list[Record]:

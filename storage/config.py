@@ -53,6 +53,14 @@ class Settings(BaseSettings):
 
     celery_broker_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
 
+    # Retention (off by default): see storage.retention.RetentionPolicy.
+    agentstore_retain_messages: int | None = None
+    agentstore_retain_messages_days: float | None = None
+    agentstore_retain_finished_tasks_days: float | None = None
+    agentstore_finished_task_statuses: str = "done,completed,finished,failed,cancelled"
+    agentstore_retain_transactions_days: float | None = None
+    agentstore_tombstone_grace_days: float = 7.0
+
     @field_validator("postgres_connection_string")
     @classmethod
     def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
@@ -80,11 +88,20 @@ class Settings(BaseSettings):
         _check_url("CELERY_BROKER_URL", value.get_secret_value(), ("redis", "rediss", "unix"))
         return value
 
-    @field_validator("postgres_pool_min", "postgres_pool_max", "cosmos_max_concurrency")
+    @field_validator(
+        "postgres_pool_min",
+        "postgres_pool_max",
+        "cosmos_max_concurrency",
+        "agentstore_retain_messages",
+        "agentstore_retain_messages_days",
+        "agentstore_retain_finished_tasks_days",
+        "agentstore_retain_transactions_days",
+        "agentstore_tombstone_grace_days",
+    )
     @classmethod
-    def _positive(cls, value: int) -> int:
-        if value < 1:
-            raise ConfigError("pool sizes and concurrency must be at least 1")
+    def _positive(cls, value: float | None) -> float | None:
+        if value is not None and value <= 0:
+            raise ConfigError("must be a positive number")
         return value
 
 

@@ -7,74 +7,42 @@ import itertools
 import logging
 import threading
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
-from azure.core import MatchConditions
 from azure.core.exceptions import AzureError
-from azure.cosmos import ContainerProxy, CosmosClient, PartitionKey, exceptions
+from azure.cosmos import CosmosClient, PartitionKey, exceptions
 
 from .base import StorageBackend, check_limit
 from .config import Settings, load_settings
+from .cosmos_items import (
+    INDEXING_POLICY,
+    LAYOUTS,
+    LIVE,
+    Container,
+    Layout,
+    decode,
+    from_item,
+    key_field,
+    read,
+    write,
+)
+from .cosmos_retention import TOMBSTONES, Remover
 from .errors import ConfigError, StorageError, TransientStorageError, ValidationError
 from .ids import check_id, row_id
-from .ops import KINDS, Kind, Op, Record, records
+from .ops import KINDS, SCOPE_OF, Kind, Record, Scope, Tombstone
+from .retention import RetentionPolicy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-
-@dataclass(frozen=True, slots=True)
-class _Layout:
-    container: str
-    partition_field: str  # what reads filter on, and the partition key of new containers
-    sub_id_field: str
-
-
-_LAYOUTS: dict[Kind, _Layout] = {
-    "state": _Layout("agent_states", "agent_id", "state_id"),
-    "task": _Layout("agent_tasks", "agent_id", "task_id"),
-    "conversation": _Layout("conversations", "conversation_id", "message_id"),
-    "transaction": _Layout("transactions", "case_id", "transaction_id"),
-}
-# Payloads are never queried; indexing them would cost write RUs in proportion to their size.
-_INDEXING_POLICY = {
-    "indexingMode": "consistent",
-    "automatic": True,
-    "includedPaths": [{"path": "/*"}],
-    "excludedPaths": [{"path": "/data/*"}, {"path": '/"_etag"/?'}],
-}
 # Worth retrying later. The SDK has already retried 429 (throttling) itself by then.
 _TRANSIENT_STATUS = frozenset({408, 410, 429, 449, 502, 503, 504})
-# Concurrent writers can make an etag stale again and again; past this we call it transient.
-_MAX_WRITE_ATTEMPTS = 10
 _LOOPBACK_TLS_WARNING = r"Unverified HTTPS request is being made to host '(127\.0\.0\.1|localhost)'"
 _CHUNK = 16  # records per executor task: amortises the hand-off, still spreads the work
 _BAD_NAME_CHARS = frozenset("/\\?#\t\r\n")  # in database names: refused by Cosmos DB or its SDK
-
-
-@dataclass(frozen=True, slots=True)
-class _Container:
-    proxy: ContainerProxy
-    layout: _Layout
-    key_field: str  # the item field the container is partitioned on
-
-    @property
-    def aligned(self) -> bool:
-        """Partitioned on the field reads filter on (not, e.g., the seed's `/id`)."""
-        return self.key_field == self.layout.partition_field
-
-    def query(self, sql: str, params: Mapping[str, object], partition: str | None) -> list[Any]:
-        parameters: list[dict[str, object]] = [{"name": k, "value": v} for k, v in params.items()]
-        if partition is not None and self.aligned:
-            return list(self.proxy.query_items(sql, parameters=parameters, partition_key=partition))
-        # Partitioned on another field (the seed's `/id`), or a scan: the query spans partitions.
-        return list(
-            self.proxy.query_items(sql, parameters=parameters, enable_cross_partition_query=True)
-        )
 
 
 class CosmosDBClient(StorageBackend):
@@ -83,7 +51,14 @@ class CosmosDBClient(StorageBackend):
     Creates the database and the containers `agent_states`, `agent_tasks`, `conversations`
     and `transactions` if missing, partitioned on `/agent_id`, `/agent_id`, `/conversation_id`
     and `/case_id`. Existing containers are used as they are, whatever their partition key
-    path (e.g. `/id`), as long as it names a field this client writes.
+    path (e.g. `/id`), as long as it names a field this client writes. Partition tombstones
+    (erase, whole-history deletes) live in a fifth container, `agentstore_tombstones`,
+    partitioned on `/key` (see `storage.cosmos_retention`).
+
+    Writes are not atomic on Cosmos DB: records are written concurrently, grouped by
+    container and partition, and a failure can leave some written and others not. Each
+    record's write is idempotent and version-ordered on its own, so retrying the whole batch
+    converges on the state a single successful apply would have reached.
 
     Args:
         settings: the configuration; read from the environment and `.env` when None.
@@ -117,13 +92,14 @@ class CosmosDBClient(StorageBackend):
             warnings.filterwarnings("ignore", message=_LOOPBACK_TLS_WARNING)
         self._client = self._call(self._connect)
         try:
-            self._containers = self._call(self._open_containers)
+            self._containers, self._tombstones = self._call(self._open_containers)
         except BaseException:
             self._client.close()
             raise
         self._executor = ThreadPoolExecutor(
             max_workers=settings.cosmos_max_concurrency, thread_name_prefix="agentstore-cosmos"
         )
+        self._remover = Remover(self._containers, self._tombstones, self._run_all)
 
     def __repr__(self) -> str:
         return f"CosmosDBClient(endpoint={self._endpoint!r}, database={self._database_name!r})"
@@ -148,78 +124,124 @@ class CosmosDBClient(StorageBackend):
             # The SDK base64-decodes the key to sign the first request; its error says little.
             raise ConfigError("COSMOS_KEY is not a valid base64 account key") from None
 
-    def _open_containers(self) -> dict[Kind, _Container]:
+    def _open_containers(self) -> tuple[dict[Kind, Container], Container]:
         database = _if_exists_race(
             functools.partial(self._client.create_database_if_not_exists, self._database_name)
         )
-        opened: dict[Kind, _Container] = {}
-        for kind in KINDS:
-            layout = _LAYOUTS[kind]
+
+        def open_container(layout: Layout, usable: tuple[str, ...] | None = None) -> Container:
             create = functools.partial(
                 database.create_container_if_not_exists,
                 layout.container,
                 PartitionKey(path=f"/{layout.partition_field}"),
-                indexing_policy=_INDEXING_POLICY,
+                indexing_policy=INDEXING_POLICY,
             )
             proxy = _if_exists_race(create)
             paths = proxy.read().get("partitionKey", {}).get("paths", ["/id"])
-            opened[kind] = _Container(proxy, layout, _key_field(layout, paths))
-        return opened
+            return Container(proxy, layout, key_field(layout, paths, usable))
+
+        opened = {kind: open_container(LAYOUTS[kind]) for kind in KINDS}
+        # Tombstone ids are their scope, unique only per key: no other partition key will do.
+        return opened, open_container(TOMBSTONES, ("key",))
 
     # -- writes -----------------------------------------------------------------------------
 
-    def apply(self, ops: Sequence[Op]) -> None:
-        """Write `ops` of any kinds; the newest version per record wins, equal versions are no-ops.
+    def write_records(
+        self, grouped: dict[Kind, list[Record]], tombstones: Sequence[Tombstone] = ()
+    ) -> None:
+        """Write `tombstones`, then the records they do not cover; not atomic (see the class).
 
-        Not atomic on Cosmos DB: records are written concurrently, grouped by container and
-        partition, and a failure can leave some written and others not. Each record's write
-        is idempotent and version-ordered on its own, so retrying the whole batch converges on
-        the state a single successful apply would have reached.
+        A record is written only if newer than the stored one and than its partition's
+        tombstone; a tombstone deletes its partition's older items.
 
         Raises:
             TransientStorageError: throttling, timeouts or contention outlasted the retries.
             StorageError: Cosmos DB refused a write; the message has its status and reason.
         """
-        self.write_records(records(ops))
-
-    def write_records(self, grouped: dict[Kind, list[Record]]) -> None:
-        """Write deduped records, each only if newer than what is stored; see `apply`."""
         self._check_open()
-        chunks: list[tuple[_Container, list[Record]]] = []
-        for kind, recs in grouped.items():
+        # Tombstones first, each deleting its partition's older items (bounded concurrency).
+        buried: dict[tuple[Scope, str], str | None] = {}
+        for tombstone in tombstones:
+            erase = functools.partial(self._remover.erase, tombstone)
+            buried[(tombstone.scope, tombstone.key)] = self._call(erase)
+        recs = [rec for kind in KINDS for rec in grouped.get(kind, ())]
+        if not recs:
+            return
+        # One tombstone read per partition, not per record; an older record is skipped.
+        buried.update(self._tombstones_of({_partition(rec) for rec in recs} - buried.keys()))
+        recs = [rec for rec in recs if not _covered(rec.version, buried[_partition(rec)])]
+        written = self._write_all(recs)
+        if written:
+            self._take_back(written)
+
+    def _tombstones_of(
+        self, partitions: set[tuple[Scope, str]]
+    ) -> dict[tuple[Scope, str], str | None]:
+        keys = sorted(partitions)
+        tasks = [functools.partial(self._remover.tombstone, *key) for key in keys]
+        return dict(zip(keys, self._run_all(tasks), strict=True))
+
+    def _write_all(self, recs: list[Record]) -> list[tuple[Container, Record, dict[str, Any]]]:
+        chunks: list[tuple[Container, list[Record]]] = []
+        for kind in KINDS:
             container = self._containers[kind]
-            recs = sorted(recs, key=lambda r: r.partition)
-            for _, group in itertools.groupby(recs, key=lambda r: r.partition):
+            mine = sorted((r for r in recs if r.kind == kind), key=lambda r: r.partition)
+            for _, group in itertools.groupby(mine, key=lambda r: r.partition):
                 part = list(group)
                 chunks += [(container, part[i : i + _CHUNK]) for i in range(0, len(part), _CHUNK)]
-        if len(chunks) <= 1:
-            for container, chunk in chunks:  # one partition's worth: no thread hand-off
-                self._write_chunk(container, chunk)
-            return
-        futures = [self._executor.submit(self._write_chunk, c, recs) for c, recs in chunks]
-        errors = [exc for f in futures if (exc := f.exception()) is not None]
-        if errors:
-            log.warning("%d of %d Cosmos DB write chunks failed", len(errors), len(futures))
-            # A permanent failure is the more useful report: retrying will not fix it.
-            raise next((e for e in errors if not isinstance(e, TransientStorageError)), errors[0])
+        done = self._run_all([functools.partial(self._write_chunk, c, rs) for c, rs in chunks])
+        return [
+            (container, rec, item)
+            for (container, _), results in zip(chunks, done, strict=True)
+            for rec, item in results
+        ]
 
-    def _write_chunk(self, container: _Container, recs: list[Record]) -> None:
+    def _take_back(self, written: list[tuple[Container, Record, dict[str, Any]]]) -> None:
+        # A tombstone stored after our check but before its erase's query saw our items is
+        # missed by both sides: read the tombstones again and delete what they now cover.
+        # Deleting only the items exactly as we wrote them (etag) spares any newer save.
+        now = self._tombstones_of({_partition(rec) for _, rec, _ in written})
+        doomed: dict[str, tuple[Container, list[dict[str, Any]]]] = {}
+        for container, rec, item in written:
+            if _covered(item["version"], now[_partition(rec)]):
+                doomed.setdefault(container.layout.container, (container, []))[1].append(item)
+        for container, items in doomed.values():
+            self._call(functools.partial(self._remover.delete_items, container, items))
+
+    def _write_chunk(
+        self, container: Container, recs: list[Record]
+    ) -> list[tuple[Record, dict[str, Any]]]:
         # Records of one partition: one query finds which exist, instead of a read per record.
         layout = container.layout
+        found: dict[str, dict[str, Any]] | None = None
         if len(recs) > 1 and recs[0].kind != "conversation" and container.aligned:
             where = f"c.{layout.partition_field} = @p AND ARRAY_CONTAINS(@ids, c.id)"
             sql = f"SELECT * FROM c WHERE {where}"
             params = {"@p": recs[0].partition, "@ids": [r.row_id for r in recs]}
-            found = {
-                i["id"]: i
-                for i in self._call(lambda: container.query(sql, params, recs[0].partition))
-            }
-            for rec in recs:
+            items = self._call(lambda: container.query(sql, params, recs[0].partition))
+            found = {i["id"]: i for i in items}
+        written = []
+        for rec in recs:
+            if found is None:
+                item = self._call(functools.partial(write, container, rec))
+            else:
                 current = found.get(rec.row_id)
-                self._call(functools.partial(_write, container, rec, current, fresh=True))
-        else:
-            for rec in recs:
-                self._call(functools.partial(_write, container, rec))
+                item = self._call(functools.partial(write, container, rec, current, fresh=True))
+            if item is not None:
+                written.append((rec, item))
+        return written
+
+    def _run_all(self, tasks: Sequence[Callable[[], T]]) -> list[T]:
+        """Results of `tasks`, run on the write threads (inline when there is only one)."""
+        if len(tasks) <= 1:
+            return [self._call(task) for task in tasks]
+        futures = [self._executor.submit(self._call, task) for task in tasks]
+        errors = [exc for f in futures if (exc := f.exception()) is not None]
+        if errors:
+            log.warning("%d of %d Cosmos DB tasks failed", len(errors), len(futures))
+            # A permanent failure is the more useful report: retrying will not fix it.
+            raise next((e for e in errors if not isinstance(e, TransientStorageError)), errors[0])
+        return [f.result() for f in futures]
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -248,20 +270,37 @@ class CosmosDBClient(StorageBackend):
             return []
         container = self._containers[kind]
         # The field name is ours, never a caller's value; values only travel as parameters.
-        where = f"FROM c WHERE c.{container.layout.partition_field} = @v"
+        where = f"FROM c WHERE c.{container.layout.partition_field} = @v AND {LIVE}"
         if limit is None:
             sql = f"SELECT VALUE c.data {where} ORDER BY c.position"
-            return self._call(lambda: container.query(sql, {"@v": value}, value))
+            texts = self._call(lambda: container.query(sql, {"@v": value}, value))
+            return [decode(text) for text in texts]
         # Newest `limit` first, then reversed: one ORDER BY field needs no composite index.
         sql = f"SELECT TOP @n VALUE c.data {where} ORDER BY c.position DESC"
         newest = self._call(lambda: container.query(sql, {"@v": value, "@n": limit}, value))
-        newest.reverse()
-        return newest
+        return [decode(text) for text in reversed(newest)]
+
+    def list_states(self, agent_id: str) -> list[str]:
+        """The ids of the states of `agent_id` that exist (not deleted), sorted."""
+        return self._list("state", agent_id)
+
+    def list_tasks(self, agent_id: str) -> list[str]:
+        """The ids of the tasks of `agent_id` that exist (not deleted), sorted."""
+        return self._list("task", agent_id)
+
+    def _list(self, kind: Kind, owner: str) -> list[str]:
+        container = self._containers[kind]
+        pf, sf = container.layout.partition_field, container.layout.sub_id_field
+        check_id(pf, owner)
+        self._check_open()
+        sql = f"SELECT VALUE c.{sf} FROM c WHERE c.{pf} = @p AND IS_DEFINED(c.version) AND {LIVE}"
+        return sorted(self._call(lambda: container.query(sql, {"@p": owner}, owner)))
 
     def scan_records(self, kind: Kind, after: str | None = None, limit: int = 500) -> list[Record]:
         """Up to `limit` stored records of `kind` with row id > `after`, in item id order.
 
-        Items without our fields (e.g. written by the seed) are skipped.
+        Deleted records (tombstone items) are included. Items without our fields (e.g.
+        written by the seed) are skipped.
         """
         if check_limit(limit) == 0:
             return []
@@ -273,11 +312,7 @@ class CosmosDBClient(StorageBackend):
         )
         params: dict[str, object] = {"@n": limit, "@after": after or ""}
         items = self._call(lambda: container.query(sql, params, None))
-        pf, sf = container.layout.partition_field, container.layout.sub_id_field
-        return [
-            Record(kind, i["id"], i[pf], i["data"], i["version"], i["position"], i[sf])
-            for i in items
-        ]
+        return [from_item(kind, container.layout, item) for item in items]
 
     def _point_read(self, kind: Kind, owner: str, sub: str) -> dict[str, Any] | None:
         layout = self._containers[kind].layout
@@ -290,8 +325,20 @@ class CosmosDBClient(StorageBackend):
             return None  # too long together to have been saved
         container = self._containers[kind]
         fields = {"id": rid, layout.partition_field: owner, layout.sub_id_field: sub}
-        item = self._call(lambda: _read(container.proxy, rid, fields[container.key_field]))
-        return None if item is None else dict(item["data"])
+        item = self._call(lambda: read(container.proxy, rid, fields[container.key_field]))
+        return None if item is None or item.get("deleted") else decode(item["data"])
+
+    # -- retention --------------------------------------------------------------------------
+
+    def prune(self, policy: RetentionPolicy, *, dry_run: bool = False) -> dict[str, int]:
+        """Remove what `policy` no longer keeps, `policy.batch_size` items a query.
+
+        Counts per category, as on PostgreSQL; an item's age is its `_ts` (last write).
+        Several processes may prune at once: an item another one deleted first is not
+        counted, and one rewritten since it was read (etag) is looked at again.
+        """
+        self._check_open()
+        return self._call(lambda: self._remover.prune(policy, dry_run))
 
     # -- lifecycle and errors ---------------------------------------------------------------
 
@@ -329,89 +376,6 @@ class CosmosDBClient(StorageBackend):
         raise StorageError(f"{where} answered {status}{hint}: {reason}") from exc
 
 
-def _write(
-    container: _Container, rec: Record, current: dict[str, Any] | None = None, fresh: bool = False
-) -> None:
-    """Store `rec` unless a newer version is stored; `fresh`: `current` is what is stored."""
-    layout = container.layout
-    item: dict[str, Any] = {
-        "id": rec.row_id,
-        layout.partition_field: rec.partition,
-        layout.sub_id_field: rec.sub_id,
-        "version": rec.version,
-        "position": rec.position,
-        "data": rec.data,
-    }
-    proxy, key = container.proxy, item[container.key_field]
-    # Messages and transactions are usually new: create first and read only on conflict.
-    fresh = fresh or rec.kind in ("conversation", "transaction")
-    for _ in range(_MAX_WRITE_ATTEMPTS):
-        if not fresh:
-            current = _read(proxy, item["id"], key)
-        fresh = False
-        if current is None:
-            try:
-                proxy.create_item(item)
-                return
-            except exceptions.CosmosResourceExistsError:
-                if rec.kind == "conversation":
-                    return  # messages are immutable: the stored copy is this one
-                continue
-        wanted = _merge(rec.kind, current, item)
-        if wanted is None:
-            return
-        try:
-            proxy.replace_item(
-                item["id"],
-                wanted,
-                etag=current["_etag"],
-                match_condition=MatchConditions.IfNotModified,
-            )
-            return
-        except exceptions.CosmosAccessConditionFailedError:
-            continue  # written by someone else meanwhile: read it again
-        except exceptions.CosmosResourceNotFoundError:
-            current, fresh = None, True
-    raise TransientStorageError(
-        f"Cosmos DB: gave up writing {rec.kind} {rec.row_id!r} after {_MAX_WRITE_ATTEMPTS} "
-        "attempts; concurrent writers kept changing it. Retry the save."
-    )
-
-
-def _read(proxy: ContainerProxy, item_id: str, key: str) -> dict[str, Any] | None:
-    try:
-        item: dict[str, Any] = proxy.read_item(item_id, partition_key=key)
-    except exceptions.CosmosResourceNotFoundError:
-        return None
-    return item
-
-
-def _merge(kind: Kind, current: dict[str, Any], item: dict[str, Any]) -> dict[str, Any] | None:
-    """What to store over `current` (None: keep it), as PostgreSQL's upserts decide."""
-    newer = item["version"] > current["version"]
-    if kind != "transaction":
-        return item if newer else None
-    # A transaction keeps the place of its first save, whichever version arrives first.
-    position = min(current["position"], item["position"])
-    if newer:
-        return {**item, "position": position}
-    if position == current["position"]:
-        return None
-    return {**{k: v for k, v in current.items() if not k.startswith("_")}, "position": position}
-
-
-def _key_field(layout: _Layout, paths: list[str]) -> str:
-    usable = ("id", layout.partition_field, layout.sub_id_field)
-    field = paths[0].lstrip("/") if len(paths) == 1 else ""
-    if field not in usable:
-        raise ConfigError(
-            f"Cosmos DB container {layout.container!r} is partitioned on {paths}; agentstore "
-            f"needs one path among {['/' + f for f in usable]}. Use another "
-            "COSMOS_DATABASE_NAME or recreate the container."
-        )
-    return field
-
-
 def _if_exists_race(create: Callable[[], T]) -> T:
     # Processes starting together can both miss the resource, then race to create it.
     for _ in range(2):
@@ -427,3 +391,12 @@ def _short_reason(exc: AzureError) -> str:
     # The SDK's message is "(Code) Message\nCode: ...\nMessage: ..."; the first line suffices.
     lines = text.strip().splitlines()
     return (lines[0] if lines else type(exc).__name__)[:300]
+
+
+def _partition(rec: Record) -> tuple[Scope, str]:
+    return SCOPE_OF[rec.kind], rec.partition
+
+
+def _covered(version: str, tombstone: str | None) -> bool:
+    """Whether a partition tombstone of version `tombstone` skips a record of `version`."""
+    return tombstone is not None and version <= tombstone

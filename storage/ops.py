@@ -10,8 +10,8 @@ import json
 import os
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
-from typing import Annotated, Any, Literal, TypeAlias
+from dataclasses import dataclass, field, replace
+from typing import Annotated, Any, Literal, TypeAlias, get_args
 
 import pydantic
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
@@ -87,15 +87,32 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class StateArgs(_Strict):
+# Row ids are checked at the call too: ids that are fine alone can be too long together.
+class StateKey(_Strict):
     agent_id: Annotated[str, _id("agent_id")]
     state_id: Annotated[str, _id("state_id")]
+
+    @model_validator(mode="after")
+    def _fits(self) -> StateKey:
+        _state_id(self.agent_id, self.state_id)
+        return self
+
+
+class StateArgs(StateKey):
     state: Annotated[dict[str, Any], _payload("state")]
 
 
-class TaskArgs(_Strict):
+class TaskKey(_Strict):
     agent_id: Annotated[str, _id("agent_id")]
     task_id: Annotated[str, _id("task_id")]
+
+    @model_validator(mode="after")
+    def _fits(self) -> TaskKey:
+        _task_id(self.agent_id, self.task_id)
+        return self
+
+
+class TaskArgs(TaskKey):
     task_data: Annotated[dict[str, Any], _payload("task_data")]
 
 
@@ -122,6 +139,43 @@ def _check_transactions(value: object) -> list[dict[str, Any]]:
 class TransactionsArgs(_Strict):
     case_id: Annotated[str, _id("case_id")]
     transactions: Annotated[list[dict[str, Any]], BeforeValidator(_check_transactions)]
+
+    @model_validator(mode="after")
+    def _fits(self) -> TransactionsArgs:
+        for txn in self.transactions:
+            _transaction_id(self.case_id, txn["id"])
+        return self
+
+
+class ConversationKey(_Strict):
+    conversation_id: Annotated[str, _id("conversation_id")]
+
+
+def _check_transaction_ids(value: object) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise ValidationError(f"ids must be a list of strings or None, got {type(value).__name__}")
+    if len(value) > MAX_TRANSACTIONS_PER_SAVE:
+        raise ValidationError(
+            f"ids has {len(value):,} items; the limit per call is {MAX_TRANSACTIONS_PER_SAVE:,}"
+        )
+    return [check_id(f"ids[{index}]", txn_id) for index, txn_id in enumerate(value)]
+
+
+class TransactionsKey(_Strict):
+    case_id: Annotated[str, _id("case_id")]
+    ids: Annotated[list[str] | None, BeforeValidator(_check_transaction_ids)] = None
+
+    @model_validator(mode="after")
+    def _fits(self) -> TransactionsKey:
+        for txn_id in self.ids or ():
+            _transaction_id(self.case_id, txn_id)
+        return self
+
+
+class AgentKey(_Strict):
+    agent_id: Annotated[str, _id("agent_id")]
 
 
 class _OpBase(_Strict):
@@ -165,23 +219,67 @@ class SaveTransactions(_OpBase):
         return data
 
 
+class DeleteState(_OpBase):
+    op: Literal["delete_state"]
+    args: StateKey
+
+
+class DeleteTask(_OpBase):
+    op: Literal["delete_task"]
+    args: TaskKey
+
+
+class DeleteConversation(_OpBase):
+    op: Literal["delete_conversation"]
+    args: ConversationKey
+
+
+class DeleteTransactions(_OpBase):
+    op: Literal["delete_transactions"]
+    args: TransactionsKey
+
+
+class EraseAgent(_OpBase):
+    op: Literal["erase_agent"]
+    args: AgentKey
+
+
 Op: TypeAlias = Annotated[
-    SaveState | SaveTask | SaveConversation | SaveTransactions, Field(discriminator="op")
+    SaveState
+    | SaveTask
+    | SaveConversation
+    | SaveTransactions
+    | DeleteState
+    | DeleteTask
+    | DeleteConversation
+    | DeleteTransactions
+    | EraseAgent,
+    Field(discriminator="op"),
 ]
-OpName: TypeAlias = Literal["save_state", "save_task", "save_conversation", "save_transactions"]
+OpName: TypeAlias = Literal[
+    "save_state",
+    "save_task",
+    "save_conversation",
+    "save_transactions",
+    "delete_state",
+    "delete_task",
+    "delete_conversation",
+    "delete_transactions",
+    "erase_agent",
+]
 _adapter: pydantic.TypeAdapter[Op] = pydantic.TypeAdapter(Op)
 
 
 def _describe(exc: pydantic.ValidationError) -> str:
     parts = []
     for err in exc.errors(include_url=False, include_input=False):
-        where = ".".join(str(p) for p in err["loc"] if p not in _OP_NAMES)
+        where = ".".join(str(p) for p in err["loc"] if p not in _OP_NAMES and p != "args")
         msg = err["msg"].removeprefix("Value error, ")
         parts.append(f"{where}: {msg}" if where and where not in msg else msg)
     return "; ".join(parts)
 
 
-_OP_NAMES = {"save_state", "save_task", "save_conversation", "save_transactions"}
+_OP_NAMES: set[str] = set(get_args(OpName))
 
 
 def parse_op(message: object) -> Op:
@@ -196,14 +294,16 @@ def make_op(
     name: OpName, args: dict[str, Any], *, version: str | None = None, op_id: str | None = None
 ) -> Op:
     """Build and validate an op for a save call; raise `ValidationError` at the call if bad."""
-    return parse_op(
-        {
-            "op": name,
-            "args": args,
-            "id": op_id or new_op_id(),
-            "version": new_version() if version is None else version,
-        }
-    )
+    message = {
+        "op": name,
+        "args": args,
+        "id": op_id or new_op_id(),
+        "version": new_version() if version is None else version,
+    }
+    try:
+        return _adapter.validate_python(message)
+    except pydantic.ValidationError as exc:
+        raise ValidationError(f"{name}: {_describe(exc)}") from None
 
 
 # (owner field, sub field or None, payload field) of the saves `encode_op` builds itself.
@@ -278,7 +378,11 @@ def op_to_message(op: Op) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One row to write, as every backend sees it after in-batch dedupe."""
+    """One row to write, as every backend sees it after in-batch dedupe.
+
+    A deleted record is a tombstone row: it keeps its version, so an older save arriving late
+    (redelivery, reordering) cannot bring the row back, while a newer save does.
+    """
 
     kind: Kind
     row_id: str
@@ -289,34 +393,110 @@ class Record:
     # "<version> <suffix>": a space sorts below every version character, so "10 x" < "10.5 x".
     position: str
     sub_id: str = ""
+    deleted: bool = False
 
 
-def _records_of(op: Op) -> Iterable[Record]:
+Scope: TypeAlias = Literal["agent", "conversation", "case"]
+# Which kinds a partition-wide tombstone covers.
+SCOPE_KINDS: dict[Scope, tuple[Kind, ...]] = {
+    "agent": ("state", "task"),
+    "conversation": ("conversation",),
+    "case": ("transaction",),
+}
+SCOPE_OF: dict[Kind, Scope] = {k: scope for scope, kinds in SCOPE_KINDS.items() for k in kinds}
+# Deleted transactions sort last, so a later save takes the position it is saved at.
+_DELETED_POSITION = "~"
+
+
+@dataclass(frozen=True, slots=True)
+class Tombstone:
+    """Everything of `scope` `key` with a version older than `version` is deleted."""
+
+    scope: Scope
+    key: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a batch of ops writes: partition tombstones first, then deduped records."""
+
+    records: dict[Kind, list[Record]]
+    tombstones: list[Tombstone] = field(default_factory=list)
+
+
+def _state_id(agent_id: str, state_id: str) -> str:
+    return row_id(("agent_id", agent_id), ("state_id", state_id))
+
+
+def _task_id(agent_id: str, task_id: str) -> str:
+    return row_id(("agent_id", agent_id), ("task_id", task_id))
+
+
+def _transaction_id(case_id: str, txn_id: str) -> str:
+    return row_id(("case_id", case_id), ("transaction id", txn_id))
+
+
+def _records_of(op: Op) -> Iterable[Record | Tombstone]:
+    v = op.version
     if isinstance(op, SaveState):
         a = op.args
-        rid = row_id(("agent_id", a.agent_id), ("state_id", a.state_id))
-        yield Record("state", rid, a.agent_id, a.state, op.version, op.version, a.state_id)
+        yield Record(
+            "state", _state_id(a.agent_id, a.state_id), a.agent_id, a.state, v, v, a.state_id
+        )
     elif isinstance(op, SaveTask):
         t = op.args
-        rid = row_id(("agent_id", t.agent_id), ("task_id", t.task_id))
-        yield Record("task", rid, t.agent_id, t.task_data, op.version, op.version, t.task_id)
+        yield Record(
+            "task", _task_id(t.agent_id, t.task_id), t.agent_id, t.task_data, v, v, t.task_id
+        )
     elif isinstance(op, SaveConversation):
         c = op.args
-        position = f"{op.version} {op.id}"
-        yield Record(
-            "conversation", op.id, c.conversation_id, c.message, op.version, position, op.id
-        )
-    else:
+        yield Record("conversation", op.id, c.conversation_id, c.message, v, f"{v} {op.id}", op.id)
+    elif isinstance(op, SaveTransactions):
         case_id = op.args.case_id
         for index, txn in enumerate(op.args.transactions):
-            rid = row_id(("case_id", case_id), ("transaction id", txn["id"]))
-            position = f"{op.version} {index:05d}"
-            yield Record("transaction", rid, case_id, txn, op.version, position, txn["id"])
+            rid = _transaction_id(case_id, txn["id"])
+            yield Record("transaction", rid, case_id, txn, v, f"{v} {index:05d}", txn["id"])
+    elif isinstance(op, DeleteState):
+        k = op.args
+        rid = _state_id(k.agent_id, k.state_id)
+        yield Record("state", rid, k.agent_id, {}, v, v, k.state_id, deleted=True)
+    elif isinstance(op, DeleteTask):
+        tk = op.args
+        rid = _task_id(tk.agent_id, tk.task_id)
+        yield Record("task", rid, tk.agent_id, {}, v, v, tk.task_id, deleted=True)
+    elif isinstance(op, DeleteConversation):
+        yield Tombstone("conversation", op.args.conversation_id, v)
+    elif isinstance(op, DeleteTransactions):
+        case_id, ids = op.args.case_id, op.args.ids
+        if ids is None:
+            yield Tombstone("case", case_id, v)
+        for txn_id in ids or ():
+            rid = _transaction_id(case_id, txn_id)
+            data = {"id": txn_id}
+            yield Record("transaction", rid, case_id, data, v, _DELETED_POSITION, txn_id, True)
+    else:
+        yield Tombstone("agent", op.args.agent_id, v)
+
+
+def plan(ops: Sequence[Op]) -> Plan:
+    """What `ops` write: deduped records (see `dedupe`) and the newest tombstone per key."""
+    recs: list[Record] = []
+    newest: dict[tuple[Scope, str], Tombstone] = {}
+    for op in ops:
+        for item in _records_of(op):
+            if isinstance(item, Record):
+                recs.append(item)
+            else:
+                old = newest.get((item.scope, item.key))
+                if old is None or old.version < item.version:
+                    newest[(item.scope, item.key)] = item
+    return Plan(dedupe(recs), list(newest.values()))
 
 
 def records(ops: Sequence[Op]) -> dict[Kind, list[Record]]:
-    """Rows to write per kind for `ops`, deduped as `dedupe` does."""
-    return dedupe(rec for op in ops for rec in _records_of(op))
+    """The deduped records `ops` write, per kind (their tombstones aside)."""
+    return plan(ops).records
 
 
 def dedupe(recs: Iterable[Record]) -> dict[Kind, list[Record]]:

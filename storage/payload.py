@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pydantic_core
@@ -14,6 +15,7 @@ MAX_PAYLOAD_BYTES = 2_000_000
 # Integers beyond 2**53 lose precision in JavaScript-based stores (Cosmos DB is one): I-JSON.
 MAX_SAFE_INT = 2**53 - 1
 MAX_DEPTH = 64
+_EXPONENT_FROM = 1e16  # where float.__repr__ switches to exponent notation
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 _FAST_MAX_BYTES = MAX_PAYLOAD_BYTES // 2  # larger payloads take the exact path
@@ -29,17 +31,20 @@ def _parse_int(text: str) -> int:
     return value
 
 
+def _negative_zero(value: float) -> bool:
+    return value == 0 and math.copysign(1.0, value) < 0
+
+
 def _parse_float(text: str) -> float:
     value = float(text)
-    # JSON has one number type: Cosmos DB returns 1.0 as 1 and -0.0 as 0, and PostgreSQL's
-    # JSONB returns 1e16 and above as integers and -0.0 as 0.0. Refusing them keeps the
-    # promise that a payload comes back with the same types.
-    if value.is_integer():
-        small = abs(value) <= MAX_SAFE_INT
-        instead = f"the int {int(value)} or as a string" if small else "a string"
+    # PostgreSQL's JSONB keeps numbers as decimals: a float Python writes with an exponent
+    # (1e+16 and above) comes back as an integer, and -0.0 as 0.0. Refusing those keeps the
+    # promise that a payload comes back with the same types. (1.0 is fine: JSONB keeps its
+    # ".0", and Cosmos DB items hold payloads as text.)
+    if value.is_integer() and (abs(value) >= _EXPONENT_FROM or _negative_zero(value)):
         raise ValidationError(
-            f"has the float {text}, which the stores return as an int (or without its sign); "
-            f"save it as {instead}"
+            f"has the float {text}, which PostgreSQL returns as an int or without its sign; "
+            "save it as a string (or as an int if that is what it is)"
         )
     return value
 
@@ -139,9 +144,9 @@ def encode_payload(field: str, value: object) -> str:
     """Return the compact JSON text of `value`, or raise `ValidationError` saying what is wrong.
 
     Accepted: a dict of plain JSON (str keys, str/int/float/bool/None/list/dict values), finite
-    numbers, integers within ±(2**53-1), floats with a fractional part (1.0, -0.0 and 1e300
-    come back as ints from some store), no NUL characters, valid UTF-8, at most
-    `MAX_PAYLOAD_BYTES` encoded and `MAX_DEPTH` levels deep.
+    numbers, integers within ±(2**53-1), floats but -0.0 and those of magnitude 1e16 or more
+    without a fraction (PostgreSQL returns them as ints or unsigned), no NUL characters,
+    valid UTF-8, at most `MAX_PAYLOAD_BYTES` as stored and `MAX_DEPTH` levels deep.
     """
     if type(value) is dict:
         fast = _fast_encode(value)
@@ -160,12 +165,14 @@ def _encode_exact(field: str, value: object) -> str:
     except RecursionError:
         raise ValidationError(f"{field} is nested more than {MAX_DEPTH} levels deep") from None
     try:
-        size = len(text.encode("utf-8"))
+        # Measured as stored: Cosmos DB items hold the payload as a JSON string, where every
+        # quote and backslash gains an escaping backslash.
+        size = len(text.encode("utf-8")) + text.count('"') + text.count("\\")
     except UnicodeEncodeError:
         raise ValidationError(f"{field} contains a lone surrogate; it is not valid UTF-8") from None
     if size > MAX_PAYLOAD_BYTES:
         raise ValidationError(
-            f"{field} is {size:,} bytes as JSON; the limit is {MAX_PAYLOAD_BYTES:,} bytes"
+            f"{field} is {size:,} bytes as stored JSON; the limit is {MAX_PAYLOAD_BYTES:,} bytes"
         )
     if not _depth_ok(text):
         raise ValidationError(f"{field} is nested more than {MAX_DEPTH} levels deep")

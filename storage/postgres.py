@@ -3,116 +3,49 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import select
 import threading
-from collections.abc import Callable, Iterator
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.pool
-import pydantic_core
+from psycopg2.extras import execute_values
 
 from .base import StorageBackend, check_limit
 from .config import Settings, load_settings, mask_url
 from .errors import ConfigError, StorageError, TransientStorageError
 from .ids import check_id
-from .ops import Kind, Record
+from .ops import SCOPE_OF, Kind, Record, Tombstone
 from .postgres_schema import migrate
+from .postgres_sql import (
+    SCANS,
+    TOMBSTONE_DELETES,
+    TOMBSTONE_UPSERT,
+    UPSERTS,
+    pages,
+    prune_count,
+    prune_delete,
+    prune_statements,
+)
+from .retention import RetentionPolicy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Statements per kind: each upsert writes only when the incoming version is newer, so
-# redelivered and reordered ops converge on the newest version. A page of rows travels as one
-# JSON array parameter, expanded by jsonb_to_recordset: PostgreSQL then parses one short
-# statement instead of a VALUES list of thousands of parameters (~1.5x the rows per second
-# of execute_values), and rows are taken in row id order, so concurrent batches lock rows in
-# one order and never deadlock.
-_UPSERTS: dict[Kind, str] = {
-    "state": (
-        "INSERT INTO agent_states AS t (id, agent_id, state_id, state, version) "
-        "SELECT id, part, sub_id, data, version FROM jsonb_to_recordset(%s::jsonb) "
-        "AS r(id text, part text, sub_id text, data jsonb, version text) "
-        'ORDER BY id COLLATE "C" '
-        "ON CONFLICT (agent_id, state_id) DO UPDATE SET state = EXCLUDED.state, "
-        "version = EXCLUDED.version, timestamp = CURRENT_TIMESTAMP "
-        "WHERE t.version < EXCLUDED.version"
-    ),
-    "task": (
-        "INSERT INTO agent_tasks AS t (id, agent_id, task_id, task_data, version) "
-        "SELECT id, part, sub_id, data, version FROM jsonb_to_recordset(%s::jsonb) "
-        "AS r(id text, part text, sub_id text, data jsonb, version text) "
-        'ORDER BY id COLLATE "C" '
-        "ON CONFLICT (agent_id, task_id) DO UPDATE SET task_data = EXCLUDED.task_data, "
-        "version = EXCLUDED.version, timestamp = CURRENT_TIMESTAMP "
-        "WHERE t.version < EXCLUDED.version"
-    ),
-    # Messages are immutable: the first copy of a message id stays.
-    "conversation": (
-        "INSERT INTO conversations (id, conversation_id, message, version, position) "
-        "SELECT id, part, data, version, position FROM jsonb_to_recordset(%s::jsonb) "
-        "AS r(id text, part text, data jsonb, version text, position text) "
-        'ORDER BY id COLLATE "C" '
-        "ON CONFLICT (id) DO NOTHING"
-    ),
-    # A re-saved transaction takes the newer content but keeps its first position.
-    "transaction": (
-        "INSERT INTO transactions AS t (id, case_id, transaction, version, position) "
-        "SELECT id, part, data, version, position FROM jsonb_to_recordset(%s::jsonb) "
-        "AS r(id text, part text, data jsonb, version text, position text) "
-        'ORDER BY id COLLATE "C" '
-        "ON CONFLICT (id) DO UPDATE SET "
-        "transaction = CASE WHEN t.version < EXCLUDED.version "
-        "THEN EXCLUDED.transaction ELSE t.transaction END, "
-        "version = GREATEST(t.version, EXCLUDED.version), "
-        "position = LEAST(t.position, EXCLUDED.position), timestamp = CURRENT_TIMESTAMP "
-        "WHERE t.version < EXCLUDED.version OR t.position > EXCLUDED.position"
-    ),
-}
-# Rows per statement, and characters: a page stays far below PostgreSQL's 1 GB value limit.
-_PAGE_ROWS = 1000
-_PAGE_CHARS = 16_000_000
-_quote = json.encoder.encode_basestring  # a JSON string literal, non-ASCII kept as is
-
-
-def _json_row(rec: Record) -> str:
-    """One row of a page: every column jsonb_to_recordset reads, for any kind."""
-    # Payloads were validated as plain JSON; pydantic-core writes them ~5x faster than json.
-    data = pydantic_core.to_json(rec.data).decode()
-    return (
-        f'{{"id":{_quote(rec.row_id)},"part":{_quote(rec.partition)},'
-        f'"sub_id":{_quote(rec.sub_id)},"data":{data},"version":{_quote(rec.version)},'
-        f'"position":{_quote(rec.position)}}}'
-    )
-
-
-def _pages(recs: list[Record]) -> Iterator[str]:
-    """JSON arrays of at most `_PAGE_ROWS` rows and about `_PAGE_CHARS` characters."""
-    page: list[str] = []
-    size = 0
-    for rec in recs:
-        row = _json_row(rec)
-        if page and (len(page) >= _PAGE_ROWS or size + len(row) > _PAGE_CHARS):
-            yield "[" + ",".join(page) + "]"
-            page, size = [], 0
-        page.append(row)
-        size += len(row) + 1
-    if page:
-        yield "[" + ",".join(page) + "]"
-
-
-# Columns read back as Records: row id, partition, sub id, payload, version, position.
-_SCANS: dict[Kind, str] = {
-    "state": "id, agent_id, state_id, state, version, version FROM agent_states",
-    "task": "id, agent_id, task_id, task_data, version, version FROM agent_tasks",
-    "conversation": "id, conversation_id, id, message, version, position FROM conversations",
-    "transaction": "id, case_id, transaction->>'id', transaction, version, position "
-    "FROM transactions",
-}
+_MAX_PRUNE_BATCHES = 1_000
+# Partition locks (see _lock_partitions): a fixed number of buckets keeps the locks a
+# transaction holds well under max_locks_per_transaction, whatever the batch.
+_LOCK_SPACE = 74_612
+_LOCK_BUCKETS = 64
+_LOCK_SQL = (
+    "SELECT CASE WHEN x THEN pg_advisory_xact_lock(%s, b) "
+    "ELSE pg_advisory_xact_lock_shared(%s, b) END FROM unnest(%s::int[], %s::bool[]) AS u(b, x)"
+)
 
 _TRANSIENT = (
     psycopg2.OperationalError,
@@ -218,19 +151,24 @@ class PostgreSQLClient(StorageBackend):
 
         return self._run(action)
 
-    def write_records(self, grouped: dict[Kind, list[Record]]) -> None:
-        """Write all of `grouped` in one transaction."""
-        if not any(grouped.values()):
+    def write_records(
+        self, grouped: dict[Kind, list[Record]], tombstones: Sequence[Tombstone] = ()
+    ) -> None:
+        """Write `tombstones`, then `grouped`, in one transaction."""
+        if not tombstones and not any(grouped.values()):
             return
 
         def action(conn: Any) -> None:
             with conn.cursor() as cur:
                 cur.execute("BEGIN")
                 try:
-                    for kind, sql in _UPSERTS.items():
+                    _lock_partitions(cur, grouped, tombstones)
+                    if tombstones:
+                        _write_tombstones(cur, tombstones)
+                    for kind, sql in UPSERTS.items():
                         # Sorted keys make concurrent batches lock rows in one order (pages too).
                         rows = sorted(grouped[kind], key=lambda r: r.row_id)
-                        for page in _pages(rows):
+                        for page in pages(rows):
                             cur.execute(sql, (page,))
                     cur.execute("COMMIT")
                 except BaseException:
@@ -249,7 +187,7 @@ class PostgreSQLClient(StorageBackend):
         check_id("agent_id", agent_id)
         check_id("state_id", state_id)
         return self._one(
-            "SELECT state FROM agent_states WHERE agent_id = %s AND state_id = %s",
+            "SELECT state FROM agent_states WHERE agent_id = %s AND state_id = %s AND NOT deleted",
             (agent_id, state_id),
         )
 
@@ -257,7 +195,8 @@ class PostgreSQLClient(StorageBackend):
         check_id("agent_id", agent_id)
         check_id("task_id", task_id)
         return self._one(
-            "SELECT task_data FROM agent_tasks WHERE agent_id = %s AND task_id = %s",
+            "SELECT task_data FROM agent_tasks "
+            "WHERE agent_id = %s AND task_id = %s AND NOT deleted",
             (agent_id, task_id),
         )
 
@@ -282,19 +221,88 @@ class PostgreSQLClient(StorageBackend):
     def get_transactions(self, case_id: str) -> list[dict[str, Any]]:
         check_id("case_id", case_id)
         rows = self._fetch(
-            "SELECT transaction FROM transactions WHERE case_id = %s ORDER BY position",
+            "SELECT transaction FROM transactions WHERE case_id = %s AND NOT deleted "
+            "ORDER BY position",
             (case_id,),
         )
         return [row[0] for row in rows]
 
+    def list_states(self, agent_id: str) -> list[str]:
+        check_id("agent_id", agent_id)
+        rows = self._fetch(
+            "SELECT state_id FROM agent_states WHERE agent_id = %s AND NOT deleted", (agent_id,)
+        )
+        return sorted(row[0] for row in rows)
+
+    def list_tasks(self, agent_id: str) -> list[str]:
+        check_id("agent_id", agent_id)
+        rows = self._fetch(
+            "SELECT task_id FROM agent_tasks WHERE agent_id = %s AND NOT deleted", (agent_id,)
+        )
+        return sorted(row[0] for row in rows)
+
     def scan_records(self, kind: Kind, after: str | None = None, limit: int = 500) -> list[Record]:
         rows = self._fetch(
-            f"SELECT {_SCANS[kind]} WHERE id > %s ORDER BY id LIMIT %s", (after or "", limit)
+            f"SELECT {SCANS[kind]} WHERE id > %s ORDER BY id LIMIT %s", (after or "", limit)
         )
         return [
-            Record(kind, rid, part, data, ver, pos, sub) for rid, part, sub, data, ver, pos in rows
+            Record(kind, rid, part, data, ver, pos, sub, deleted)
+            for rid, part, sub, data, ver, pos, deleted in rows
         ]
+
+    def prune(self, policy: RetentionPolicy, *, dry_run: bool = False) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for category, (query, params) in prune_statements(policy).items():
+            if dry_run:
+                counts[category] = self._fetch(prune_count(query), params)[0][0]
+                continue
+            # Short transactions of at most batch_size rows: no long locks, and several
+            # workers pruning at once only split the work.
+            delete = prune_delete(category, query)
+            removed = 0
+            for _ in range(_MAX_PRUNE_BATCHES):
+                done = self._execute(delete, (*params, policy.batch_size))
+                removed += done
+                if done < policy.batch_size:
+                    break
+            counts[category] = removed
+        return counts
+
+    def _execute(self, sql: str, params: tuple[Any, ...]) -> int:
+        def action(conn: Any) -> int:
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                count: int = cur.rowcount
+                return count
+
+        return self._run(action)
 
     def close(self) -> None:
         if not self._pool.closed:
             self._pool.closeall()
+
+
+def _write_tombstones(cur: Any, tombstones: Sequence[Tombstone]) -> None:
+    ordered = sorted(tombstones, key=lambda t: (t.scope, t.key))
+    execute_values(cur, TOMBSTONE_UPSERT, [(t.scope, t.key, t.version) for t in ordered])
+    for scope, deletes in TOMBSTONE_DELETES.items():
+        keyed = [(t.key, t.version) for t in ordered if t.scope == scope]
+        for delete in deletes if keyed else ():
+            execute_values(cur, delete, keyed)
+
+
+def _bucket(scope: str, key: str) -> int:
+    return zlib.crc32(f"{scope}\x00{key}".encode()) % _LOCK_BUCKETS
+
+
+def _lock_partitions(
+    cur: Any, grouped: dict[Kind, list[Record]], tombstones: Sequence[Tombstone]
+) -> None:
+    # A tombstone takes its partition's lock exclusively, saves take theirs shared: a save
+    # that checked for tombstones before an erase committed cannot then slip its older row
+    # past the erase's DELETE. Acquired in bucket order, so batches never deadlock on them.
+    exclusive = {_bucket(t.scope, t.key) for t in tombstones}
+    shared = {_bucket(SCOPE_OF[kind], r.partition) for kind, recs in grouped.items() for r in recs}
+    buckets = sorted(exclusive | shared)
+    flags = [b in exclusive for b in buckets]
+    cur.execute(_LOCK_SQL, (_LOCK_SPACE, _LOCK_SPACE, buckets, flags))

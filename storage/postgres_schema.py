@@ -103,6 +103,19 @@ CREATE INDEX IF NOT EXISTS idx_transactions_case_position ON transactions(case_i
 """
 )
 
+_TOMBSTONES = """
+ALTER TABLE agent_states ADD COLUMN IF NOT EXISTS deleted BOOLEAN NOT NULL DEFAULT false;
+ALTER TABLE agent_tasks ADD COLUMN IF NOT EXISTS deleted BOOLEAN NOT NULL DEFAULT false;
+ALTER TABLE transactions ADD COLUMN IF NOT EXISTS deleted BOOLEAN NOT NULL DEFAULT false;
+CREATE TABLE IF NOT EXISTS agentstore_tombstones (
+    scope TEXT NOT NULL,
+    key VARCHAR(255) NOT NULL,
+    version TEXT COLLATE "C" NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (scope, key)
+);
+"""
+
 # Versions and positions compare byte-wise (COLLATE "C") whatever the database's locale, so
 # PostgreSQL orders them as Python and Cosmos DB do.
 
@@ -145,6 +158,7 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("seed schema", _SEED),
     ("versions and ordering", _VERSIONS),
     ("one index per key", _ONE_INDEX_PER_KEY),
+    ("tombstones", _TOMBSTONES),
 )
 
 

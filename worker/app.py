@@ -17,12 +17,15 @@ from kombu.utils import json as kombu_json
 
 from producer import wire
 from producer.publisher import connect
+from storage.base import StorageBackend
 from storage.config import load_settings
 from storage.factory import create_storage_client
+from storage.retention import RetentionPolicy
 
 from . import deadletters
 from .apply import BatchApplier
 from .reaper import Reaper, ReaperThread
+from .retention import PrunerThread
 from .settings import load_worker_settings
 
 log = logging.getLogger(__name__)
@@ -94,16 +97,31 @@ class _Process:
         self.reaper = ReaperThread(reaper, _worker_settings.reaper_interval_s)
         self.reaper.start()
         self._applier: BatchApplier | None = None
+        self._store: StorageBackend | None = None
+        self.pruner = PrunerThread(
+            self.store,
+            self.redis,
+            RetentionPolicy.from_settings(_settings),
+            _worker_settings.prune_interval_s,
+        )
+        self.pruner.start()
 
     def applier(self) -> BatchApplier:
         """The batcher, opening the store on first use; raises if it cannot be opened."""
         if self._applier is None:
-            store = create_storage_client(_settings)
-            self._applier = BatchApplier(store, self.redis, _worker_settings)
+            self._store = create_storage_client(_settings)
+            self._applier = BatchApplier(self._store, self.redis, _worker_settings)
         return self._applier
+
+    def store(self) -> StorageBackend:
+        """The process's store, opened on first use (shared with the batcher)."""
+        self.applier()
+        assert self._store is not None
+        return self._store
 
     def close(self) -> None:
         self.reaper.stop()
+        self.pruner.stop()
         if self._applier is not None:
             self._applier.store.close()
         self.redis.close()

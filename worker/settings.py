@@ -20,6 +20,7 @@ class WorkerSettings:
     retry_tries: int = 6  # AGENTSTORE_RETRY_TRIES: tries of a transiently failing apply
     retry_max_s: float = 30.0  # AGENTSTORE_RETRY_MAX_S: and the time they may take
     visibility_timeout_s: int = 300  # AGENTSTORE_VISIBILITY_TIMEOUT_S: kombu's own redelivery
+    prune_interval_s: float = 3600.0  # AGENTSTORE_PRUNE_INTERVAL_S: retention job period
 
 
 _VARS = {
@@ -31,6 +32,7 @@ _VARS = {
     "retry_tries": ("AGENTSTORE_RETRY_TRIES", int, 1),
     "retry_max_s": ("AGENTSTORE_RETRY_MAX_S", float, 0),
     "visibility_timeout_s": ("AGENTSTORE_VISIBILITY_TIMEOUT_S", int, 1),
+    "prune_interval_s": ("AGENTSTORE_PRUNE_INTERVAL_S", float, 0.1),
 }
 
 

@@ -108,6 +108,8 @@ def test_parse_line_says_what_is_wrong() -> None:
         "position": "001.000000.abc",
     }
     assert parse_line(json.dumps(good), 1).data == {"x": 1}
+    assert parse_line(json.dumps(good), 1).deleted is False, "older files have no 'deleted'"
+    assert parse_line(json.dumps({**good, "deleted": True}), 1).deleted is True
     cases = {
         "{": "not JSON",
         "[1]": "expected a JSON object",
@@ -119,6 +121,7 @@ def test_parse_line_says_what_is_wrong() -> None:
         json.dumps({**good, "partition": "x" * 300}): "partition is 300 characters",
         json.dumps({**good, "version": "no spaces"}): "version must be",
         json.dumps({**good, "position": 5}): "position must be",
+        json.dumps({**good, "deleted": "yes"}): "deleted must be true or false",
     }
     for text, reason in cases.items():
         try:

@@ -400,7 +400,7 @@ def test_error_messages_name_the_problem(store: StorageClient, uid: str) -> None
         store.save_state(uid, "x" * 300, {})
     with pytest.raises(ValidationError, match="agent_id \\+ state_id too long together"):
         store.save_state("/" * 200, "s" * 200, {})
-    with pytest.raises(ValidationError, match="bytes as JSON; the limit is 2,000,000"):
+    with pytest.raises(ValidationError, match="bytes as stored JSON; the limit is 2,000,000"):
         store.save_state(uid, "s", {"big": "x" * (MAX_PAYLOAD_BYTES + 1)})
     with pytest.raises(ValidationError, match="NUL"):
         store.save_conversation(uid, {"text": "a\x00"})

@@ -26,6 +26,7 @@ from storage.errors import ConfigError, StorageError, TransientStorageError  # n
 from storage.ids import row_id  # noqa: E402
 from storage.ops import make_op  # noqa: E402
 from storage.payload import MAX_PAYLOAD_BYTES  # noqa: E402
+from storage.retention import RetentionPolicy  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Unverified HTTPS request:Warning")
 
@@ -313,3 +314,142 @@ def test_http_errors_map_to_storage_errors(
         client.get_state("a", "s")
     assert isinstance(info.value, TransientStorageError) is transient
     assert str(status) in str(info.value) and server.key not in str(info.value)
+
+
+# --- deletes, partition tombstones and retention: what the shared contract cannot see ---------
+
+
+@pytest.mark.parametrize("layout", ["/id", "new"])
+def test_deletes_erase_and_prune_on_both_layouts(
+    raw: CosmosClient, make_client: Any, layout: str
+) -> None:
+    database = f"test-{uuid.uuid4().hex}"
+    if layout == "/id":
+        seed_layout(raw, database)
+    client = make_client(database)
+    for n in range(3):
+        client.save_state("a/1", f"s{n}", {"n": n}, version=f"000{n}")
+        client.save_task("a/1", f"t{n}", {"status": "done"}, version=f"000{n}")
+    client.delete_state("a/1", "s0", version="0005")
+    assert client.list_states("a/1") == ["s1", "s2"]
+    client.erase_agent("a/1", version="0006")
+    client.save_state("a/1", "s1", {"late": True}, version="0004")  # older than the erase
+    assert client.list_states("a/1") == [] and client.list_tasks("a/1") == []
+    assert client.get_state("a/1", "s1") is None
+    client.save_state("a/1", "s9", {"new": True}, version="0007")
+    assert client.list_states("a/1") == ["s9"]
+
+    for i in range(6):
+        client.save_conversation("c#1", {"i": i}, version=f"001{i}")
+    client.save_transactions("k?1", [{"id": "x"}, {"id": "y"}], version="0010")
+    client.delete_transactions("k?1", ["x"], version="0011")
+    assert client.get_transactions("k?1") == [{"id": "y"}]
+    assert [r.deleted for r in client.scan_records("transaction")] == [True, False]
+    assert client.prune(RetentionPolicy(keep_messages=2)) == {
+        "conversations:over_count": 4,
+        **dict.fromkeys(TOMBSTONE_CATEGORIES, 0),
+    }
+    assert client.get_conversation_history("c#1") == [{"i": 4}, {"i": 5}]
+    client.delete_conversation("c#1", version="0020")
+    client.delete_transactions("k?1", version="0020")
+    assert client.get_conversation_history("c#1") == [] and client.get_transactions("k?1") == []
+
+    # Tombstone items stay until the grace period ends; the erase's tombstone too.
+    db = raw.get_database_client(database)
+    tombstones = db.get_container_client("agentstore_tombstones")
+    assert tombstones.read()["partitionKey"]["paths"] == ["/key"]
+    assert sorted((t["id"], t["key"]) for t in tombstones.read_all_items()) == [
+        ("agent", "a/1"),
+        ("case", "k?1"),
+        ("conversation", "c#1"),
+    ]
+    time.sleep(1.1)
+    counts = client.prune(RetentionPolicy(tombstone_grace_s=0))
+    assert counts == {
+        "agent_states:tombstones": 0,  # s0's tombstone item went with the erase
+        "agent_tasks:tombstones": 0,
+        "transactions:tombstones": 0,  # x's went with the whole-case delete
+        "agentstore_tombstones:expired": 3,
+    }
+    assert list(tombstones.read_all_items()) == []
+    # The seed's own items are neither listed nor pruned.
+    states = db.get_container_client("agent_states")
+    states.create_item({"id": "legacy", "agent_id": "b", "state_id": "old", "deleted": True})
+    assert client.list_states("b") == []
+    assert client.prune(RetentionPolicy(tombstone_grace_s=0))["agent_states:tombstones"] == 0
+
+
+TOMBSTONE_CATEGORIES = (
+    "agent_states:tombstones",
+    "agent_tasks:tombstones",
+    "transactions:tombstones",
+    "agentstore_tombstones:expired",
+)
+
+
+def test_a_save_that_missed_a_concurrent_erase_is_taken_back(
+    make_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The race the second tombstone read closes: a save checks its partition (no tombstone
+    # yet), an erase then stores its tombstone and deletes what it finds, and only then does
+    # the save write. Replayed deterministically by erasing from inside the save's check.
+    database = f"test-{uuid.uuid4().hex}"
+    client, eraser = make_client(database), make_client(database)
+    checks: list[str] = []
+    real = client._remover.tombstone
+
+    def check_then_erase(scope: str, key: str) -> str | None:
+        found = real(scope, key)
+        if not checks:
+            eraser.erase_agent(key, version="5")
+        checks.append(scope)
+        return found
+
+    monkeypatch.setattr(client._remover, "tombstone", check_then_erase)
+    client.apply(
+        [
+            make_op("save_state", {"agent_id": "a", "state_id": "s", "state": {}}, version="4"),
+            make_op("save_task", {"agent_id": "a", "task_id": "t", "task_data": {}}, version="6"),
+        ]
+    )
+    assert eraser.get_state("a", "s") is None
+    assert eraser.get_task("a", "t") == {}, "newer than the erase: kept"
+    assert eraser.list_states("a") == []
+    assert checks == ["agent", "agent"]  # one read per partition before, one after the writes
+
+
+def test_two_pruners_at_once_keep_exactly_the_newest_n(make_client: Any) -> None:
+    database = f"test-{uuid.uuid4().hex}"
+    clients = [make_client(database) for _ in range(3)]
+    for conversation in ("a", "b", "c"):
+        clients[0].apply(
+            [
+                make_op("save_conversation", {"conversation_id": conversation, "message": {"i": i}})
+                for i in range(40)
+            ]
+        )
+    policy = RetentionPolicy(keep_messages=7, batch_size=3)
+    counts: list[int] = []
+    threads = [
+        threading.Thread(
+            target=lambda c=c: counts.append(c.prune(policy)["conversations:over_count"])
+        )
+        for c in clients
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert sum(counts) == 3 * 33, counts  # every message removed once, by whichever got it
+    for conversation in ("a", "b", "c"):
+        history = clients[0].get_conversation_history(conversation)
+        assert [m["i"] for m in history] == list(range(33, 40))
+
+
+def test_tombstone_container_on_another_key_is_a_config_error(
+    raw: CosmosClient, make_client: Any
+) -> None:
+    database = f"test-{uuid.uuid4().hex}"
+    raw.create_database(database).create_container("agentstore_tombstones", PartitionKey("/id"))
+    with pytest.raises(ConfigError, match="agentstore_tombstones"):
+        make_client(database)

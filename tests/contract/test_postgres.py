@@ -71,7 +71,7 @@ def test_seed_database_is_upgraded_in_place(pg_url: str) -> None:
         pg_url,
         "SELECT table_name, column_name FROM information_schema.columns "
         "WHERE table_schema = 'public' AND column_name IN ('version', 'position') "
-        "AND table_name <> 'agentstore_migrations'",
+        "AND table_name IN ('agent_states', 'agent_tasks', 'conversations', 'transactions')",
     )
     assert len(columns) == 6
 

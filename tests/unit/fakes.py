@@ -7,7 +7,7 @@ from typing import Any
 
 from storage.base import StorageClient
 from storage.errors import StorageError, TransientStorageError
-from storage.ops import Op, records
+from storage.ops import Op, plan
 
 
 class FakeStore(StorageClient):
@@ -28,7 +28,7 @@ class FakeStore(StorageClient):
         bad = [op.id for op in ops if op.id in self.poison]
         if bad:
             raise StorageError(f"cannot store {bad[0]}")
-        for kind, recs in records(ops).items():
+        for kind, recs in plan(ops).records.items():
             for rec in recs:
                 old = self.rows.get((kind, rec.row_id))
                 if old is None or old.version <= rec.version:
@@ -49,6 +49,12 @@ class FakeStore(StorageClient):
         return []
 
     def get_transactions(self, case_id: str) -> list[dict[str, Any]]:
+        return []
+
+    def list_states(self, agent_id: str) -> list[str]:
+        return []
+
+    def list_tasks(self, agent_id: str) -> list[str]:
         return []
 
     def close(self) -> None:

@@ -107,7 +107,7 @@ def test_encode_op_writes_the_op_make_op_builds(name: Any, args: dict[str, Any])
 BAD: list[tuple[str, dict[str, Any]]] = [
     ("save_state", {"agent_id": "", "state_id": "s", "state": {}}),
     ("save_state", {"agent_id": "a", "state_id": "s" * 256, "state": {}}),
-    ("save_state", {"agent_id": "a", "state_id": "s", "state": {"x": 1.0}}),
+    ("save_state", {"agent_id": "a", "state_id": "s", "state": {"x": -0.0}}),
     ("save_state", {"agent_id": "a", "state_id": "s", "state": []}),
     ("save_state", {"agent_id": "a", "state_id": "s", "state": {}, "extra": 1}),
     ("save_state", {"agent_id": "a", "state": {}}),

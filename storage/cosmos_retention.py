@@ -1,0 +1,213 @@
+"""Removing data from Cosmos DB: partition tombstones (erase, whole deletes) and retention."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
+
+from azure.core import MatchConditions
+from azure.cosmos import exceptions
+
+from .cosmos_items import MAX_WRITE_ATTEMPTS, Container, Layout, delete_unchanged, read
+from .errors import TransientStorageError
+from .ops import SCOPE_KINDS, Kind, Scope, Tombstone
+from .retention import RetentionPolicy, prune_limits
+
+T = TypeVar("T")
+
+# Partition tombstones live in a fifth container, one item per (scope, key): id = the scope,
+# partitioned on `/key` (the agent, conversation or case id), so checking one is a point read
+# (~1 RU) and ids need no escaping (an id is unique per partition key value). Not in the data
+# containers: an `agent` tombstone covers two of them; under the seed's `/id` layout it could
+# not share a logical partition (nor a transactional batch) with the items it covers anyway;
+# and the data containers' reads, scans and migration would all have to step around it.
+TOMBSTONES = Layout("agentstore_tombstones", "key", "scope")
+
+_CHUNK = 16  # deletes per executor task
+_ERASE_PAGE = 1_000
+_MAX_PRUNE_BATCHES = 1_000  # per category per call, as on PostgreSQL
+_AGED = "c._ts < @cut"  # `_ts`: seconds since the epoch of the item's last write
+_OURS = "IS_DEFINED(c.version)"  # not items someone else (e.g. the seed) wrote
+# Per category (see `retention.prune_limits`) but over_count: which items it removes.
+_PRUNE_WHERE: dict[str, str] = {
+    "conversations:expired": f"{_OURS} AND {_AGED}",
+    "agent_tasks:expired": f"{_OURS} AND ARRAY_CONTAINS(@statuses, c.status) AND {_AGED}",
+    "transactions:expired": f"{_OURS} AND {_AGED}",
+    **{
+        f"{table}:tombstones": f"{_OURS} AND c.deleted = true AND {_AGED}"
+        for table in ("agent_states", "agent_tasks", "transactions")
+    },
+    f"{TOMBSTONES.container}:expired": _AGED,
+}
+
+
+class RunAll(Protocol):
+    def __call__(self, tasks: Sequence[Callable[[], T]]) -> list[T]: ...
+
+
+class Remover:
+    """Partition tombstones and retention over one database's containers.
+
+    Calls raise the SDK's errors; `run_all` runs tasks with bounded concurrency.
+    """
+
+    def __init__(
+        self, containers: Mapping[Kind, Container], tombstones: Container, run_all: RunAll
+    ) -> None:
+        self._containers = containers
+        self._tombstones = tombstones
+        self._run_all = run_all
+        self._by_name = {c.layout.container: c for c in (*containers.values(), tombstones)}
+
+    # -- partition tombstones -----------------------------------------------------------------
+
+    def tombstone(self, scope: Scope, key: str) -> str | None:
+        """The version of the stored tombstone of `scope` `key`, or None."""
+        item = read(self._tombstones.proxy, scope, key)
+        return None if item is None else str(item["version"])
+
+    def erase(self, tombstone: Tombstone) -> str:
+        """Store `tombstone`, then delete its partition's items older than the stored one.
+
+        Returns the stored tombstone's version (the newer of this one and the one before).
+        """
+        version = self._put(tombstone)
+        for kind in SCOPE_KINDS[tombstone.scope]:
+            container = self._containers[kind]
+            where = f"c.{container.layout.partition_field} = @k AND c.version < @v"
+            params = {"@k": tombstone.key, "@v": version}
+            self._delete_where(container, where, params, tombstone.key, _ERASE_PAGE, None)
+        return version
+
+    def _put(self, t: Tombstone) -> str:
+        proxy = self._tombstones.proxy
+        item = {"id": t.scope, "key": t.key, "version": t.version}
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            current = read(proxy, t.scope, t.key)
+            try:
+                if current is None:
+                    proxy.create_item(item)
+                elif current["version"] >= t.version:
+                    return str(current["version"])
+                else:
+                    proxy.replace_item(
+                        t.scope,
+                        item,
+                        etag=current["_etag"],
+                        match_condition=MatchConditions.IfNotModified,
+                    )
+                return t.version
+            except (
+                exceptions.CosmosResourceExistsError,
+                exceptions.CosmosAccessConditionFailedError,
+                exceptions.CosmosResourceNotFoundError,
+            ):
+                continue  # another writer got there first: look again
+        raise TransientStorageError(
+            f"Cosmos DB: gave up writing the {t.scope} tombstone of {t.key!r} after "
+            f"{MAX_WRITE_ATTEMPTS} attempts; concurrent writers kept changing it. Retry the delete."
+        )
+
+    def delete_items(self, container: Container, items: Sequence[Mapping[str, Any]]) -> int:
+        """Delete `items` (as read: id, etag, partition key) that did not change since; a count."""
+        chunks = [items[i : i + _CHUNK] for i in range(0, len(items), _CHUNK)]
+        tasks = [functools.partial(_delete_each, container, chunk) for chunk in chunks]
+        return sum(self._run_all(tasks))
+
+    def _delete_where(
+        self,
+        container: Container,
+        where: str,
+        params: Mapping[str, object],
+        partition: str | None,
+        batch: int,
+        max_batches: int | None,
+    ) -> int:
+        # Page by page until none is left. An item that changed since it was read (412) is
+        # read again by the next page and deleted only if it still matches; one already gone
+        # (404: another pruner) is not counted.
+        sql = f"SELECT TOP @n {container.handle} FROM c WHERE {where}"
+        removed = 0
+        batches = itertools.count() if max_batches is None else range(max_batches)
+        for _ in batches:
+            page = container.query(sql, {**params, "@n": batch}, partition)
+            done = self.delete_items(container, page)
+            removed += done
+            if len(page) < batch and done == len(page):
+                break
+        return removed
+
+    # -- retention ----------------------------------------------------------------------------
+
+    def prune(self, policy: RetentionPolicy, dry_run: bool) -> dict[str, int]:
+        """Counts per category of what `policy` removes; see `StorageBackend.prune`."""
+        counts: dict[str, int] = {}
+        for category, limit in prune_limits(policy).items():
+            if category == "conversations:over_count":
+                counts[category] = self._over_count(int(limit), policy.batch_size, dry_run)
+                continue
+            container = self._by_name[category.split(":")[0]]
+            where = _PRUNE_WHERE[category]
+            params: dict[str, object] = {"@cut": time.time() - limit}
+            if "@statuses" in where:
+                params["@statuses"] = list(policy.finished_statuses)
+            if dry_run:
+                sql = f"SELECT VALUE COUNT(1) FROM c WHERE {where}"
+                counts[category] = sum(container.query(sql, params, None))
+            else:
+                counts[category] = self._delete_where(
+                    container, where, params, None, policy.batch_size, _MAX_PRUNE_BATCHES
+                )
+        return counts
+
+    def _over_count(self, keep: int, batch: int, dry_run: bool) -> int:
+        # No window functions, GROUP BY or DISTINCT to lean on: walk conversation ids in order,
+        # `batch` items a page. A page holds whole conversations but maybe the last; that one
+        # is counted on its own, and the next page starts after it.
+        container = self._containers["conversation"]
+        conv = container.layout.partition_field
+        mine = "IS_DEFINED(c.position)"
+        page_sql = (
+            f"SELECT TOP @n VALUE c.{conv} FROM c WHERE c.{conv} > @after AND {mine} "
+            f"ORDER BY c.{conv}"
+        )
+        count_sql = f"SELECT VALUE COUNT(1) FROM c WHERE c.{conv} = @c AND {mine}"
+        total, after = 0, ""
+        while page := container.query(page_sql, {"@n": batch, "@after": after}, None):
+            runs = [(key, len(list(group))) for key, group in itertools.groupby(page)]
+            if len(page) == batch:
+                last = runs[-1][0]
+                runs[-1] = (last, sum(container.query(count_sql, {"@c": last}, last)))
+            for key, count in runs:
+                if count > keep:
+                    total += count - keep if dry_run else self._trim(key, keep, batch)
+            if len(page) < batch:
+                break
+            after = page[-1]
+        return total
+
+    def _trim(self, conversation_id: str, keep: int, batch: int) -> int:
+        # Delete below the position of the `keep`-th newest message, not "the oldest n": two
+        # pruners at once then agree on what stays, and neither removes one message too many.
+        container = self._containers["conversation"]
+        where = f"c.{container.layout.partition_field} = @c AND IS_DEFINED(c.position)"
+        params: dict[str, object] = {"@c": conversation_id}
+        if keep:
+            newest_sql = (
+                f"SELECT TOP @k VALUE c.position FROM c WHERE {where} ORDER BY c.position DESC"
+            )
+            newest = container.query(newest_sql, {**params, "@k": keep}, conversation_id)
+            if len(newest) < keep:
+                return 0
+            where += " AND c.position < @cut"
+            params["@cut"] = newest[-1]
+        return self._delete_where(
+            container, where, params, conversation_id, batch, _MAX_PRUNE_BATCHES
+        )
+
+
+def _delete_each(container: Container, items: Sequence[Mapping[str, Any]]) -> int:
+    return sum(delete_unchanged(container, item) for item in items)
