@@ -28,13 +28,15 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy storage producer worker agentstore_cli
+	$(BIN)/hadolint Dockerfile
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
 format: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 demo: venv
-	$(BIN)/python -m storage.demo
+	$(BIN)/python -m agentstore_cli.demo
 
 clean:
 	rm -rf $(VENV) cosmos-server/node_modules .pytest_cache .mypy_cache .ruff_cache
