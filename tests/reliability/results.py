@@ -80,7 +80,8 @@ def render(results: list[ScenarioResult], started: datetime.datetime, command: s
     lines += [
         "## What the columns mean",
         "",
-        "- **Sent**: `save_*` calls made; **Acknowledged**: those that returned an op id.",
+        "- **Sent**: `save_*` calls made; **Acknowledged**: those that returned an op id "
+        "(buffered: and a later `flush()` returned).",
         "- **Applied**: acknowledged saves whose effect is in the store (a state or task at "
         "that version or a newer one; the message; every transaction of the call).",
         "- **Lost**: acknowledged saves (transactions: each transaction) with nothing stored.",
