@@ -12,7 +12,7 @@ from storage.errors import ConfigError
 class WorkerSettings:
     """Batching, retry and recovery settings; each field names its environment variable."""
 
-    batch_max: int = 500  # AGENTSTORE_BATCH_MAX: ops per apply call
+    batch_max: int = 2000  # AGENTSTORE_BATCH_MAX: ops per apply call
     batch_wait_ms: float = 5.0  # AGENTSTORE_BATCH_WAIT_MS: how long to wait to fill a batch
     recovery_after_s: float = 20.0  # AGENTSTORE_RECOVERY_AFTER_S: out of queue, unconfirmed
     reaper_interval_s: float = 1.0  # AGENTSTORE_REAPER_INTERVAL_S
