@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := cosmos-server/node_modules/.installed
 
-.PHONY: venv node test lint format demo clean
+.PHONY: venv node test lint format demo clean bench bench-quick
 
 venv: $(STAMP)
 
@@ -34,6 +34,12 @@ lint: venv
 format: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+bench: venv node
+	$(BIN)/python -m bench.run
+
+bench-quick: venv node
+	$(BIN)/python -m bench.run --quick
 
 demo: venv
 	$(BIN)/python -m agentstore_cli.demo
