@@ -116,10 +116,7 @@ class PostgreSQLClient(StorageBackend):
         conn = None
         broken = False
         try:
-            conn = self._pool.getconn()
-            while _is_broken(conn):
-                self._pool.putconn(conn, close=True)
-                conn = self._pool.getconn()
+            conn = self._checkout()
             if not conn.autocommit:  # new connections only: setting it is not free
                 conn.autocommit = True
             return action(conn)
@@ -131,14 +128,30 @@ class PostgreSQLClient(StorageBackend):
                 self._pool.putconn(conn, close=broken or bool(conn.closed))
             self._slots.release()
 
+    def _checkout(self) -> Any:
+        # A failure to connect is not retried by _run (each try could take the whole connect
+        # timeout): it is reported at once, as transient.
+        try:
+            conn = self._pool.getconn()
+            while _is_broken(conn):
+                self._pool.putconn(conn, close=True)
+                conn = self._pool.getconn()
+        except psycopg2.OperationalError as exc:
+            raise TransientStorageError(
+                f"cannot connect to PostgreSQL at {self._where}: {exc}".strip()
+            ) from None
+        return conn
+
     def _run(self, action: Callable[[Any], T]) -> T:
-        # One retry on a fresh connection covers a connection killed between check and use;
-        # writes are idempotent, so repeating a failed transaction is safe.
-        for attempt in (1, 2):
+        # A connection killed between check and use (pg_terminate_backend returns before the
+        # backend is gone; a restart kills every pooled connection at once) is replaced, up to
+        # once per pooled connection. Writes are idempotent, so repeating one is safe.
+        attempts = self._settings.postgres_pool_max + 1
+        for attempt in range(1, attempts + 1):
             try:
                 return self._with_connection(action)
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                if attempt == 2:
+                if attempt == attempts:
                     raise TransientStorageError(f"PostgreSQL connection failed: {exc}") from None
             except _TRANSIENT as exc:
                 raise TransientStorageError(f"PostgreSQL: {exc}".strip()) from None

@@ -28,7 +28,35 @@ _SQL = re.compile(
 )
 # (file, interpolated expression) -> why it cannot carry a caller's value.
 ALLOWED = {
-    ("storage/postgres.py", "_SCANS[kind]"): "a column list from the constant _SCANS",
+    ("storage/postgres.py", "SCANS[kind]"): "a column list from the constant SCANS",
+    ("storage/cosmos.py", "LIVE"): "a constant condition",
+    ("storage/cosmos.py", "pf"): "a field name from the constant LAYOUTS",
+    ("storage/cosmos.py", "sf"): "the same",
+    ("storage/cosmos_retention.py", "container.layout.partition_field"): "the same",
+    ("storage/cosmos_retention.py", "conv"): "the same",
+    ("storage/cosmos_retention.py", "container.handle"): "a projection of those field names",
+    ("storage/cosmos_retention.py", "mine"): "a constant condition",
+    ("storage/cosmos_retention.py", "_OURS"): "a constant condition",
+    ("storage/cosmos_retention.py", "_AGED"): "a constant condition",
+    ("storage/cosmos_retention.py", "where"): "a condition from the constant _PRUNE_WHERE",
+    # Statements assembled at import from table, column and scope names in the module.
+    **{
+        ("storage/postgres_sql.py", expr): "import-time SQL from names in the module"
+        for expr in (
+            "table",
+            "column",
+            "columns",
+            "values",
+            "scope",
+            "payload",
+            "sub_id",
+            "on_conflict",
+            "_RECORDSET",
+            "_AGE",
+            "key",
+            "select",
+        )
+    },
     ("storage/cosmos.py", "layout.partition_field"): "a field name from the constant _LAYOUTS",
     ("storage/cosmos.py", "container.layout.partition_field"): "the same",
     ("storage/cosmos.py", "where"): "a WHERE clause built from those field names",
