@@ -27,44 +27,41 @@ _SQL = re.compile(
     r"|replace\(|lpad\(|coalesce\(|\bc\.\w*\s*=|ARRAY_CONTAINS|ORDER BY"
 )
 # (file, interpolated expression) -> why it cannot carry a caller's value.
-ALLOWED = {
-    ("storage/postgres.py", "SCANS[kind]"): "a column list from the constant SCANS",
-    ("storage/cosmos.py", "LIVE"): "a constant condition",
-    ("storage/cosmos.py", "pf"): "a field name from the constant LAYOUTS",
-    ("storage/cosmos.py", "sf"): "the same",
-    ("storage/cosmos_retention.py", "container.layout.partition_field"): "the same",
-    ("storage/cosmos_retention.py", "conv"): "the same",
-    ("storage/cosmos_retention.py", "container.handle"): "a projection of those field names",
-    ("storage/cosmos_retention.py", "mine"): "a constant condition",
-    ("storage/cosmos_retention.py", "_OURS"): "a constant condition",
-    ("storage/cosmos_retention.py", "_AGED"): "a constant condition",
-    ("storage/cosmos_retention.py", "where"): "a condition from the constant _PRUNE_WHERE",
-    # Statements assembled at import from table, column and scope names in the module.
-    **{
-        ("storage/postgres_sql.py", expr): "import-time SQL from names in the module"
-        for expr in (
-            "table",
-            "column",
-            "columns",
-            "values",
-            "scope",
-            "payload",
-            "sub_id",
-            "on_conflict",
-            "_RECORDSET",
-            "_AGE",
-            "key",
-            "select",
-        )
+_CONSTANT = {
+    "storage/postgres.py": {"SCANS[kind]": "a column list from the constant SCANS"},
+    "storage/postgres_sql.py": {
+        # Statements built once, at import, by _guarded/_keyed/_erase from literal table,
+        # column and conflict clauses; scope is a Scope literal; rows travel as %s::jsonb.
+        **dict.fromkeys(
+            ("table", "columns", "values", "on_conflict", "sub_id", "payload", "column"),
+            "a literal from the module's own statement tables",
+        ),
+        "_RECORDSET": "a constant",
+        "scope": "a Scope literal ('agent', 'conversation', 'case') from the same tables",
+        "_AGE": "a constant with a %s parameter",
+        "key": "'id' or 'ctid'",
+        "select": "a query from the constant _PRUNE_SELECTS",
     },
-    ("storage/cosmos.py", "layout.partition_field"): "a field name from the constant _LAYOUTS",
-    ("storage/cosmos.py", "container.layout.partition_field"): "the same",
-    ("storage/cosmos.py", "where"): "a WHERE clause built from those field names",
-    ("agentstore_cli/transfer.py", "_PG_TABLES[kind]"): "a table name from a constant",
-    # Migrations: DDL assembled once, at import, from literals and storage.ids.ESCAPES.
-    **{
-        ("storage/postgres_schema.py", expr): "import-time DDL from literals"
-        for expr in (
+    "storage/cosmos.py": {
+        "layout.partition_field": "a field name from the constant layouts",
+        "container.layout.partition_field": "the same",
+        "pf": "the same",
+        "sf": "a sub-id field name from the constant layouts",
+        "LIVE": "a constant condition",
+        "where": "a clause built just above from those names; values are @parameters",
+    },
+    "storage/cosmos_retention.py": {
+        "_AGED": "a constant with an @parameter",
+        "_OURS": "a constant condition",
+        "container.handle": "a projection of field names checked against the layouts",
+        "container.layout.partition_field": "a field name from the constant layouts",
+        "conv": "the same",
+        "mine": "a constant condition",
+        "where": "a clause of those names and constants; values are @parameters",
+    },
+    "storage/postgres_schema.py": dict.fromkeys(
+        # Migrations: DDL assembled once, at import, from literals and storage.ids.ESCAPES.
+        (
             "timestamp",
             "millis",
             "table",
@@ -74,9 +71,12 @@ ALLOWED = {
             "expr",
             "char",
             "replacement",
-        )
-    },
+        ),
+        "import-time DDL from literals",
+    ),
+    "agentstore_cli/transfer.py": {"_PG_TABLES[kind]": "a table name from a constant"},
 }
+ALLOWED = {(file, expr): why for file, exprs in _CONSTANT.items() for expr, why in exprs.items()}
 
 
 def sql_built_from(source: str) -> tuple[set[str], list[str]]:
