@@ -148,6 +148,7 @@ class Drain:
     fill_s: float
     drain_s: float
     peak_rss_mb: dict[int, float]
+    cpu_us_per_save: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -177,13 +178,46 @@ def agentstore_drain(
                         prod.save_state(*key(i), state(i))
             fill = time.perf_counter() - started
             assert client.zcard(wire.PENDING_KEY) > 0
+            processes = _processes(box, client, admin, db)
+            before = {name: _cpu_seconds(pids) for name, pids in processes.items()}
             drain = _drain(box, lambda: client.zcard(wire.PENDING_KEY) == 0)
+            cpu = {
+                name: (_cpu_seconds(pids) - before[name]) / n * 1e6
+                for name, pids in processes.items()
+            }
             peaks = box.peak_rss_mb()
         rows = _count(db)
         client.close()
         if rows != n:
             raise RuntimeError(f"{rows} rows for {n} saves")
-    return Drain(n, fill, drain, peaks)
+    return Drain(n, fill, drain, peaks, cpu)
+
+
+def _processes(box: WorkerBox, client: redis.Redis, admin: str, db: str) -> dict[str, list[int]]:
+    """Who works during a drain: the worker's main process and children, the database's
+    backends for this database, and redis-server."""
+    with contextlib.closing(psycopg2.connect(admin)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (db.rsplit("/", 1)[1],))
+        backends = [int(row[0]) for row in cur.fetchall()]
+    info: dict[str, Any] = client.info("server")
+    pids = box.pids()
+    return {
+        "worker main process": pids[:1],
+        "worker children": pids[1:],
+        "postgres backends": backends,
+        "redis-server": [int(info["process_id"])],
+    }
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def naive_drain(broker: str, admin: str, n: int) -> Drain:
@@ -442,7 +476,13 @@ def run(sizes: Sizes, admin: str, only: set[str] | None) -> tuple[list[Figure], 
             best = max(ours, key=lambda d: d.rate)
             raw["raw_upsert_rows_per_s"] = [round(r) for r in raws]
             raw["e2e_buffered"] = [
-                {"rate": d.rate, "fill_s": d.fill_s, "drain_s": d.drain_s} for d in ours
+                {
+                    "rate": d.rate,
+                    "fill_s": d.fill_s,
+                    "drain_s": d.drain_s,
+                    "cpu_us_per_save": d.cpu_us_per_save,
+                }
+                for d in ours
             ]
             figures.append(
                 Figure(
@@ -455,7 +495,11 @@ def run(sizes: Sizes, admin: str, only: set[str] | None) -> tuple[list[Figure], 
                     best.rate / max(raws),
                     ">= 0.75",
                     best.rate / max(raws) >= 0.75,
-                    {"fill_s": best.fill_s, "publish_per_s": best.saves / best.fill_s},
+                    {
+                        "fill_s": best.fill_s,
+                        "publish_per_s": best.saves / best.fill_s,
+                        "cpu_us_per_save": best.cpu_us_per_save,
+                    },
                 )
             )
             peak = max(best.peak_rss_mb.values())
@@ -715,6 +759,14 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2, default=str))
     plotted = "sweep" in raw and plot(raw["sweep"], RESULTS / f"{stamp}.png")
     print(table(figures))
+    for f in figures:
+        if "cpu_us_per_save" in f.extra:
+            cpu = f.extra["cpu_us_per_save"]
+            parts = ", ".join(f"{name} {us:.1f}" for name, us in cpu.items())
+            print(
+                f"\nCPU per save during the buffered drain (µs): {parts}; "
+                f"total {sum(cpu.values()):.1f}"
+            )
     print(
         f"\n{command}: {elapsed:.0f} s on {info['nproc']} cores ({info['cpu']}); "
         f"load average {info['load_avg_at_start'][0]:.1f} -> {info['load_avg_at_end'][0]:.1f}"
