@@ -130,15 +130,17 @@ def _count(db: str, table: str = "agent_states") -> int:
         return int(row[0])
 
 
-def _drain(box: WorkerBox, done: Callable[[], bool], timeout: float = 600) -> float:
-    """Resume the paused workers; seconds until `done()`."""
+def _drain(
+    box: WorkerBox, done: Callable[[], bool], timeout: float = 600, every: float = 0.005
+) -> float:
+    """Resume the paused workers; seconds until `done()`, checked `every` seconds."""
     started = time.perf_counter()
     box.resume()
     deadline = time.monotonic() + timeout
     while not done():
         if time.monotonic() > deadline or box.proc.poll() is not None:
             raise RuntimeError(f"drain did not finish; see {box.log_path}")
-        time.sleep(0.005)
+        time.sleep(every)
     return time.perf_counter() - started
 
 
@@ -238,7 +240,18 @@ def naive_drain(broker: str, admin: str, n: int) -> Drain:
                         naive_worker.TASK_NAME, args=[*key(i), state(i)], producer=producer
                     )
             fill = time.perf_counter() - started
-            drain = _drain(box, lambda: _count(db) >= n)
+            # One open connection, counting every 20 ms: a new connection per check forks
+            # a PostgreSQL backend each time, CPU the naive workers would be robbed of.
+            with contextlib.closing(psycopg2.connect(db)) as conn:
+                conn.autocommit = True
+                cur = conn.cursor()
+
+                def done() -> bool:
+                    cur.execute("SELECT count(*) FROM agent_states")
+                    row = cur.fetchone()
+                    return row is not None and int(row[0]) >= n
+
+                drain = _drain(box, done, every=0.02)
             peaks = box.peak_rss_mb()
         client.close()
     return Drain(n, fill, drain, peaks)

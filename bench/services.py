@@ -153,5 +153,7 @@ class WorkerBox:
     def __enter__(self) -> WorkerBox:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         self.stop()
+        if exc_type is None:  # kept for reading after a failure only
+            self.log_path.unlink(missing_ok=True)
