@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -61,6 +63,11 @@ class Publisher:
         self.redis = connect(broker_url, timeout / 2)
         self._pool = self.redis.connection_pool
         self._sha = hashlib.sha1(_PUBLISH.encode()).hexdigest()
+        # Our own free list of the pool's connections: redis-py's get_connection/release
+        # (locks, metrics, a can_read syscall) cost ~8 us, a tenth of a durable save.
+        self._idle: list[Any] = []
+        self._idle_lock = threading.Lock()
+        self._pid = os.getpid()
 
     def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
         """Queue `(message id, message)` pairs atomically, or raise `PublishError`.
@@ -95,7 +102,7 @@ class Publisher:
     def _evalsha(self, argv: list[str | bytes]) -> None:
         # Straight on a pooled connection: the client's per-command machinery (retries,
         # observability hooks) costs as much as the round trip itself.
-        conn: Any = self._pool.get_connection()
+        conn = self._acquire()
         try:
             try:
                 conn.send_command("EVALSHA", self._sha, len(_KEYS), *_KEYS, *argv)
@@ -110,9 +117,25 @@ class Publisher:
             conn.disconnect()
             raise
         finally:
-            self._pool.release(conn)
+            with self._idle_lock:
+                self._idle.append(conn)
+
+    def _acquire(self) -> Any:
+        if self._pid != os.getpid():
+            # A forked child: the parent's sockets stay the parent's.
+            self._idle, self._idle_lock, self._pid = [], threading.Lock(), os.getpid()
+        with self._idle_lock:
+            if self._idle:
+                return self._idle.pop()
+        # Connects on first use; a connection that failed was disconnected and reconnects.
+        return self._pool.make_connection()
 
     def close(self) -> None:
+        with self._idle_lock:
+            idle, self._idle = self._idle, []
+        if self._pid == os.getpid():
+            for conn in idle:
+                conn.disconnect()
         self.redis.close()
         self.redis.connection_pool.disconnect()
 
