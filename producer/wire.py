@@ -27,6 +27,8 @@ PENDING_KEY = "agentstore:pending"
 MESSAGES_KEY = "agentstore:messages"
 OUT_SINCE_KEY = "agentstore:out_since"
 REAPER_LOCK_KEY = "agentstore:reaper:lock"
+# Ops applied since the broker's data began: a counter `agentstore stats` samples for ops/s.
+APPLIED_KEY = "agentstore:applied"
 # Dead letters: hash id -> JSON record, plus a zset id -> time of the last failure for listing.
 DLQ_KEY = "agentstore:dlq"
 DLQ_INDEX_KEY = "agentstore:dlq:index"

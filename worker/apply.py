@@ -57,6 +57,7 @@ class Batch:
     ops: list[tuple[Op, str]] = field(default_factory=list)
     # (key, record JSON, failure time): refused messages and ops that could not be applied.
     dead: list[tuple[str, str, float]] = field(default_factory=list)
+    failed_ops: int = 0  # of `ops`, dead-lettered instead of applied
 
 
 class BatchApplier:
@@ -206,6 +207,7 @@ class BatchApplier:
     def _dead_letter(self, batch: Batch, part: _Part, error: str, transient: bool) -> None:
         now = time.time()
         first = part.first_failure or now
+        batch.failed_ops += len(part.ops)
         for op, mid in part.ops:
             key, record = deadletters.op_record(
                 op.model_dump(mode="json"), error, part.attempts, first, now, mid
@@ -229,6 +231,8 @@ class BatchApplier:
             for key, record, when in batch.dead:
                 deadletters.add(pipe, key, record, when)
             deadletters.confirm(pipe, batch.message_ids)
+            if applied := len(batch.ops) - batch.failed_ops:
+                pipe.incrby(wire.APPLIED_KEY, applied)  # for `agentstore stats`
             try:
                 pipe.execute()
                 return

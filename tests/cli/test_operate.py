@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any
 
 import redis
 
+from agentstore_cli import operate
 from producer import wire
 from producer.publisher import Publisher
 from storage.ops import make_op, op_to_message
@@ -64,7 +66,7 @@ def test_health_stats_and_replay_with_a_worker_running(
     assert "postgresql://postgres:***@127.0.0.1:5432/" in lines[1]
 
     stats = json.loads(run(["stats", "--json"], env).stdout)
-    assert stats["workers"] == 1 and stats["queued"] == 0 and stats["applied_per_s"] is None
+    assert stats["workers"] == 1 and stats["queued"] == 0 and stats["applied_per_s"] == 0.0
 
     op = save_state_op("replayed-agent", 7)
     key = dead_letter(spare_redis, op)
@@ -77,6 +79,8 @@ def test_health_stats_and_replay_with_a_worker_running(
             time.sleep(0.05)
         assert store.get_state("replayed-agent", "s") == {"n": 7}
     assert run(["dlq", "list"], env).stdout == ""
+    # The worker counts what it applied: the replayed op at least.
+    assert int(redis.Redis.from_url(spare_redis).get(wire.APPLIED_KEY) or 0) >= 1
 
 
 def test_health_fails_on_a_closed_broker_port_without_printing_its_password(
@@ -124,7 +128,7 @@ def test_stats_counts_queued_pending_and_dead_letters(run: Cli, spare_redis: str
     assert "queue depth           3  LLEN agentstore" in text
     assert "pending               3" in text
     assert "dead letters          1" in text
-    assert "applied ops/s       n/a" in text
+    assert "applied ops/s       0.0  sampled over the last second" in text
     numbers = json.loads(run(["stats", "--json", "--no-workers"], config(spare_redis)).stdout)
     assert numbers == {
         "queued": 3,
@@ -132,9 +136,28 @@ def test_stats_counts_queued_pending_and_dead_letters(run: Cli, spare_redis: str
         "unacked": 0,
         "dead_letters": 1,
         "workers": None,
-        "applied_per_s": None,
+        "applied_per_s": 0.0,
         "worker_names": None,
     }
+
+
+def test_stats_samples_the_workers_applied_counter(spare_redis: str) -> None:
+    client = redis.Redis.from_url(spare_redis)
+    stop = threading.Event()
+
+    def apply_steadily() -> None:
+        while not stop.wait(0.05):
+            client.incrby(wire.APPLIED_KEY, 100)
+
+    feeder = threading.Thread(target=apply_steadily)
+    feeder.start()
+    try:
+        rate = operate.applied_per_s(client, 0.5)
+    finally:
+        stop.set()
+        feeder.join()
+    assert rate > 0, "a counter that grows shows a positive rate"
+    assert operate.applied_per_s(client, 0.2) == 0.0, "a still counter shows none"
 
 
 def test_dlq_list_show_replay_and_purge(run: Cli, spare_redis: str) -> None:
