@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := cosmos-server/node_modules/.installed
 
-.PHONY: venv node test lint format demo clean bench bench-quick
+.PHONY: venv node test lint format demo clean bench bench-quick soak
 
 venv: $(STAMP)
 
@@ -40,6 +40,12 @@ bench: venv node
 
 bench-quick: venv node
 	$(BIN)/python -m bench.run --quick
+
+# The chaos soak on its own, long, and docs/RELIABILITY.md rewritten from its audit.
+SOAK_S ?= 600
+soak: venv
+	SOAK_S=$(SOAK_S) AGENTSTORE_WRITE_RESULTS=1 SOAK_COMMAND="make soak SOAK_S=$(SOAK_S)" \
+		$(BIN)/python -m pytest tests/reliability/test_soak.py -q -s
 
 demo: venv
 	$(BIN)/python -m agentstore_cli.demo
