@@ -35,10 +35,16 @@ format: venv
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: venv node
+BENCH_STAMP := $(VENV)/.bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	touch $@
+
+bench: $(BENCH_STAMP) node
 	$(BIN)/python -m bench.run
 
-bench-quick: venv node
+bench-quick: $(BENCH_STAMP) node
 	$(BIN)/python -m bench.run --quick
 
 # The chaos soak on its own, long, and docs/RELIABILITY.md rewritten from its audit.
