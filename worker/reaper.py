@@ -40,6 +40,28 @@ for i = 1, #ARGV do
 end
 return n
 """
+# The smallest pending sequence among the queue's last ARGV[1] entries, found inside Redis:
+# messages can be megabytes each, and only their header id matters here. Returns "inf" for
+# an empty queue and nothing when no tail entry is pending.
+_HEAD_SEQ = """
+local tail = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
+if #tail == 0 then
+  return 'inf'
+end
+local best = nil
+for i = 1, #tail do
+  local at = string.find(tail[i], '"headers":{', 1, true)
+  local id = at and string.match(tail[i], '"id":"([%w_%-]+)"', at)
+  local seq = id and redis.call('ZSCORE', KEYS[2], id)
+  if seq and (best == nil or tonumber(seq) < best) then
+    best = tonumber(seq)
+  end
+end
+if best == nil then
+  return false
+end
+return tostring(best)
+"""
 _EXTEND_IF_MINE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -64,6 +86,7 @@ class Reaper:
         self._interval_ms = max(1, int(interval_s * 1000))
         self._max = max_per_round
         self._republish = client.register_script(_REPUBLISH)
+        self._head = client.register_script(_HEAD_SEQ)
         self._extend = client.register_script(_EXTEND_IF_MINE)
 
     def run_once(self) -> int:
@@ -80,16 +103,10 @@ class Reaper:
 
     def _head_seq(self) -> float | None:
         """Smallest sequence still queued; +inf if the queue is empty, None if unknown."""
-        tail = self._redis.lrange(wire.QUEUE, -_SCAN_TAIL, -1)
-        if not tail:
-            return math.inf
-        ids = [mid for mid in map(wire.message_id_of, tail) if mid is not None]
-        scores = (
-            [s for s in self._redis.zmscore(wire.PENDING_KEY, ids) if s is not None] if ids else []
-        )
-        # The tail holds only confirmed duplicates or foreign entries: workers are
-        # consuming them now; decide next round.
-        return min(scores) if scores else None
+        found = self._head(keys=[wire.QUEUE, wire.PENDING_KEY], args=[_SCAN_TAIL])
+        # None: the tail holds only confirmed duplicates or foreign entries; workers are
+        # consuming them now, so decide next round.
+        return None if found is None else float(found)
 
     def _round(self) -> int:
         head = self._head_seq()
