@@ -20,7 +20,7 @@ import redis
 
 from storage.config import Settings, load_settings
 from storage.errors import StorageError
-from storage.ops import KINDS, Kind
+from storage.records import KINDS, Kind
 
 from . import operate
 from .lifecycle import erase, prune

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from storage.base import StorageBackend
 from storage.config import Settings
 from storage.errors import ConfigError
-from storage.ops import KINDS, Kind, dedupe
+from storage.records import KINDS, Kind, dedupe
 
 from .transfer import (
     DEFAULT_PAGE_SIZE,

@@ -22,8 +22,8 @@ from storage.config import Settings, load_settings, mask_url
 from storage.errors import ConfigError, StorageError, ValidationError
 from storage.factory import create_storage_client
 from storage.ids import check_id
-from storage.ops import KINDS, Kind, Record, dedupe
 from storage.payload import encode_payload
+from storage.records import KINDS, Kind, Record, dedupe
 from storage.versions import VERSION_RE
 
 DEFAULT_PAGE_SIZE = 500

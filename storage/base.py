@@ -8,7 +8,8 @@ from types import TracebackType
 from typing import Any, Self
 
 from .errors import ValidationError
-from .ops import Kind, Op, OpName, Record, Tombstone, make_op, plan
+from .ops import Op, OpName, make_op
+from .records import Kind, Record, Tombstone, plan
 from .retention import RetentionPolicy
 
 
@@ -156,7 +157,7 @@ class StorageBackend(StorageClient):
     def write_records(
         self, grouped: dict[Kind, list[Record]], tombstones: Sequence[Tombstone] = ()
     ) -> None:
-        """Write `tombstones`, then records deduped per row id (`storage.ops.dedupe`).
+        """Write `tombstones`, then records deduped per row id (`storage.records.dedupe`).
 
         A record is written only if it is newer than the stored one and than any tombstone
         of its partition; a tombstone deletes its partition's older rows at once.

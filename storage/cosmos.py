@@ -34,7 +34,7 @@ from .cosmos_items import (
 from .cosmos_retention import TOMBSTONES, Remover
 from .errors import ConfigError, StorageError, TransientStorageError, ValidationError
 from .ids import check_id, row_id
-from .ops import KINDS, SCOPE_OF, Kind, Record, Scope, Tombstone
+from .records import KINDS, SCOPE_OF, Kind, Record, Scope, Tombstone
 from .retention import RetentionPolicy
 
 log = logging.getLogger(__name__)

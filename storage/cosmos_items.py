@@ -11,7 +11,7 @@ from azure.core import MatchConditions
 from azure.cosmos import ContainerProxy, exceptions
 
 from .errors import ConfigError, TransientStorageError
-from .ops import Kind, Record
+from .records import Kind, Record
 
 
 @dataclass(frozen=True, slots=True)

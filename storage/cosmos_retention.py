@@ -13,7 +13,7 @@ from azure.cosmos import exceptions
 
 from .cosmos_items import MAX_WRITE_ATTEMPTS, Container, Layout, delete_unchanged, read
 from .errors import TransientStorageError
-from .ops import SCOPE_KINDS, Kind, Scope, Tombstone
+from .records import SCOPE_KINDS, Kind, Scope, Tombstone
 from .retention import RetentionPolicy, prune_limits
 
 T = TypeVar("T")

@@ -60,3 +60,15 @@ def row_id(*parts: tuple[str, str]) -> str:
             f"the limit is {MAX_ID_CHARS}"
         )
     return rid
+
+
+def state_row_id(agent_id: str, state_id: str) -> str:
+    return row_id(("agent_id", agent_id), ("state_id", state_id))
+
+
+def task_row_id(agent_id: str, task_id: str) -> str:
+    return row_id(("agent_id", agent_id), ("task_id", task_id))
+
+
+def transaction_row_id(case_id: str, txn_id: str) -> str:
+    return row_id(("case_id", case_id), ("transaction id", txn_id))

@@ -9,23 +9,18 @@ import itertools
 import json
 import os
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, Literal, TypeAlias, get_args
 
 import pydantic
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from .errors import ValidationError
-from .ids import check_id, row_id
+from .ids import check_id, row_id, state_row_id, task_row_id, transaction_row_id
 from .payload import encode_payload
 from .versions import VERSION_RE, new_version
 
 MAX_TRANSACTIONS_PER_SAVE = 10_000
 _OP_ID_RE = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
-
-Kind: TypeAlias = Literal["state", "task", "conversation", "transaction"]
-KINDS: tuple[Kind, ...] = ("state", "task", "conversation", "transaction")
 
 
 class _OpIds:
@@ -94,7 +89,7 @@ class StateKey(_Strict):
 
     @model_validator(mode="after")
     def _fits(self) -> StateKey:
-        _state_id(self.agent_id, self.state_id)
+        state_row_id(self.agent_id, self.state_id)
         return self
 
 
@@ -108,7 +103,7 @@ class TaskKey(_Strict):
 
     @model_validator(mode="after")
     def _fits(self) -> TaskKey:
-        _task_id(self.agent_id, self.task_id)
+        task_row_id(self.agent_id, self.task_id)
         return self
 
 
@@ -143,7 +138,7 @@ class TransactionsArgs(_Strict):
     @model_validator(mode="after")
     def _fits(self) -> TransactionsArgs:
         for txn in self.transactions:
-            _transaction_id(self.case_id, txn["id"])
+            transaction_row_id(self.case_id, txn["id"])
         return self
 
 
@@ -170,7 +165,7 @@ class TransactionsKey(_Strict):
     @model_validator(mode="after")
     def _fits(self) -> TransactionsKey:
         for txn_id in self.ids or ():
-            _transaction_id(self.case_id, txn_id)
+            transaction_row_id(self.case_id, txn_id)
         return self
 
 
@@ -332,9 +327,7 @@ def encode_op(
         done = _encode_fast(name, shape, args, version, op_id)
         if done is not None:
             return done
-    op = make_op(name, args, version=version, op_id=op_id)
-    for _ in _records_of(op):  # row ids: too long together is refused here, not at apply
-        pass
+    op = make_op(name, args, version=version, op_id=op_id)  # row ids are checked by the model
     return op.id, op.model_dump_json()
 
 
@@ -374,148 +367,3 @@ def _encode_fast(
 
 def op_to_message(op: Op) -> dict[str, Any]:
     return op.model_dump(mode="python")
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One row to write, as every backend sees it after in-batch dedupe.
-
-    A deleted record is a tombstone row: it keeps its version, so an older save arriving late
-    (redelivery, reordering) cannot bring the row back, while a newer save does.
-    """
-
-    kind: Kind
-    row_id: str
-    partition: str
-    data: dict[str, Any]
-    version: str
-    # Sort key within the partition: send order for messages, save order for transactions.
-    # "<version> <suffix>": a space sorts below every version character, so "10 x" < "10.5 x".
-    position: str
-    sub_id: str = ""
-    deleted: bool = False
-
-
-Scope: TypeAlias = Literal["agent", "conversation", "case"]
-# Which kinds a partition-wide tombstone covers.
-SCOPE_KINDS: dict[Scope, tuple[Kind, ...]] = {
-    "agent": ("state", "task"),
-    "conversation": ("conversation",),
-    "case": ("transaction",),
-}
-SCOPE_OF: dict[Kind, Scope] = {k: scope for scope, kinds in SCOPE_KINDS.items() for k in kinds}
-# Deleted transactions sort last, so a later save takes the position it is saved at.
-_DELETED_POSITION = "~"
-
-
-@dataclass(frozen=True, slots=True)
-class Tombstone:
-    """Everything of `scope` `key` with a version older than `version` is deleted."""
-
-    scope: Scope
-    key: str
-    version: str
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """What a batch of ops writes: partition tombstones first, then deduped records."""
-
-    records: dict[Kind, list[Record]]
-    tombstones: list[Tombstone] = field(default_factory=list)
-
-
-def _state_id(agent_id: str, state_id: str) -> str:
-    return row_id(("agent_id", agent_id), ("state_id", state_id))
-
-
-def _task_id(agent_id: str, task_id: str) -> str:
-    return row_id(("agent_id", agent_id), ("task_id", task_id))
-
-
-def _transaction_id(case_id: str, txn_id: str) -> str:
-    return row_id(("case_id", case_id), ("transaction id", txn_id))
-
-
-def _records_of(op: Op) -> Iterable[Record | Tombstone]:
-    v = op.version
-    if isinstance(op, SaveState):
-        a = op.args
-        yield Record(
-            "state", _state_id(a.agent_id, a.state_id), a.agent_id, a.state, v, v, a.state_id
-        )
-    elif isinstance(op, SaveTask):
-        t = op.args
-        yield Record(
-            "task", _task_id(t.agent_id, t.task_id), t.agent_id, t.task_data, v, v, t.task_id
-        )
-    elif isinstance(op, SaveConversation):
-        c = op.args
-        yield Record("conversation", op.id, c.conversation_id, c.message, v, f"{v} {op.id}", op.id)
-    elif isinstance(op, SaveTransactions):
-        case_id = op.args.case_id
-        for index, txn in enumerate(op.args.transactions):
-            rid = _transaction_id(case_id, txn["id"])
-            yield Record("transaction", rid, case_id, txn, v, f"{v} {index:05d}", txn["id"])
-    elif isinstance(op, DeleteState):
-        k = op.args
-        rid = _state_id(k.agent_id, k.state_id)
-        yield Record("state", rid, k.agent_id, {}, v, v, k.state_id, deleted=True)
-    elif isinstance(op, DeleteTask):
-        tk = op.args
-        rid = _task_id(tk.agent_id, tk.task_id)
-        yield Record("task", rid, tk.agent_id, {}, v, v, tk.task_id, deleted=True)
-    elif isinstance(op, DeleteConversation):
-        yield Tombstone("conversation", op.args.conversation_id, v)
-    elif isinstance(op, DeleteTransactions):
-        case_id, ids = op.args.case_id, op.args.ids
-        if ids is None:
-            yield Tombstone("case", case_id, v)
-        for txn_id in ids or ():
-            rid = _transaction_id(case_id, txn_id)
-            data = {"id": txn_id}
-            yield Record("transaction", rid, case_id, data, v, _DELETED_POSITION, txn_id, True)
-    else:
-        yield Tombstone("agent", op.args.agent_id, v)
-
-
-def plan(ops: Sequence[Op]) -> Plan:
-    """What `ops` write: deduped records (see `dedupe`) and the newest tombstone per key."""
-    recs: list[Record] = []
-    newest: dict[tuple[Scope, str], Tombstone] = {}
-    for op in ops:
-        for item in _records_of(op):
-            if isinstance(item, Record):
-                recs.append(item)
-            else:
-                old = newest.get((item.scope, item.key))
-                if old is None or old.version < item.version:
-                    newest[(item.scope, item.key)] = item
-    return Plan(dedupe(recs), list(newest.values()))
-
-
-def records(ops: Sequence[Op]) -> dict[Kind, list[Record]]:
-    """The deduped records `ops` write, per kind (their tombstones aside)."""
-    return plan(ops).records
-
-
-def dedupe(recs: Iterable[Record]) -> dict[Kind, list[Record]]:
-    """Group records per kind, keeping for each row id only the newest version.
-
-    Ties (the same version twice, e.g. a redelivery) keep the later one; its content is the same.
-    A transaction saved twice keeps its earliest position, so it stays where it was first saved.
-    """
-    newest: dict[tuple[Kind, str], Record] = {}
-    for rec in recs:
-        key = (rec.kind, rec.row_id)
-        old = newest.get(key)
-        if old is None or rec.version >= old.version:
-            if old is not None and old.position < rec.position:
-                rec = replace(rec, position=old.position)
-            newest[key] = rec
-        elif rec.position < old.position:
-            newest[key] = replace(old, position=rec.position)
-    grouped: dict[Kind, list[Record]] = {kind: [] for kind in KINDS}
-    for rec in newest.values():
-        grouped[rec.kind].append(rec)
-    return grouped

@@ -20,7 +20,6 @@ from .base import StorageBackend, check_limit
 from .config import Settings, load_settings, mask_url
 from .errors import ConfigError, StorageError, TransientStorageError
 from .ids import check_id
-from .ops import SCOPE_OF, Kind, Record, Tombstone
 from .postgres_schema import migrate
 from .postgres_sql import (
     SCANS,
@@ -32,6 +31,7 @@ from .postgres_sql import (
     prune_delete,
     prune_statements,
 )
+from .records import SCOPE_OF, Kind, Record, Tombstone
 from .retention import RetentionPolicy
 
 log = logging.getLogger(__name__)

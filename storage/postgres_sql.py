@@ -8,7 +8,7 @@ from typing import Any
 
 import pydantic_core
 
-from .ops import Kind, Record, Scope
+from .records import Kind, Record, Scope
 from .retention import RetentionPolicy, prune_limits
 
 _RECORDSET = (

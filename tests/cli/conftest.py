@@ -26,7 +26,8 @@ from click.testing import CliRunner, Result
 
 from agentstore_cli.main import cli
 from storage import StorageBackend, create_storage_client
-from storage.ops import KINDS, make_op
+from storage.ops import make_op
+from storage.records import KINDS
 from tests.services import fresh_pg_database, unavailable
 
 ROOT = Path(__file__).resolve().parents[2]

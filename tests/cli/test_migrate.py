@@ -16,7 +16,7 @@ from agentstore_cli.migrate import CHECKPOINT_DIR, KindCheck, migrate_stores, pl
 from agentstore_cli.transfer import LineProgress, store_identity, target_settings
 from storage.config import load_settings
 from storage.errors import StorageError
-from storage.ops import dedupe as real_dedupe
+from storage.records import dedupe as real_dedupe
 from tests.cli.conftest import (
     Cli,
     Cosmos,

@@ -466,7 +466,7 @@ def test_context_manager_closes(backend: Backend) -> None:
 
 
 def test_scan_and_write_records_copy_a_store_exactly(backend: Backend) -> None:
-    from storage.ops import KINDS, dedupe
+    from storage.records import KINDS, dedupe
 
     source, target = backend.client(), backend.client()
     for n in range(7):

@@ -8,7 +8,8 @@ import time
 import pytest
 
 from storage import StorageBackend, StorageClient, ValidationError
-from storage.ops import KINDS, make_op
+from storage.ops import make_op
+from storage.records import KINDS
 from storage.retention import RetentionPolicy
 from storage.versions import new_version
 from tests.contract.conftest import Backend

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from storage import PostgreSQLClient, StorageBackend, StorageClient, ValidationError
 from storage.ids import row_id
-from storage.ops import Record
 from storage.payload import encode_payload
+from storage.records import Record
 from tests.property.strategies import (
     assert_exact,
     ids,

@@ -7,7 +7,8 @@ from typing import Any
 
 from storage.base import StorageClient
 from storage.errors import StorageError, TransientStorageError
-from storage.ops import Op, plan
+from storage.ops import Op
+from storage.records import plan
 
 
 class FakeStore(StorageClient):

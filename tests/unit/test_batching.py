@@ -10,7 +10,8 @@ import pytest
 
 from producer import wire
 from producer.publisher import Publisher
-from storage.ops import Op, encode_op, make_op, parse_op, records
+from storage.ops import Op, encode_op, make_op, parse_op
+from storage.records import records
 from tests.unit.fakes import FakeStore
 from worker.apply import BatchApplier
 from worker.settings import WorkerSettings
