@@ -153,6 +153,13 @@ class PostgreSQLClient(StorageBackend):
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
                 if attempt == attempts:
                     raise TransientStorageError(f"PostgreSQL connection failed: {exc}") from None
+            except psycopg2.errors.UniqueViolation as exc:
+                # Two transactions inserting the same new key: ON CONFLICT arbitrates on
+                # (agent_id, state_id) but the primary key on `id` is checked first and only
+                # waits, then fails. Once the other has committed, the same upsert takes the
+                # conflict path; ids are injective, so no other unique violation can occur.
+                if attempt == attempts:
+                    raise TransientStorageError(f"PostgreSQL: {exc}".strip()) from None
             except _TRANSIENT as exc:
                 raise TransientStorageError(f"PostgreSQL: {exc}".strip()) from None
             except psycopg2.Error as exc:
