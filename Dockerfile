@@ -9,9 +9,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # A fixed, unprivileged uid: Celery refuses to run as root with pickle enabled, and a worker
-# has no reason to own anything in the image.
-RUN groupadd --system --gid 10001 agentstore \
-    && useradd --system --uid 10001 --gid agentstore --no-create-home \
+# has no reason to own anything in the image. Not `--system`: 10001 is above SYS_UID_MAX,
+# and useradd warns when a system account gets a uid outside the system range.
+RUN groupadd --gid 10001 agentstore \
+    && useradd --uid 10001 --gid agentstore --no-create-home --no-log-init \
         --home-dir /nonexistent --shell /usr/sbin/nologin agentstore
 
 WORKDIR /app
@@ -30,7 +31,9 @@ COPY storage ./storage
 COPY producer ./producer
 COPY worker ./worker
 COPY agentstore_cli ./agentstore_cli
-RUN pip install --no-cache-dir --no-deps .
+# setuptools leaves its build tree and egg-info in the source directory: not in the image.
+RUN pip install --no-cache-dir --no-deps . \
+    && rm -rf build ./*.egg-info
 
 USER 10001:10001
 

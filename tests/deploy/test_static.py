@@ -112,6 +112,32 @@ def test_runs_as_a_non_root_user(instructions: list[Instruction]) -> None:
     assert not late_runs, "RUN after USER: installs must happen as root, before dropping it"
 
 
+def test_the_fixed_high_uid_is_not_created_as_a_system_account(
+    instructions: list[Instruction],
+) -> None:
+    # useradd/groupadd warn when --system meets an id above SYS_UID_MAX/SYS_GID_MAX (999).
+    runs = [i.arguments for i in instructions if i.keyword == "RUN"]
+    for command in ("useradd", "groupadd"):
+        for run in runs:
+            for call in re.findall(rf"\b{command}\b[^;&]*", run):
+                ids = [int(n) for n in re.findall(r"--(?:uid|gid)\s+(\d+)", call)]
+                if any(n > 999 for n in ids):
+                    assert "--system" not in call, call
+
+
+def test_the_project_install_leaves_no_build_tree_in_its_layer(
+    instructions: list[Instruction],
+) -> None:
+    install = [
+        i.arguments
+        for i in instructions
+        if i.keyword == "RUN" and re.search(r"pip install[^&]*\s\.(\s|$)", i.arguments)
+    ]
+    assert len(install) == 1, install
+    assert re.search(r"rm -rf[^&]*\bbuild\b", install[0]), install[0]
+    assert re.search(r"rm -rf[^&]*egg-info", install[0]), install[0]
+
+
 def test_dependencies_are_installed_before_the_code_is_copied(
     instructions: list[Instruction],
 ) -> None:
@@ -293,3 +319,11 @@ def test_env_example_sets_no_secret() -> None:
             assert var.value == "", f".env.example sets {var.name}; leave secrets empty"
         if not var.commented:
             assert not INLINE_PASSWORD.search(var.value), var.name
+
+
+def test_every_compose_variable_has_a_default_or_an_error() -> None:
+    # A bare ${VAR} makes compose print "variable is not set. Defaulting to a blank string"
+    # before the intended ${VAR:?message}.
+    text = (ROOT / "docker-compose.yml").read_text()
+    bare = re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", text)
+    assert not bare, f"no default and no error message for: {bare}"
