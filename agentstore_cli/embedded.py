@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import psycopg2
 import redis
@@ -30,6 +30,7 @@ from psycopg2 import errors as pg_errors
 from psycopg2 import sql
 
 from storage.config import mask_url
+from storage.pg_url import with_database
 
 log = logging.getLogger(__name__)
 
@@ -229,13 +230,7 @@ def _ensure_database(admin_url: str, database: str) -> str:
                     cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
     finally:
         conn.close()
-    return _with_database(admin_url, database)
-
-
-def _with_database(url: str, database: str) -> str:
-    # Both `postgresql://u@h:5432/postgres` and the embedded `postgresql://postgres:@/postgres?
-    # host=/dir` keep everything but the path.
-    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
+    return with_database(admin_url, database)
 
 
 # --- Redis (Valkey) -------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from producer import Producer, wire
 from storage import PostgreSQLClient
 from storage.ids import row_id
 from storage.ops import encode_op, make_op
+from storage.pg_url import options
 from storage.postgres_schema import MIGRATIONS
 
 from . import naive_worker
@@ -199,7 +200,7 @@ def _processes(box: WorkerBox, client: redis.Redis, admin: str, db: str) -> dict
     """Who works during a drain: the worker's main process and children, the database's
     backends for this database, and redis-server."""
     with contextlib.closing(psycopg2.connect(admin)) as conn, conn.cursor() as cur:
-        cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (db.rsplit("/", 1)[1],))
+        cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (options(db)["dbname"],))
         backends = [int(row[0]) for row in cur.fetchall()]
     info: dict[str, Any] = client.info("server")
     pids = box.pids()

@@ -14,10 +14,11 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import redis
+
+from storage.pg_url import with_database
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +72,7 @@ def database(admin_url: str, prefix: str = "agentstore_bench") -> Iterator[str]:
     try:
         with admin.cursor() as cur:
             cur.execute(f'CREATE DATABASE "{name}"')
-        yield urlunsplit(urlsplit(admin_url)._replace(path=f"/{name}"))
+        yield with_database(admin_url, name)
     finally:
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -10,10 +10,11 @@ import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import pytest
+
+from storage.pg_url import with_database
 
 PG_ADMIN_URL = os.environ.get("AGENTSTORE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("AGENTSTORE_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -37,11 +38,6 @@ def free_port() -> int:
         return port
 
 
-def _with_database(url: str, database: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{database}"))
-
-
 def pg_admin() -> psycopg2.extensions.connection:
     try:
         conn = psycopg2.connect(PG_ADMIN_URL, connect_timeout=5)
@@ -59,7 +55,7 @@ def fresh_pg_database(prefix: str = "agentstore_t") -> Iterator[str]:
     try:
         with admin.cursor() as cur:
             cur.execute(f'CREATE DATABASE "{name}"')
-        yield _with_database(PG_ADMIN_URL, name)
+        yield with_database(PG_ADMIN_URL, name)
     finally:
         with admin.cursor() as cur:
             cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

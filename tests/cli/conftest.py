@@ -18,7 +18,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
@@ -27,6 +26,7 @@ from click.testing import CliRunner, Result
 from agentstore_cli.main import cli
 from storage import StorageBackend, create_storage_client
 from storage.ops import make_op
+from storage.pg_url import options, with_credentials
 from storage.records import KINDS
 from tests.services import fresh_pg_database, unavailable
 
@@ -44,9 +44,7 @@ CONFIG_VARS = (
 
 
 def with_password(url: str) -> str:
-    parts = urlsplit(url)
-    netloc = f"{parts.username or 'postgres'}:{PG_PASSWORD}@{parts.hostname}:{parts.port or 5432}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    return with_credentials(url, options(url).get("user", "postgres"), PG_PASSWORD)
 
 
 def secrets() -> list[str]:

@@ -7,8 +7,8 @@ included, with all three secrets configured at once, and searches the files it l
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import urlsplit
 
+from storage.pg_url import as_keywords, options, with_credentials, with_options
 from tests.cli.conftest import PG_PASSWORD, Cli, Cosmos, assert_no_secret, open_store, seed
 from tests.cli.test_operate import closed_broker
 
@@ -16,11 +16,8 @@ from tests.cli.test_operate import closed_broker
 def test_no_output_or_file_contains_a_secret(
     run: Cli, pg_url: str, cosmos: Cosmos, tmp_path: Path
 ) -> None:
-    parts = urlsplit(pg_url)
-    libpq = (
-        f"host={parts.hostname} port={parts.port} dbname={parts.path.lstrip('/')} "
-        f"user=postgres password={PG_PASSWORD}"
-    )
+    libpq = as_keywords(with_credentials(pg_url, "postgres", PG_PASSWORD))
+    server = options(libpq)
     cosmos_config = cosmos.config()
     broker = closed_broker()
     with open_store(cosmos_config) as store:
@@ -37,7 +34,9 @@ def test_no_output_or_file_contains_a_secret(
     target.write_text(f"POSTGRES_CONNECTION_STRING={libpq}\n")
     record(["export", "-o", str(tmp_path / "dump.jsonl")], everything, 0)
     record(["migrate", "--to-env", str(target)], everything, 0)
-    assert "target: PostgreSQL host=localhost port=5432 dbname=" in outputs[-1]
+    # Loopback by address, by name or through a socket directory is shown as localhost.
+    shown = f"host=localhost port={server.get('port', '5432')} dbname={server['dbname']}"
+    assert f"target: PostgreSQL {shown}" in outputs[-1]
     record(["health", "--no-workers"], everything, 1)
     record(["health"], {**everything, "POSTGRES_CONNECTION_STRING": libpq}, 1)
     record(["stats"], everything, 1)
@@ -52,9 +51,9 @@ def test_no_output_or_file_contains_a_secret(
     # Bad credentials and unreachable servers.
     wrong = {**cosmos_config, "COSMOS_KEY": "bm90LXRoZS1rZXk=" + cosmos_config["COSMOS_KEY"][16:]}
     record(["export"], wrong, 1)
-    bad_port = pg_url.replace(":5432/", ":1/")
+    bad_port = with_options(pg_url, port="1")
     record(["export"], {"POSTGRES_CONNECTION_STRING": bad_port}, 1)
-    record(["export"], {"POSTGRES_CONNECTION_STRING": libpq.replace("port=5432", "port=1")}, 1)
+    record(["export"], {"POSTGRES_CONNECTION_STRING": with_options(libpq, port="1")}, 1)
     assert all("Traceback" not in text for text in outputs)
     assert_no_secret(*outputs)
     leftovers = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".env"]

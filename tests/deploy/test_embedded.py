@@ -20,6 +20,7 @@ from agentstore_cli.embedded import (
     start_embedded_valkey,
 )
 from storage import PostgreSQLClient
+from storage.pg_url import options
 from tests.services import PG_ADMIN_URL, REDIS_URL
 
 pytestmark = pytest.mark.timeout(120)
@@ -148,7 +149,7 @@ def test_resolve_uses_local_servers_and_its_own_database(embedded_dir: Path) -> 
             local_redis=REDIS_URL,
         ) as services:
             assert (services.postgres.origin, services.redis.origin) == ("local", "local")
-            assert services.postgres.url.endswith(f"/{database}")
+            assert options(services.postgres.url)["dbname"] == database
             assert f"database {database}" in str(services.postgres)
             psycopg2.connect(services.postgres.url, connect_timeout=3).close()
     finally:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from storage.config import mask_url
 from tests.embedded_fallback import fallback_services
 from tests.services import PG_ADMIN_URL, REDIS_URL, free_port
 
@@ -53,7 +54,18 @@ def test_plugin_reports_the_services_in_the_header(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
         timeout=120,
-        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PYTHONPATH": str(ROOT)},
+        # The servers this session uses, local or embedded: the plugin must find them answering.
+        env={
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "PYTHONPATH": str(ROOT),
+            "AGENTSTORE_TEST_PG": PG_ADMIN_URL,
+            "AGENTSTORE_TEST_REDIS": REDIS_URL,
+        },
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "test services: PostgreSQL: local server at" in result.stdout, result.stdout
+    for line in (
+        f"test services: PostgreSQL: configured server at {mask_url(PG_ADMIN_URL)}",
+        f"test services: Redis: configured server at {mask_url(REDIS_URL)}",
+    ):
+        assert line in result.stdout, result.stdout

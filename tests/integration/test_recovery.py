@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from producer import Producer, PublishError, wire
+from storage.pg_url import options
 from tests.integration.conftest import RedisServer, WorkerFactory
 from tests.integration.helpers import pending, producer, rows, wait_until
 from tests.services import free_port
@@ -124,7 +125,7 @@ def test_sigkill_mid_drain_ten_times_loses_nothing(
 
 
 def _terminate_backends(database: str) -> int:
-    name = database.rsplit("/", 1)[1]
+    name = options(database)["dbname"]
     killed = rows(
         database,
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "

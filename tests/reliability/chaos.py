@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from producer import wire
+from storage.pg_url import options
 from tests.integration.conftest import RedisServer, Worker
 from tests.integration.helpers import rows
 
@@ -74,7 +75,7 @@ class Cluster:
 
 
 def terminate_worker_connections(database: str) -> int:
-    name = database.rsplit("/", 1)[1]
+    name = options(database)["dbname"]
     killed = rows(
         database,
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "

@@ -9,12 +9,12 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
 
 from storage import StorageClient
+from storage.pg_url import options, with_credentials
 from tests.contract.conftest import Backend
 from tests.services import free_port, fresh_pg_database, pg_admin, unavailable
 
@@ -76,12 +76,10 @@ def pg_url_with_password() -> Iterator[str]:
         with admin.cursor() as cur:
             cur.execute(f"CREATE ROLE {role} LOGIN PASSWORD %s", (PG_SECRET,))
         with fresh_pg_database("agentstore_sec") as url:
-            name = urlsplit(url).path.lstrip("/")
+            name = options(url)["dbname"]
             with admin.cursor() as cur:
                 cur.execute(f'ALTER DATABASE "{name}" OWNER TO {role}')
-            parts = urlsplit(url)
-            netloc = f"{role}:{PG_SECRET}@{parts.hostname}:{parts.port or 5432}"
-            yield urlunsplit(parts._replace(netloc=netloc))
+            yield with_credentials(url, role, PG_SECRET)
     finally:
         with admin.cursor() as cur:
             cur.execute(f"DROP ROLE IF EXISTS {role}")

@@ -23,6 +23,7 @@ import redis
 from producer import Producer, wire
 from producer.publisher import Publisher
 from storage import CosmosDBClient, PostgreSQLClient, StorageError, load_settings
+from storage.pg_url import with_database
 from tests.cosmos_server import EMULATOR_KEY, CosmosServer, start_cosmos_server
 from tests.integration.conftest import ROOT, Worker
 from tests.integration.helpers import execute, rows, wait_until
@@ -205,7 +206,7 @@ def _broker_contents(evidence: Evidence, server: SecretRedis, databases: range) 
 
 
 def _missing_db(pg_url: str) -> str:
-    return pg_url.rsplit("/", 1)[0] + "/no_such_database"
+    return with_database(pg_url, "no_such_database")
 
 
 def test_no_secret_in_logs_errors_reprs_cli_broker_or_dead_letters(

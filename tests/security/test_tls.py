@@ -19,6 +19,7 @@ import redis
 from producer import Producer, PublishError
 from producer.publisher import Publisher
 from storage import CosmosDBClient, PostgreSQLClient, StorageError, load_settings
+from storage.pg_url import options, with_options
 from tests.cosmos_server import EMULATOR_KEY, start_cosmos_server
 from tests.integration.conftest import ROOT, WorkerFactory, database, start_worker
 from tests.integration.helpers import rows
@@ -91,13 +92,16 @@ def test_postgres_sslmode_reaches_libpq_unchanged(
 
 
 def test_postgres_sslmode_require_is_enforced(database: str) -> None:
+    if options(database).get("host", "").startswith("/"):
+        pytest.skip("libpq never uses TLS over a Unix socket (the embedded server's)")
+    require = with_options(database, sslmode="require")
     (ssl,) = rows(database, "SHOW ssl")[0]
     if ssl == "off":
         # libpq got sslmode=require: it refuses a server without TLS rather than go plain.
         with pytest.raises(StorageError, match="SSL"):
-            PostgreSQLClient(postgres_connection_string=f"{database}?sslmode=require")
+            PostgreSQLClient(postgres_connection_string=require)
     else:
-        with PostgreSQLClient(postgres_connection_string=f"{database}?sslmode=require") as store:
+        with PostgreSQLClient(postgres_connection_string=require) as store:
             store.save_state("a", "s", {"x": 0.5})
         encrypted = rows(
             database,
@@ -105,7 +109,8 @@ def test_postgres_sslmode_require_is_enforced(database: str) -> None:
             "WHERE a.application_name = 'agentstore'",
         )
         assert encrypted == [(True,)]
-    with PostgreSQLClient(postgres_connection_string=f"{database}?sslmode=disable") as store:
+    disable = with_options(database, sslmode="disable")
+    with PostgreSQLClient(postgres_connection_string=disable) as store:
         store.save_state("a", "s", {"x": 0.5})
 
 
