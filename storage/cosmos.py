@@ -42,7 +42,7 @@ T = TypeVar("T")
 
 # Worth retrying later. The SDK has already retried 429 (throttling) itself by then.
 _TRANSIENT_STATUS = frozenset({408, 410, 429, 449, 502, 503, 504})
-_LOOPBACK_TLS_WARNING = r"Unverified HTTPS request is being made to host '(127\.0\.0\.1|localhost)'"
+LOOPBACK_TLS_WARNING = r"Unverified HTTPS request is being made to host '(127\.0\.0\.1|localhost)'"
 _CHUNK = 16  # records per executor task: amortises the hand-off, still spreads the work
 _BATCH = 100  # records of one partition per transactional batch: Cosmos DB's limit
 _BATCH_BYTES = 1_500_000  # and items per batch, below its 2 MB request limit
@@ -93,7 +93,7 @@ class CosmosDBClient(StorageBackend):
         if urlsplit(self._endpoint).hostname in ("127.0.0.1", "localhost"):
             # The SDK skips certificate checks for these two hosts only (its emulator rule) and
             # urllib3 then warns on every request; re-adding the same filter replaces it.
-            warnings.filterwarnings("ignore", message=_LOOPBACK_TLS_WARNING)
+            warnings.filterwarnings("ignore", message=LOOPBACK_TLS_WARNING)
         self._client = self._call(self._connect)
         try:
             self._containers, self._tombstones = self._call(self._open_containers)
