@@ -31,7 +31,7 @@ from .postgres_sql import (
     prune_delete,
     prune_statements,
 )
-from .records import SCOPE_OF, Kind, Record, Tombstone
+from .records import SCOPE_OF, Kind, Record, Tombstone, tombstone_cursor
 from .retention import RetentionPolicy
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ class PostgreSQLClient(StorageBackend):
                         _write_tombstones(cur, tombstones)
                     for kind, sql in UPSERTS.items():
                         # Sorted keys make concurrent batches lock rows in one order (pages too).
-                        rows = sorted(grouped[kind], key=lambda r: r.row_id)
+                        rows = sorted(grouped.get(kind, ()), key=lambda r: r.row_id)
                         for page in pages(rows):
                             cur.execute(sql, (page,))
                     cur.execute("COMMIT")
@@ -273,6 +273,14 @@ class PostgreSQLClient(StorageBackend):
             Record(kind, rid, part, data, ver, pos, sub, deleted)
             for rid, part, sub, data, ver, pos, deleted in rows
         ]
+
+    def scan_tombstones(self, after: str | None = None, limit: int = 500) -> list[Tombstone]:
+        rows = self._fetch(
+            "SELECT scope, key, version FROM agentstore_tombstones "
+            "WHERE (scope, key) > (%s, %s) ORDER BY scope, key LIMIT %s",
+            (*tombstone_cursor(after), check_limit(limit)),
+        )
+        return [Tombstone(scope, key, version) for scope, key, version in rows]
 
     def prune(self, policy: RetentionPolicy, *, dry_run: bool = False) -> dict[str, int]:
         counts: dict[str, int] = {}
