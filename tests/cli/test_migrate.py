@@ -364,6 +364,39 @@ def test_progress_shows_rows_rate_and_eta_on_a_terminal() -> None:
     assert "\r" not in quiet.getvalue() and "7 rows" in quiet.getvalue()
 
 
+def test_progress_off_a_terminal_is_plain_periodic_lines_without_a_bar() -> None:
+    log = io.StringIO()
+    progress = LineProgress(log, tty=False, every=0)  # a line at every page
+    progress.start("conversation", 1000)
+    progress.advance(400)
+    progress.advance(600)
+    progress.finish()
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 3 and all(line.startswith("conversation ") for line in lines)
+    assert "400/1,000 rows ( 40.0%)" in lines[0] and "1,000/1,000 rows (100.0%)" in lines[2]
+    assert not any(c in log.getvalue() for c in "\r\x1b#[")
+    quiet = io.StringIO()
+    progress = LineProgress(quiet, tty=False)  # every 30 s: a short copy shows its end only
+    progress.start("state", 5)
+    progress.advance(5)
+    progress.finish()
+    assert quiet.getvalue().count("\n") == 1 and "5/5 rows" in quiet.getvalue()
+
+
+def test_migrate_draws_no_bar_when_stderr_is_not_a_terminal(
+    run: Cli, pg_url: str, tmp_path: Path
+) -> None:
+    pg = {"POSTGRES_CONNECTION_STRING": pg_url}
+    with open_store(pg) as source:
+        seed(source, messages=8)
+    with fresh_pg_database("agentstore_cli") as target_url:
+        to_pg = env_file(tmp_path / "t.env", {"POSTGRES_CONNECTION_STRING": target_url})
+        result = run(["migrate", "--to-env", str(to_pg)], pg)  # CliRunner: not a terminal
+        assert result.exit_code == 0, result.stderr
+        assert "[#" not in result.stderr and "\r" not in result.stderr
+        assert "state        " in result.stderr and "120/120 rows (100.0%)" in result.stderr
+
+
 def test_restart_copies_from_the_start_and_keeps_the_counts_before_the_first_run(
     run: Cli, pg_url: str, tmp_path: Path
 ) -> None:
