@@ -98,6 +98,14 @@ def test_export_and_import_carry_partition_tombstones(
             assert_deletes_hold(source)
 
 
+def test_export_help_names_every_field_it_writes(run: Cli) -> None:
+    result = run(["export", "--help"], {})
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.split())
+    assert "{" + ", ".join(FIELDS) + "}" in text
+    assert "{" + ", ".join(TOMBSTONE_FIELDS) + "}" in text
+
+
 def test_export_streams_selected_kinds_to_stdout(run: Cli, pg_url: str) -> None:
     config = {"POSTGRES_CONNECTION_STRING": pg_url}
     with open_store(config) as store:
