@@ -61,10 +61,10 @@ def check_broker(url: str, timeout: float) -> Check:
 
 
 def check_store(settings: Settings) -> Check:
-    """Open the configured store and read one (absent) state."""
+    """Open the configured store and read one (absent) state; creates no schema."""
     began = time.monotonic()
     try:
-        with create_storage_client(settings) as store:
+        with create_storage_client(settings, create_schema=False) as store:
             store.get_state(HEALTH_PROBE_ID, HEALTH_PROBE_ID)
     except StorageError as exc:
         return Check("store", False, str(exc).splitlines()[0][:500])

@@ -20,7 +20,7 @@ from .base import StorageBackend, check_limit
 from .config import Settings, load_settings, mask_url
 from .errors import ConfigError, StorageError, TransientStorageError
 from .ids import check_id
-from .postgres_schema import migrate
+from .postgres_schema import MIGRATIONS, migrate, schema_version
 from .postgres_sql import (
     SCANS,
     TOMBSTONE_DELETES,
@@ -72,11 +72,15 @@ def _is_broken(conn: Any) -> bool:
 class PostgreSQLClient(StorageBackend):
     """`StorageClient` on PostgreSQL (psycopg2 `ThreadedConnectionPool`, JSONB rows).
 
-    Creating it applies pending schema migrations. Thread-safe: threads share the pool, and
-    a thread waits up to the connect timeout for a free connection.
+    Creating it applies pending schema migrations; with `create_schema=False` it writes
+    nothing and raises `StorageError` if any is pending (what a read-only check wants).
+    Thread-safe: threads share the pool, and a thread waits up to the connect timeout for a
+    free connection.
     """
 
-    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
+    def __init__(
+        self, settings: Settings | None = None, *, create_schema: bool = True, **overrides: Any
+    ) -> None:
         self._settings = settings or load_settings(**overrides)
         secret = self._settings.postgres_connection_string
         if secret is None:
@@ -95,9 +99,22 @@ class PostgreSQLClient(StorageBackend):
             )
         except psycopg2.Error as exc:
             raise StorageError(f"cannot connect to PostgreSQL at {self._where}: {exc}") from None
+        if not create_schema:
+            self._check_schema()
+            return
         applied = self._run(migrate)
         if applied:
             log.info("applied migrations %s on %s", applied, self._where)
+
+    def _check_schema(self) -> None:
+        current, latest = self._run(schema_version), len(MIGRATIONS)
+        if current < latest:
+            self.close()
+            raise StorageError(
+                f"PostgreSQL at {self._where}: the agentstore schema is not migrated ({current} "
+                f"of {latest} migrations applied); workers and storage clients apply them when "
+                "they start"
+            )
 
     def __repr__(self) -> str:
         return f"PostgreSQLClient({self._where})"

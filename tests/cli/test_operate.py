@@ -7,6 +7,7 @@ import threading
 import time
 from typing import Any
 
+import psycopg2
 import redis
 
 from agentstore_cli import operate
@@ -86,6 +87,7 @@ def test_health_stats_and_replay_with_a_worker_running(
 def test_health_fails_on_a_closed_broker_port_without_printing_its_password(
     run: Cli, pg_url: str
 ) -> None:
+    open_store({"POSTGRES_CONNECTION_STRING": pg_url}).close()  # creates the schema
     began = time.monotonic()
     result = run(["health"], config(closed_broker(), pg_url))
     assert result.exit_code == 1
@@ -96,9 +98,29 @@ def test_health_fails_on_a_closed_broker_port_without_printing_its_password(
     assert time.monotonic() - began < 8
 
 
+def test_health_reports_a_missing_schema_without_creating_it(
+    run: Cli, spare_redis: str, pg_url: str
+) -> None:
+    result = run(["health", "--no-workers"], config(spare_redis, pg_url))
+    assert result.exit_code == 1, result.stdout
+    store = result.stdout.splitlines()[1]
+    assert store.startswith("store    FAIL") and "schema is not migrated (0 of 4" in store
+    conn = psycopg2.connect(pg_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+            assert cur.fetchone() == (0,), "a read-only check created tables"
+    finally:
+        conn.close()
+    open_store({"POSTGRES_CONNECTION_STRING": pg_url}).close()
+    result = run(["health", "--no-workers"], config(spare_redis, pg_url))
+    assert result.exit_code == 0, result.stdout
+
+
 def test_health_no_workers_checks_broker_and_store_only(
     run: Cli, spare_redis: str, pg_url: str
 ) -> None:
+    open_store({"POSTGRES_CONNECTION_STRING": pg_url}).close()  # creates the schema
     result = run(["health", "--no-workers"], config(spare_redis, pg_url))
     assert result.exit_code == 0, result.stdout
     assert [line.split()[0] for line in result.stdout.splitlines()] == ["broker", "store"]
