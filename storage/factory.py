@@ -15,8 +15,9 @@ def create_storage_client(
     """PostgreSQL if `POSTGRES_CONNECTION_STRING` is set, else Cosmos DB if `COSMOS_ENDPOINT`
     and `COSMOS_KEY` are, else `ConfigError` naming the variables to set.
 
-    With `create_schema=False`, PostgreSQL applies no migration (it raises `StorageError`
-    if one is pending); Cosmos DB still creates a missing database and its containers.
+    With `create_schema=False`, PostgreSQL applies no migration (it raises
+    `SchemaNotReadyError` if one is pending); Cosmos DB still creates a missing database
+    and its containers.
     """
     settings = settings or load_settings(**overrides)
     if settings.postgres_connection_string is not None:

@@ -18,7 +18,7 @@ from psycopg2.extras import execute_values
 
 from .base import StorageBackend, check_limit
 from .config import Settings, load_settings, mask_url
-from .errors import ConfigError, StorageError, TransientStorageError
+from .errors import ConfigError, SchemaNotReadyError, StorageError, TransientStorageError
 from .ids import check_id
 from .postgres_schema import MIGRATIONS, migrate, schema_version
 from .postgres_sql import (
@@ -73,7 +73,7 @@ class PostgreSQLClient(StorageBackend):
     """`StorageClient` on PostgreSQL (psycopg2 `ThreadedConnectionPool`, JSONB rows).
 
     Creating it applies pending schema migrations; with `create_schema=False` it writes
-    nothing and raises `StorageError` if any is pending (what a read-only check wants).
+    nothing and raises `SchemaNotReadyError` if any is pending (what a read-only check wants).
     Thread-safe: threads share the pool, and a thread waits up to the connect timeout for a
     free connection.
     """
@@ -110,10 +110,9 @@ class PostgreSQLClient(StorageBackend):
         current, latest = self._run(schema_version), len(MIGRATIONS)
         if current < latest:
             self.close()
-            raise StorageError(
-                f"PostgreSQL at {self._where}: the agentstore schema is not migrated ({current} "
-                f"of {latest} migrations applied); workers and storage clients apply them when "
-                "they start"
+            raise SchemaNotReadyError(
+                f"schema not migrated yet ({current} of {latest} migrations applied); the first "
+                "worker or client to open the store applies them"
             )
 
     def __repr__(self) -> str:
