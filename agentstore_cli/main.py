@@ -20,13 +20,15 @@ import redis
 
 from storage.config import Settings, load_settings
 from storage.errors import StorageError
-from storage.records import KINDS, Kind
+from storage.records import STREAM_KINDS, StreamKind
 
 from . import operate
 from .lifecycle import erase, prune
 from .migrate import migrate_stores, plan_migration
 from .transfer import (
     DEFAULT_PAGE_SIZE,
+    FIELDS,
+    TOMBSTONE_FIELDS,
     BadLine,
     LineProgress,
     NoProgress,
@@ -116,7 +118,7 @@ def _progress() -> Progress:
     return LineProgress(sys.stderr, tty=True) if sys.stderr.isatty() else NoProgress()
 
 
-def _kinds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[Kind, ...]:
+def _kinds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[StreamKind, ...]:
     try:
         return parse_kinds(value)
     except ValueError as exc:
@@ -140,10 +142,20 @@ def _output(path: Path | None) -> Iterator[Any]:
     os.replace(partial, path)
 
 
-@cli.command()
+def _fields(names: tuple[str, ...]) -> str:
+    return "{" + ", ".join(names) + "}"
+
+
+# The help names the fields from the tuples the lines are written from, so it stays true.
+@cli.command(
+    help="Write every partition tombstone and record as JSON Lines, streamed page by page: "
+    f'tombstones as {_fields(TOMBSTONE_FIELDS)} (kind "tombstone"), then records as '
+    f'{_fields(FIELDS)} ("deleted": a deleted row kept with its version, so a copy keeps '
+    "the delete in force). Progress goes to stderr on a terminal."
+)
 @click.option(
     "--kinds",
-    default=",".join(KINDS),
+    default=",".join(STREAM_KINDS),
     show_default=True,
     callback=_kinds,
     help="Comma-separated kinds to export.",
@@ -157,10 +169,8 @@ def _output(path: Path | None) -> Iterator[Any]:
 )
 @click.pass_context
 def export(
-    ctx: click.Context, kinds: tuple[Kind, ...], page_size: int, output: Path | None
+    ctx: click.Context, kinds: tuple[StreamKind, ...], page_size: int, output: Path | None
 ) -> None:
-    """Write every record as JSON Lines: {kind, row_id, partition, sub_id, data, version,
-    position} per line, streamed page by page. Progress goes to stderr on a terminal."""
     settings = _settings(ctx)
     progress = _progress()
     tty = isinstance(progress, LineProgress)
@@ -232,11 +242,12 @@ def import_(ctx: click.Context, file: Any, page_size: int, dry_run: bool) -> Non
 def migrate(
     ctx: click.Context, to_env: Path, checkpoint: Path | None, restart: bool, page_size: int
 ) -> None:
-    """Copy every record from the configured store to the one TO_ENV configures.
+    """Copy every tombstone and record from the configured store to the one TO_ENV configures.
 
     Resumable: progress is checkpointed after every page committed on the target, and the
-    same command resumes after an interruption. Ends with a count check per kind (exit
-    status 1 on a mismatch). Idempotent: copying twice changes nothing.
+    same command resumes after an interruption. Ends with a count check per kind, tombstones
+    included (exit status 1 on a mismatch). Idempotent: copying twice changes nothing.
+    Progress: a bar on a terminal, else a plain line every 30 s and one per kind.
     """
     source_settings = _settings(ctx)
     target = _settings(ctx, target_settings(to_env))

@@ -1,4 +1,5 @@
-"""Resumable store-to-store migration: copy every kind page by page, checkpoint, count-check.
+"""Resumable store-to-store migration: copy tombstones and every kind page by page,
+checkpoint, count-check.
 
 The checkpoint records, per kind, the last source row id whose page is committed on the
 target. Re-running resumes after it; a page copied twice (killed between the write and the
@@ -22,7 +23,7 @@ from typing import Any, TypeVar
 from storage.base import StorageBackend
 from storage.config import Settings
 from storage.errors import ConfigError
-from storage.records import KINDS, Kind, dedupe
+from storage.records import STREAM_KINDS, StreamKind
 
 from .transfer import (
     DEFAULT_PAGE_SIZE,
@@ -33,6 +34,7 @@ from .transfer import (
     describe,
     scan_pages,
     store_identity,
+    write_page,
 )
 
 T = TypeVar("T")
@@ -46,7 +48,7 @@ READ_AHEAD = 2
 class KindCheck:
     """The count check of one kind after a migration."""
 
-    kind: Kind
+    kind: StreamKind
     source: int
     target: int
     target_before: int
@@ -97,7 +99,7 @@ class Checkpoint:
             path, migration, source, target, raw.get("target_before"), raw["kinds"], resumed=True
         )
 
-    def kind(self, kind: Kind) -> dict[str, Any]:
+    def kind(self, kind: StreamKind) -> dict[str, Any]:
         return self.kinds.setdefault(kind, {"after": None, "copied": 0, "done": False})
 
     def save(self) -> None:
@@ -197,7 +199,7 @@ def read_ahead(items: Iterator[T], depth: int = READ_AHEAD) -> Iterator[T]:
         thread.join(timeout=30)
 
 
-def count_both(source: StorageBackend, target: StorageBackend, kind: Kind) -> tuple[int, int]:
+def count_both(source: StorageBackend, target: StorageBackend, kind: StreamKind) -> tuple[int, int]:
     """`(source count, target count)` of `kind`, both scanned at the same time."""
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="agentstore-count") as pool:
         src = pool.submit(count_records, source, kind)
@@ -212,10 +214,11 @@ def migrate_stores(
     *,
     page_size: int = DEFAULT_PAGE_SIZE,
     progress: Progress | None = None,
-    totals: Callable[[Kind], int | None] = lambda kind: None,
+    totals: Callable[[StreamKind], int | None] = lambda kind: None,
     note: Callable[[str], None] = lambda text: None,
 ) -> list[KindCheck]:
-    """Copy all four kinds from `source` to `target`, then count both sides per kind.
+    """Copy partition tombstones and all four kinds from `source` to `target`, then count
+    both sides per kind (tombstones included).
 
     Resumes from `checkpoint`; removes it once the count check passes. A check that fails
     keeps it, and the next run copies everything again (idempotently) and checks again.
@@ -224,15 +227,15 @@ def migrate_stores(
     if checkpoint.target_before is None:
         note("counting what the target holds before the migration")
         checkpoint.target_before = {
-            kind: count_records(target, kind, max(page_size, 1000)) for kind in KINDS
+            kind: count_records(target, kind, max(page_size, 1000)) for kind in STREAM_KINDS
         }
         checkpoint.save()
-    elif all(checkpoint.kind(kind)["done"] for kind in KINDS):
+    elif all(checkpoint.kind(kind)["done"] for kind in STREAM_KINDS):
         note(f"the last run of {checkpoint.path} finished its copy; copying everything again")
         checkpoint.kinds = {}
     elif checkpoint.resumed:
         note(f"resuming from checkpoint {checkpoint.path}")
-    for kind in KINDS:
+    for kind in STREAM_KINDS:
         state = checkpoint.kind(kind)
         if state["done"]:
             note(f"{kind}: already copied ({state['copied']:,} records)")
@@ -240,7 +243,7 @@ def migrate_stores(
         progress.start(kind, totals(kind), initial=state["copied"])
         try:
             for page in read_ahead(scan_pages(source, kind, page_size, state["after"])):
-                target.write_records(dedupe(page))
+                write_page(target, page)
                 state["after"] = page[-1].row_id
                 state["copied"] += len(page)
                 checkpoint.save()
@@ -251,7 +254,7 @@ def migrate_stores(
         checkpoint.save()
     note("count check: scanning both stores")
     checks = []
-    for kind in KINDS:
+    for kind in STREAM_KINDS:
         src, tgt = count_both(source, target, kind)
         checks.append(KindCheck(kind, src, tgt, checkpoint.target_before.get(kind, 0)))
     if all(check.ok for check in checks):

@@ -12,7 +12,7 @@ import redis
 
 from producer import wire
 from storage.config import Settings, mask_url
-from storage.errors import StorageError
+from storage.errors import SchemaNotReadyError, StorageError
 from storage.factory import create_storage_client
 
 from .transfer import describe
@@ -61,11 +61,17 @@ def check_broker(url: str, timeout: float) -> Check:
 
 
 def check_store(settings: Settings) -> Check:
-    """Open the configured store and read one (absent) state."""
+    """Open the configured store and read one (absent) state; writes nothing.
+
+    A store that answers but whose schema is not created yet passes, saying so: a fresh
+    deployment's workers create it when they first open the store.
+    """
     began = time.monotonic()
     try:
-        with create_storage_client(settings) as store:
+        with create_storage_client(settings, create_schema=False) as store:
             store.get_state(HEALTH_PROBE_ID, HEALTH_PROBE_ID)
+    except SchemaNotReadyError as exc:
+        return Check("store", True, f"{describe(settings)} ({exc})")
     except StorageError as exc:
         return Check("store", False, str(exc).splitlines()[0][:500])
     elapsed = 1000 * (time.monotonic() - began)

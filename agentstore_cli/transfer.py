@@ -1,8 +1,9 @@
 """Export, import and migration: records streamed page by page between stores and JSON Lines.
 
-Every step reads with `scan_records` (keyset pages in row id order) and writes with
-`write_records(dedupe(page))`. Records carry their version and position, so writing one twice
-is a no-op: an interrupted import or migration is finished by running it again.
+Every step reads with `scan_tombstones` and `scan_records` (keyset pages in row id order) and
+writes with `write_records` (`write_page`). Partition tombstones (erase, whole-history
+deletes) travel first, then the records, each with its version (and position), so writing one
+twice is a no-op: an interrupted import or migration is finished by running it again.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol, cast
 
@@ -23,15 +24,26 @@ from storage.errors import ConfigError, StorageError, ValidationError
 from storage.factory import create_storage_client
 from storage.ids import check_id
 from storage.payload import encode_payload
-from storage.records import KINDS, Kind, Record, dedupe
+from storage.records import (
+    SCOPE_KINDS,
+    STREAM_KINDS,
+    Record,
+    Scope,
+    StreamKind,
+    Tombstone,
+    collect,
+)
 from storage.versions import VERSION_RE
 
 DEFAULT_PAGE_SIZE = 500
 FIELDS = ("kind", "row_id", "partition", "sub_id", "data", "version", "position", "deleted")
+# A partition tombstone: everything of scope `key` older than `version` is deleted.
+TOMBSTONE_FIELDS = ("kind", "scope", "key", "version")
 # Files written before deletes existed have no "deleted": their records are all live.
 _OPTIONAL = {"deleted": False}
 # Only for progress totals; the count check scans instead, through the storage contract.
-_PG_TABLES: dict[Kind, str] = {
+_PG_TABLES: dict[StreamKind, str] = {
+    "tombstone": "agentstore_tombstones",
     "state": "agent_states",
     "task": "agent_tasks",
     "conversation": "conversations",
@@ -77,15 +89,19 @@ class NoProgress:
 
 
 class LineProgress:
-    """One line per kind on `stream`: rows, rate and (with a total) ETA.
+    """Progress per kind on `stream`: rows, rate and (with a total) percentage and ETA.
 
-    On a terminal the line is redrawn in place; elsewhere only the final line is written, so
-    logs get one summary per kind instead of a stream of carriage returns.
+    On a terminal one line per kind is redrawn in place, with a bar. Elsewhere (a log, a
+    pipe) plain lines are appended instead, no bar and no carriage return: one every `every`
+    seconds while a kind is copied, so long work still shows it is moving, and one at its end.
     """
 
-    def __init__(self, stream: IO[str] | None = None, tty: bool | None = None) -> None:
+    def __init__(
+        self, stream: IO[str] | None = None, tty: bool | None = None, every: float = 30.0
+    ) -> None:
         self._stream = stream or sys.stderr
         self._tty = self._stream.isatty() if tty is None else tty
+        self._every = every
         self._label, self._rows, self._initial = "", 0, 0
         self._total: int | None = None
         self._began = self._drawn = 0.0
@@ -93,22 +109,22 @@ class LineProgress:
     def start(self, label: str, total: int | None, initial: int = 0) -> None:
         """Begin a line; `initial` rows were done by an earlier run and count for no rate."""
         self._label, self._total, self._rows, self._initial = label, total, initial, initial
-        self._began = time.monotonic()
-        self._drawn = 0.0
+        self._began = self._drawn = time.monotonic()
         if self._tty:
             self._draw()
 
     def advance(self, rows: int) -> None:
         self._rows += rows
-        # Redraw at most ten times a second: a terminal write per page would slow small pages.
-        if self._tty and time.monotonic() - self._drawn >= 0.1:
+        # A terminal redraws at most ten times a second: a write per page would slow small
+        # pages. A log gets a line only every `every` seconds.
+        if time.monotonic() - self._drawn >= (0.1 if self._tty else self._every):
             self._draw()
 
     def finish(self) -> None:
+        self._draw()
         if self._tty:
-            self._draw()
-        self._stream.write(("" if self._tty else self._text()) + "\n")
-        self._stream.flush()
+            self._stream.write("\n")
+            self._stream.flush()
 
     def _text(self) -> str:
         elapsed = max(time.monotonic() - self._began, 1e-9)
@@ -119,15 +135,15 @@ class LineProgress:
         eta = _clock(left / rate) if rate > 0 and left else "--:--" if left else "done"
         pct = min(100.0 * self._rows / self._total, 100.0) if self._total else 100.0
         filled = int(pct / 5)
-        bar = "#" * filled + "-" * (20 - filled)
+        bar = f"[{'#' * filled}{'-' * (20 - filled)}] " if self._tty else ""
         return (
-            f"{self._label:<12} [{bar}] {self._rows:>10,}/{self._total:,} rows ({pct:5.1f}%)  "
+            f"{self._label:<12} {bar}{self._rows:>10,}/{self._total:,} rows ({pct:5.1f}%)  "
             f"{rate:>9,.0f}/s  ETA {eta}"
         )
 
     def _draw(self) -> None:
         self._drawn = time.monotonic()
-        self._stream.write("\r\x1b[K" + self._text())
+        self._stream.write("\r\x1b[K" + self._text() if self._tty else self._text() + "\n")
         self._stream.flush()
 
 
@@ -137,30 +153,49 @@ def _clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def parse_kinds(text: str) -> tuple[Kind, ...]:
+def parse_kinds(text: str) -> tuple[StreamKind, ...]:
     """`"state,task"` -> `("state", "task")` in the canonical order; raises on unknown names."""
     names = {part.strip() for part in text.split(",") if part.strip()}
-    unknown = sorted(names - set(KINDS))
+    unknown = sorted(names - set(STREAM_KINDS))
     if unknown or not names:
-        raise ValueError(f"unknown kind(s) {', '.join(unknown) or '(none)'}; use {','.join(KINDS)}")
-    return tuple(kind for kind in KINDS if kind in names)
+        known = ",".join(STREAM_KINDS)
+        raise ValueError(f"unknown kind(s) {', '.join(unknown) or '(none)'}; use {known}")
+    return tuple(kind for kind in STREAM_KINDS if kind in names)
+
+
+def kind_of(item: Record | Tombstone) -> StreamKind:
+    """The stream kind of a record or tombstone."""
+    return item.kind if isinstance(item, Record) else "tombstone"
 
 
 def scan_pages(
-    store: StorageBackend, kind: Kind, page_size: int, after: str | None = None
-) -> Iterator[list[Record]]:
-    """Every record of `kind` with row id > `after`, one page of at most `page_size` at a time."""
-    while page := store.scan_records(kind, after=after, limit=page_size):
+    store: StorageBackend, kind: StreamKind, page_size: int, after: str | None = None
+) -> Iterator[Sequence[Record | Tombstone]]:
+    """Everything of `kind` with row id > `after`, one page of at most `page_size` at a time."""
+    while True:
+        page: Sequence[Record | Tombstone] = (
+            store.scan_tombstones(after, page_size)
+            if kind == "tombstone"
+            else store.scan_records(kind, after=after, limit=page_size)
+        )
+        if not page:
+            return
         yield page
         after = page[-1].row_id
 
 
-def count_records(store: StorageBackend, kind: Kind, page_size: int = 1000) -> int:
+def write_page(store: StorageBackend, page: Iterable[Record | Tombstone]) -> None:
+    """Write a page of records and tombstones with the same version rules as any save."""
+    batch = collect(page)
+    store.write_records(batch.records, batch.tombstones)
+
+
+def count_records(store: StorageBackend, kind: StreamKind, page_size: int = 1000) -> int:
     """How many records of `kind` the store holds, counted by scanning all of them."""
     return sum(len(page) for page in scan_pages(store, kind, page_size))
 
 
-def quick_count(settings: Settings, kind: Kind) -> int | None:
+def quick_count(settings: Settings, kind: StreamKind) -> int | None:
     """A cheap record count for progress totals: PostgreSQL's `count(*)`, else None."""
     secret = settings.postgres_connection_string
     if secret is None:
@@ -185,14 +220,18 @@ def quick_count(settings: Settings, kind: Kind) -> int | None:
 # -- JSON Lines -----------------------------------------------------------------------------
 
 
-def record_line(rec: Record) -> bytes:
-    """One record as a JSON Lines line (UTF-8, with its newline)."""
-    obj = {name: getattr(rec, name) for name in FIELDS}
+def record_line(item: Record | Tombstone) -> bytes:
+    """One record or tombstone as a JSON Lines line (UTF-8, with its newline)."""
+    if isinstance(item, Record):
+        obj = {name: getattr(item, name) for name in FIELDS}
+    else:
+        obj = {"kind": "tombstone", "scope": item.scope, "key": item.key, "version": item.version}
     return (json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
 
 
-def parse_line(raw: bytes | str, line: int) -> Record:
-    """Validate one line into a `Record`; raise `BadLine` saying what is wrong and where."""
+def parse_line(raw: bytes | str, line: int) -> Record | Tombstone:
+    """Validate one line into a `Record` or a `Tombstone`; raise `BadLine` saying what is
+    wrong and where."""
     try:
         text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
         obj = json.loads(text)
@@ -202,16 +241,14 @@ def parse_line(raw: bytes | str, line: int) -> Record:
         raise BadLine(line, f"not JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise BadLine(line, f"expected a JSON object, got {type(obj).__name__}")
+    kind = obj.get("kind")
+    if kind == "tombstone":
+        return _parse_tombstone(obj, line)
     obj = {**_OPTIONAL, **obj}
-    missing = [name for name in FIELDS if name not in obj]
-    extra = sorted(set(obj) - set(FIELDS))
-    if missing or extra:
-        what = [f"missing {', '.join(missing)}"] if missing else []
-        what += [f"unknown {', '.join(map(repr, extra))[:200]}"] if extra else []
-        raise BadLine(line, f"fields: {'; '.join(what)} (expected {', '.join(FIELDS)})")
-    kind = obj["kind"]
-    if kind not in KINDS:
-        raise BadLine(line, f"kind must be one of {', '.join(KINDS)}, got {str(kind)[:40]!r}")
+    _check_fields(obj, FIELDS, line)
+    if kind not in STREAM_KINDS:
+        kinds = ", ".join(STREAM_KINDS)
+        raise BadLine(line, f"kind must be one of {kinds}, got {str(kind)[:40]!r}")
     try:
         for name in ("row_id", "partition", "sub_id"):
             check_id(name, obj[name])
@@ -222,12 +259,11 @@ def parse_line(raw: bytes | str, line: int) -> Record:
         value = obj[name]
         if not isinstance(value, str) or not value or len(value) > 255 or "\x00" in value:
             raise BadLine(line, f"{name} must be a non-empty string of at most 255 characters")
-    if not VERSION_RE.match(obj["version"]):
-        raise BadLine(line, "version must be 1-64 characters from [0-9A-Za-z._:-]")
+    _check_version(obj["version"], line)
     if not isinstance(obj["deleted"], bool):
         raise BadLine(line, "deleted must be true or false")
     return Record(
-        cast(Kind, kind),
+        kind,
         obj["row_id"],
         obj["partition"],
         obj["data"],
@@ -238,20 +274,48 @@ def parse_line(raw: bytes | str, line: int) -> Record:
     )
 
 
+def _parse_tombstone(obj: dict[str, Any], line: int) -> Tombstone:
+    _check_fields(obj, TOMBSTONE_FIELDS, line)
+    scope = obj["scope"]
+    if scope not in SCOPE_KINDS:
+        scopes = ", ".join(SCOPE_KINDS)
+        raise BadLine(line, f"scope must be one of {scopes}, got {str(scope)[:40]!r}")
+    try:
+        check_id("key", obj["key"])
+    except ValidationError as exc:
+        raise BadLine(line, str(exc)) from None
+    _check_version(obj["version"], line)
+    return Tombstone(cast(Scope, scope), obj["key"], obj["version"])
+
+
+def _check_fields(obj: dict[str, Any], fields: tuple[str, ...], line: int) -> None:
+    missing = [name for name in fields if name not in obj]
+    extra = sorted(set(obj) - set(fields))
+    if missing or extra:
+        what = [f"missing {', '.join(missing)}"] if missing else []
+        what += [f"unknown {', '.join(map(repr, extra))[:200]}"] if extra else []
+        raise BadLine(line, f"fields: {'; '.join(what)} (expected {', '.join(fields)})")
+
+
+def _check_version(version: object, line: int) -> None:
+    if not isinstance(version, str) or not VERSION_RE.match(version):
+        raise BadLine(line, "version must be 1-64 characters from [0-9A-Za-z._:-]")
+
+
 def export_records(
     store: StorageBackend,
     out: IO[bytes],
-    kinds: Iterable[Kind] = KINDS,
+    kinds: Iterable[StreamKind] = STREAM_KINDS,
     page_size: int = DEFAULT_PAGE_SIZE,
     progress: Progress | None = None,
-    totals: Callable[[Kind], int | None] = lambda kind: None,
-) -> dict[Kind, int]:
-    """Write every record of `kinds` to `out` as JSON Lines; returns the count per kind.
+    totals: Callable[[StreamKind], int | None] = lambda kind: None,
+) -> dict[StreamKind, int]:
+    """Write every tombstone and record of `kinds` to `out` as JSON Lines; the count per kind.
 
     Holds one page in memory at a time, whatever the size of the store.
     """
     progress = progress or NoProgress()
-    written: dict[Kind, int] = {}
+    written: dict[StreamKind, int] = {}
     for kind in kinds:
         written[kind] = 0
         progress.start(kind, totals(kind))
@@ -270,7 +334,7 @@ class ImportResult:
 
     lines: int = 0
     records: int = 0
-    per_kind: dict[Kind, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    per_kind: dict[StreamKind, int] = field(default_factory=lambda: dict.fromkeys(STREAM_KINDS, 0))
 
 
 def import_records(
@@ -279,7 +343,7 @@ def import_records(
     page_size: int = DEFAULT_PAGE_SIZE,
     progress: Progress | None = None,
 ) -> ImportResult:
-    """Validate and write JSON Lines records, `page_size` records per `write_records` call.
+    """Validate and write JSON Lines records, `page_size` lines per `write_page` call.
 
     A page is validated whole before it is written, so a bad line stops the import with
     nothing of its page written; the pages before it stay written (`BadLine.written` says
@@ -288,14 +352,14 @@ def import_records(
     """
     progress = progress or NoProgress()
     result = ImportResult()
-    page: list[Record] = []
+    page: list[Record | Tombstone] = []
 
     def flush() -> None:
         if page and store is not None:
-            store.write_records(dedupe(page))
+            write_page(store, page)
         result.records += len(page)
-        for rec in page:
-            result.per_kind[rec.kind] += 1
+        for item in page:
+            result.per_kind[kind_of(item)] += 1
         progress.advance(len(page))
         page.clear()
 

@@ -173,3 +173,8 @@ class StorageBackend(StorageClient):
     @abstractmethod
     def scan_records(self, kind: Kind, after: str | None = None, limit: int = 500) -> list[Record]:
         """Up to `limit` stored records of `kind` with row id > `after`, in row id order."""
+
+    @abstractmethod
+    def scan_tombstones(self, after: str | None = None, limit: int = 500) -> list[Tombstone]:
+        """Up to `limit` stored partition tombstones after the one whose `row_id` is `after`,
+        in (scope, key) order: what export and migration carry besides the records."""

@@ -34,7 +34,7 @@ from .cosmos_items import (
 from .cosmos_retention import TOMBSTONES, Remover
 from .errors import ConfigError, StorageError, TransientStorageError, ValidationError
 from .ids import check_id, row_id
-from .records import KINDS, SCOPE_OF, Kind, Record, Scope, Tombstone
+from .records import KINDS, SCOPE_KINDS, SCOPE_OF, Kind, Record, Scope, Tombstone, tombstone_cursor
 from .retention import RetentionPolicy
 
 log = logging.getLogger(__name__)
@@ -325,6 +325,20 @@ class CosmosDBClient(StorageBackend):
         params: dict[str, object] = {"@n": limit, "@after": after or ""}
         items = self._call(lambda: container.query(sql, params, None))
         return [from_item(kind, container.layout, item) for item in items]
+
+    def scan_tombstones(self, after: str | None = None, limit: int = 500) -> list[Tombstone]:
+        """Up to `limit` stored partition tombstones after `after`, in (scope, key) order."""
+        self._check_open()
+        wanted = check_limit(limit) or 0
+        first_scope, first_key = tombstone_cursor(after)
+        found: list[Tombstone] = []
+        for scope in sorted(SCOPE_KINDS):
+            left = wanted - len(found)
+            if scope < first_scope or left <= 0:
+                continue
+            start = first_key if scope == first_scope else ""
+            found += self._call(functools.partial(self._remover.tombstones, scope, start, left))
+        return found
 
     def _point_read(self, kind: Kind, owner: str, sub: str) -> dict[str, Any] | None:
         layout = self._containers[kind].layout

@@ -69,6 +69,17 @@ class Remover:
         item = read(self._tombstones.proxy, scope, key)
         return None if item is None else str(item["version"])
 
+    def tombstones(self, scope: Scope, after: str, limit: int) -> list[Tombstone]:
+        """Up to `limit` stored tombstones of `scope` with a key above `after`, in key order."""
+        # Keys are unique within a scope (its id), so they page without ties.
+        sql = (
+            "SELECT TOP @n c.key, c.version FROM c WHERE c.id = @s AND c.key > @after "
+            "ORDER BY c.key"
+        )
+        params = {"@n": limit, "@s": scope, "@after": after}
+        items = self._tombstones.query(sql, params, None)
+        return [Tombstone(scope, str(i["key"]), str(i["version"])) for i in items]
+
     def erase(self, tombstone: Tombstone) -> str:
         """Store `tombstone`, then delete its partition's items older than the stored one.
 

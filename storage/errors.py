@@ -15,3 +15,8 @@ class ConfigError(StorageError, ValueError):
 
 class ValidationError(StorageError, ValueError):
     """An argument is not acceptable (bad id, non-JSON payload, too large); nothing was written."""
+
+
+class SchemaNotReadyError(StorageError):
+    """The store answers but its schema is missing or not fully migrated, and the client was
+    asked not to create it (`create_schema=False`); any client opened normally migrates it."""

@@ -9,14 +9,21 @@ from .config import Settings, load_settings
 from .errors import ConfigError
 
 
-def create_storage_client(settings: Settings | None = None, **overrides: Any) -> StorageBackend:
+def create_storage_client(
+    settings: Settings | None = None, *, create_schema: bool = True, **overrides: Any
+) -> StorageBackend:
     """PostgreSQL if `POSTGRES_CONNECTION_STRING` is set, else Cosmos DB if `COSMOS_ENDPOINT`
-    and `COSMOS_KEY` are, else `ConfigError` naming the variables to set."""
+    and `COSMOS_KEY` are, else `ConfigError` naming the variables to set.
+
+    With `create_schema=False`, PostgreSQL applies no migration (it raises
+    `SchemaNotReadyError` if one is pending); Cosmos DB still creates a missing database
+    and its containers.
+    """
     settings = settings or load_settings(**overrides)
     if settings.postgres_connection_string is not None:
         from .postgres import PostgreSQLClient
 
-        client: StorageBackend = PostgreSQLClient(settings=settings)
+        client: StorageBackend = PostgreSQLClient(settings=settings, create_schema=create_schema)
         return client
     if settings.cosmos_endpoint and settings.cosmos_key is not None:
         from .cosmos import CosmosDBClient

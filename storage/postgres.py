@@ -18,9 +18,9 @@ from psycopg2.extras import execute_values
 
 from .base import StorageBackend, check_limit
 from .config import Settings, load_settings, mask_url
-from .errors import ConfigError, StorageError, TransientStorageError
+from .errors import ConfigError, SchemaNotReadyError, StorageError, TransientStorageError
 from .ids import check_id
-from .postgres_schema import migrate
+from .postgres_schema import MIGRATIONS, migrate, schema_version
 from .postgres_sql import (
     SCANS,
     TOMBSTONE_DELETES,
@@ -31,7 +31,7 @@ from .postgres_sql import (
     prune_delete,
     prune_statements,
 )
-from .records import SCOPE_OF, Kind, Record, Tombstone
+from .records import SCOPE_OF, Kind, Record, Tombstone, tombstone_cursor
 from .retention import RetentionPolicy
 
 log = logging.getLogger(__name__)
@@ -72,11 +72,15 @@ def _is_broken(conn: Any) -> bool:
 class PostgreSQLClient(StorageBackend):
     """`StorageClient` on PostgreSQL (psycopg2 `ThreadedConnectionPool`, JSONB rows).
 
-    Creating it applies pending schema migrations. Thread-safe: threads share the pool, and
-    a thread waits up to the connect timeout for a free connection.
+    Creating it applies pending schema migrations; with `create_schema=False` it writes
+    nothing and raises `SchemaNotReadyError` if any is pending (what a read-only check wants).
+    Thread-safe: threads share the pool, and a thread waits up to the connect timeout for a
+    free connection.
     """
 
-    def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
+    def __init__(
+        self, settings: Settings | None = None, *, create_schema: bool = True, **overrides: Any
+    ) -> None:
         self._settings = settings or load_settings(**overrides)
         secret = self._settings.postgres_connection_string
         if secret is None:
@@ -95,9 +99,21 @@ class PostgreSQLClient(StorageBackend):
             )
         except psycopg2.Error as exc:
             raise StorageError(f"cannot connect to PostgreSQL at {self._where}: {exc}") from None
+        if not create_schema:
+            self._check_schema()
+            return
         applied = self._run(migrate)
         if applied:
             log.info("applied migrations %s on %s", applied, self._where)
+
+    def _check_schema(self) -> None:
+        current, latest = self._run(schema_version), len(MIGRATIONS)
+        if current < latest:
+            self.close()
+            raise SchemaNotReadyError(
+                f"schema not migrated yet ({current} of {latest} migrations applied); the first "
+                "worker or client to open the store applies them"
+            )
 
     def __repr__(self) -> str:
         return f"PostgreSQLClient({self._where})"
@@ -191,7 +207,7 @@ class PostgreSQLClient(StorageBackend):
                         _write_tombstones(cur, tombstones)
                     for kind, sql in UPSERTS.items():
                         # Sorted keys make concurrent batches lock rows in one order (pages too).
-                        rows = sorted(grouped[kind], key=lambda r: r.row_id)
+                        rows = sorted(grouped.get(kind, ()), key=lambda r: r.row_id)
                         for page in pages(rows):
                             cur.execute(sql, (page,))
                     cur.execute("COMMIT")
@@ -273,6 +289,14 @@ class PostgreSQLClient(StorageBackend):
             Record(kind, rid, part, data, ver, pos, sub, deleted)
             for rid, part, sub, data, ver, pos, deleted in rows
         ]
+
+    def scan_tombstones(self, after: str | None = None, limit: int = 500) -> list[Tombstone]:
+        rows = self._fetch(
+            "SELECT scope, key, version FROM agentstore_tombstones "
+            "WHERE (scope, key) > (%s, %s) ORDER BY scope, key LIMIT %s",
+            (*tombstone_cursor(after), check_limit(limit)),
+        )
+        return [Tombstone(scope, key, version) for scope, key, version in rows]
 
     def prune(self, policy: RetentionPolicy, *, dry_run: bool = False) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -162,21 +162,25 @@ MIGRATIONS: tuple[tuple[str, str], ...] = (
 )
 
 
+def schema_version(conn: Any) -> int:
+    """How many migrations the database has applied (0 for an empty one); writes nothing."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('agentstore_migrations') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            return 0
+        cur.execute("SELECT coalesce(max(version), 0) FROM agentstore_migrations")
+        return int(cur.fetchone()[0])
+
+
 def migrate(conn: Any) -> list[str]:
     """Bring the database to the latest schema; returns the names of the migrations applied.
 
     Safe when several processes start at once: they serialise on an advisory lock, and each
     migration runs in the same transaction as the row that records it.
     """
-    latest = len(MIGRATIONS)
+    if schema_version(conn) >= len(MIGRATIONS):
+        return []
     with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass('agentstore_migrations') IS NOT NULL")
-        if cur.fetchone()[0]:
-            cur.execute(
-                "SELECT coalesce(max(version), 0) >= %s FROM agentstore_migrations", (latest,)
-            )
-            if cur.fetchone()[0]:
-                return []
         applied: list[str] = []
         cur.execute("BEGIN")
         try:

@@ -21,6 +21,9 @@ from .ops import (
 
 Kind: TypeAlias = Literal["state", "task", "conversation", "transaction"]
 KINDS: tuple[Kind, ...] = ("state", "task", "conversation", "transaction")
+# What export, import and migration carry: partition tombstones first, then every kind.
+StreamKind: TypeAlias = Literal["tombstone", "state", "task", "conversation", "transaction"]
+STREAM_KINDS: tuple[StreamKind, ...] = ("tombstone", "state", "task", "conversation", "transaction")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,17 @@ class Tombstone:
     scope: Scope
     key: str
     version: str
+
+    @property
+    def row_id(self) -> str:
+        """Where a scan resumes after this tombstone (`StorageBackend.scan_tombstones`)."""
+        return f"{self.scope}|{self.key}"
+
+
+def tombstone_cursor(after: str | None) -> tuple[str, str]:
+    """`(scope, key)` of a `Tombstone.row_id` (`("", "")` for None): scopes hold no "|"."""
+    scope, _, key = (after or "").partition("|")
+    return scope, key
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,17 +129,21 @@ def _records_of(op: Op) -> Iterable[Record | Tombstone]:
 
 
 def plan(ops: Sequence[Op]) -> Plan:
-    """What `ops` write: deduped records (see `dedupe`) and the newest tombstone per key."""
+    """What `ops` write: see `collect`."""
+    return collect(item for op in ops for item in _records_of(op))
+
+
+def collect(items: Iterable[Record | Tombstone]) -> Plan:
+    """Deduped records (see `dedupe`) and the newest tombstone per key, ready to write."""
     recs: list[Record] = []
     newest: dict[tuple[Scope, str], Tombstone] = {}
-    for op in ops:
-        for item in _records_of(op):
-            if isinstance(item, Record):
-                recs.append(item)
-            else:
-                old = newest.get((item.scope, item.key))
-                if old is None or old.version < item.version:
-                    newest[(item.scope, item.key)] = item
+    for item in items:
+        if isinstance(item, Record):
+            recs.append(item)
+        else:
+            old = newest.get((item.scope, item.key))
+            if old is None or old.version < item.version:
+                newest[(item.scope, item.key)] = item
     return Plan(dedupe(recs), list(newest.values()))
 
 

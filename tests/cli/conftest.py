@@ -25,7 +25,7 @@ from click.testing import CliRunner, Result
 
 from agentstore_cli.main import cli
 from storage import StorageBackend, create_storage_client
-from storage.ops import make_op
+from storage.ops import Op, make_op
 from storage.pg_url import options, with_credentials
 from storage.records import KINDS
 from tests.services import fresh_pg_database, unavailable
@@ -215,6 +215,56 @@ def same_reads(a: StorageBackend, b: StorageBackend, tag: str = "") -> None:
     for case in range(30):
         assert a.get_transactions(f"case{tag}-{case}") == b.get_transactions(f"case{tag}-{case}")
     assert b.get_transactions(f"case{tag}-0")[3] == {"id": "tx0-3", "amount": 99}
+
+
+# The issue's scenario: saves with an old version, then the deletes of whole partitions.
+OLD_VERSION, DELETE_VERSION = "0001.old", "0002.deleted"
+
+
+def old_saves() -> list[Op]:
+    """Saves older than the deletes of `delete_partitions`; re-sent late, they must not land."""
+    old = {"m": "old"}
+    return [
+        make_op(
+            "save_state", {"agent_id": "ag", "state_id": "s", "state": old}, version=OLD_VERSION
+        ),
+        make_op(
+            "save_task", {"agent_id": "ag", "task_id": "t", "task_data": old}, version=OLD_VERSION
+        ),
+        make_op(
+            "save_conversation", {"conversation_id": "cv", "message": old}, version=OLD_VERSION
+        ),
+        make_op(
+            "save_transactions",
+            {"case_id": "cs", "transactions": [{**old, "id": "t1"}]},
+            version=OLD_VERSION,
+        ),
+    ]
+
+
+def delete_partitions(store: StorageBackend) -> None:
+    """Old saves, then erase_agent, delete_conversation and delete_transactions(case_id)."""
+    store.apply(old_saves())
+    store.erase_agent("ag", version=DELETE_VERSION)
+    store.delete_conversation("cv", version=DELETE_VERSION)
+    store.delete_transactions("cs", version=DELETE_VERSION)
+
+
+def assert_deletes_hold(store: StorageBackend) -> None:
+    """The old saves, re-sent, leave the deleted partitions empty."""
+    store.apply(old_saves())
+    found = (
+        store.get_state("ag", "s"),
+        store.get_task("ag", "t"),
+        store.get_conversation_history("cv"),
+        store.get_transactions("cs"),
+    )
+    assert found == (None, None, [], [])
+    assert [(t.scope, t.key, t.version) for t in store.scan_tombstones()] == [
+        ("agent", "ag", DELETE_VERSION),
+        ("case", "cs", DELETE_VERSION),
+        ("conversation", "cv", DELETE_VERSION),
+    ]
 
 
 @pytest.fixture

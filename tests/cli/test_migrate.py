@@ -13,14 +13,23 @@ import pytest
 
 import agentstore_cli.migrate as migrate_module
 from agentstore_cli.migrate import CHECKPOINT_DIR, KindCheck, migrate_stores, plan_migration
-from agentstore_cli.transfer import LineProgress, store_identity, target_settings
+from agentstore_cli.transfer import (
+    LineProgress,
+    kind_of,
+    store_identity,
+    target_settings,
+)
+from agentstore_cli.transfer import write_page as real_write_page
+from storage.base import StorageBackend
 from storage.config import load_settings
 from storage.errors import StorageError
-from storage.records import dedupe as real_dedupe
+from storage.records import Record, Tombstone
 from tests.cli.conftest import (
     Cli,
     Cosmos,
+    assert_deletes_hold,
     assert_no_secret,
+    delete_partitions,
     open_store,
     same_reads,
     seed,
@@ -73,6 +82,34 @@ def test_postgres_to_cosmos_and_back_copies_every_kind_exactly(
                 same_reads(source, back)
 
 
+def test_tombstones_migrate_both_ways_and_keep_refusing_older_saves(
+    run: Cli, pg_url: str, cosmos: Cosmos, tmp_path: Path
+) -> None:
+    pg = {"POSTGRES_CONNECTION_STRING": pg_url}
+    cosmos_config = cosmos.config()
+    tombstones_ok = f"tombstone    source {3:>10,}  target {3:>10,}  OK"
+    with open_store(pg) as source:
+        delete_partitions(source)
+        source.save_state("kept", "s", {"n": 1})
+    to_cosmos = env_file(tmp_path / "cosmos.env", cosmos_config)
+    result = run(["migrate", "--to-env", str(to_cosmos), "--page-size", "2"], pg)
+    assert result.exit_code == 0, result.stderr
+    assert tombstones_ok in result.stdout
+    with open_store(cosmos_config) as copy:
+        assert copy.get_state("kept", "s") == {"n": 1}
+        assert_deletes_hold(copy)
+    with fresh_pg_database("agentstore_cli") as back_url:
+        to_pg = env_file(tmp_path / "pg.env", {"POSTGRES_CONNECTION_STRING": back_url})
+        result = run(["migrate", "--to-env", str(to_pg), "--page-size", "2"], cosmos_config)
+        assert result.exit_code == 0, result.stderr
+        assert tombstones_ok in result.stdout
+        with open_store({"POSTGRES_CONNECTION_STRING": back_url}) as back:
+            assert back.get_state("kept", "s") == {"n": 1}
+            assert_deletes_hold(back)
+    with open_store(pg) as source:
+        assert_deletes_hold(source)
+
+
 def test_a_failing_target_leaves_a_checkpoint_and_the_same_command_resumes(
     run: Cli, pg_url: str, cosmos: Cosmos, tmp_path: Path
 ) -> None:
@@ -87,10 +124,10 @@ def test_a_failing_target_leaves_a_checkpoint_and_the_same_command_resumes(
         writes: list[int] = []
         real_write = target.write_records
 
-        def failing_write(grouped: Any) -> None:
+        def failing_write(grouped: Any, tombstones: Any = ()) -> None:
             if len(writes) == 7:  # states 2 pages, tasks 2, then 3 pages of conversations
                 raise StorageError("target went away (test)")
-            real_write(grouped)
+            real_write(grouped, tombstones)
             writes.append(sum(len(v) for v in grouped.values()))
 
         target.write_records = failing_write  # type: ignore[method-assign]
@@ -182,26 +219,45 @@ def test_a_count_mismatch_exits_non_zero_and_a_rerun_copies_again(
     with open_store(pg) as source:
         seed(source, messages=30)
 
-    def lossy(page: Any) -> Any:
-        grouped = real_dedupe(page)
-        grouped["conversation"] = grouped["conversation"][1:]  # loses one message per page
-        return grouped
+    def lossy(store: StorageBackend, page: list[Record | Tombstone]) -> None:
+        if kind_of(page[0]) == "conversation":
+            page = page[1:]  # loses one message per page
+        real_write_page(store, page)
 
     with fresh_pg_database("agentstore_cli") as target_url:
         to_pg = env_file(tmp_path / "t.env", {"POSTGRES_CONNECTION_STRING": target_url})
-        monkeypatch.setattr(migrate_module, "dedupe", lossy)
+        monkeypatch.setattr(migrate_module, "write_page", lossy)
         result = run(["migrate", "--to-env", str(to_pg), "--page-size", "10"], pg)
         assert result.exit_code == 1
         assert f"conversation source {30:>10,}  target {27:>10,}  MISMATCH" in result.stdout
         assert "count check failed for conversation" in result.stderr
         assert len(checkpoints(tmp_path)) == 1  # kept: the counts before stay known
 
-        monkeypatch.setattr(migrate_module, "dedupe", real_dedupe)
+        monkeypatch.setattr(migrate_module, "write_page", real_write_page)
         result = run(["migrate", "--to-env", str(to_pg), "--page-size", "10"], pg)
         assert result.exit_code == 0, result.stdout + result.stderr
         assert "copying everything again" in result.stderr
         assert f"conversation source {30:>10,}  target {30:>10,}  OK" in result.stdout
         assert checkpoints(tmp_path) == []
+
+
+def test_a_tombstone_missing_on_the_target_fails_the_count_check(
+    run: Cli, pg_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    pg = {"POSTGRES_CONNECTION_STRING": pg_url}
+    with open_store(pg) as source:
+        delete_partitions(source)
+
+    def without_tombstones(store: StorageBackend, page: list[Record | Tombstone]) -> None:
+        real_write_page(store, [item for item in page if isinstance(item, Record)])
+
+    with fresh_pg_database("agentstore_cli") as target_url:
+        to_pg = env_file(tmp_path / "t.env", {"POSTGRES_CONNECTION_STRING": target_url})
+        monkeypatch.setattr(migrate_module, "write_page", without_tombstones)
+        result = run(["migrate", "--to-env", str(to_pg)], pg)
+        assert result.exit_code == 1
+        assert f"tombstone    source {3:>10,}  target {0:>10,}  MISMATCH" in result.stdout
+        assert "count check failed for tombstone" in result.stderr
 
 
 def test_a_target_with_data_of_its_own_may_hold_more(run: Cli, pg_url: str, tmp_path: Path) -> None:
@@ -308,6 +364,39 @@ def test_progress_shows_rows_rate_and_eta_on_a_terminal() -> None:
     assert "\r" not in quiet.getvalue() and "7 rows" in quiet.getvalue()
 
 
+def test_progress_off_a_terminal_is_plain_periodic_lines_without_a_bar() -> None:
+    log = io.StringIO()
+    progress = LineProgress(log, tty=False, every=0)  # a line at every page
+    progress.start("conversation", 1000)
+    progress.advance(400)
+    progress.advance(600)
+    progress.finish()
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 3 and all(line.startswith("conversation ") for line in lines)
+    assert "400/1,000 rows ( 40.0%)" in lines[0] and "1,000/1,000 rows (100.0%)" in lines[2]
+    assert not any(c in log.getvalue() for c in "\r\x1b#[")
+    quiet = io.StringIO()
+    progress = LineProgress(quiet, tty=False)  # every 30 s: a short copy shows its end only
+    progress.start("state", 5)
+    progress.advance(5)
+    progress.finish()
+    assert quiet.getvalue().count("\n") == 1 and "5/5 rows" in quiet.getvalue()
+
+
+def test_migrate_draws_no_bar_when_stderr_is_not_a_terminal(
+    run: Cli, pg_url: str, tmp_path: Path
+) -> None:
+    pg = {"POSTGRES_CONNECTION_STRING": pg_url}
+    with open_store(pg) as source:
+        seed(source, messages=8)
+    with fresh_pg_database("agentstore_cli") as target_url:
+        to_pg = env_file(tmp_path / "t.env", {"POSTGRES_CONNECTION_STRING": target_url})
+        result = run(["migrate", "--to-env", str(to_pg)], pg)  # CliRunner: not a terminal
+        assert result.exit_code == 0, result.stderr
+        assert "[#" not in result.stderr and "\r" not in result.stderr
+        assert "state        " in result.stderr and "120/120 rows (100.0%)" in result.stderr
+
+
 def test_restart_copies_from_the_start_and_keeps_the_counts_before_the_first_run(
     run: Cli, pg_url: str, tmp_path: Path
 ) -> None:
@@ -321,11 +410,11 @@ def test_restart_copies_from_the_start_and_keeps_the_counts_before_the_first_run
         with open_store(target_config) as target:
             real_write, calls = target.write_records, []
 
-            def fail_third(grouped: Any) -> None:
+            def fail_third(grouped: Any, tombstones: Any = ()) -> None:
                 calls.append(1)
                 if len(calls) == 3:
                     raise StorageError("target went away (test)")
-                real_write(grouped)
+                real_write(grouped, tombstones)
 
             target.write_records = fail_third  # type: ignore[method-assign]
             with pytest.raises(StorageError):

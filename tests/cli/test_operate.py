@@ -7,6 +7,7 @@ import threading
 import time
 from typing import Any
 
+import psycopg2
 import redis
 
 from agentstore_cli import operate
@@ -94,6 +95,25 @@ def test_health_fails_on_a_closed_broker_port_without_printing_its_password(
     assert store.startswith("store    OK")
     assert workers.startswith("workers  FAIL") and "broker unreachable" in workers
     assert time.monotonic() - began < 8
+
+
+def test_health_reports_a_missing_schema_without_creating_it(
+    run: Cli, spare_redis: str, pg_url: str
+) -> None:
+    result = run(["health", "--no-workers"], config(spare_redis, pg_url))
+    assert result.exit_code == 0, result.stdout  # reachable: workers create it on first use
+    store = result.stdout.splitlines()[1]
+    assert store.startswith("store    OK") and "schema not migrated yet (0 of 4" in store
+    conn = psycopg2.connect(pg_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+            assert cur.fetchone() == (0,), "a read-only check created tables"
+    finally:
+        conn.close()
+    open_store({"POSTGRES_CONNECTION_STRING": pg_url}).close()
+    result = run(["health", "--no-workers"], config(spare_redis, pg_url))
+    assert result.exit_code == 0 and "schema" not in result.stdout, result.stdout
 
 
 def test_health_no_workers_checks_broker_and_store_only(

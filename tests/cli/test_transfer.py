@@ -7,8 +7,18 @@ from pathlib import Path
 
 import psycopg2
 
-from agentstore_cli.transfer import FIELDS, BadLine, parse_line
-from tests.cli.conftest import Cli, open_store, same_reads, seed, snapshot
+from agentstore_cli.transfer import FIELDS, TOMBSTONE_FIELDS, BadLine, parse_line
+from storage.records import Tombstone
+from tests.cli.conftest import (
+    DELETE_VERSION,
+    Cli,
+    assert_deletes_hold,
+    delete_partitions,
+    open_store,
+    same_reads,
+    seed,
+    snapshot,
+)
 from tests.services import fresh_pg_database
 
 TABLES = ("agent_states", "agent_tasks", "conversations", "transactions")
@@ -59,6 +69,41 @@ def test_export_then_import_into_a_fresh_database_reads_the_same_and_reimport_is
             assert _row_versions(target_url) == before
             # And the export of the copy is the very same file, line for line.
             assert run(["export"], config).stdout_bytes == dump.read_bytes()
+
+
+def test_export_and_import_carry_partition_tombstones(
+    run: Cli, pg_url: str, tmp_path: Path
+) -> None:
+    config = {"POSTGRES_CONNECTION_STRING": pg_url}
+    with open_store(config) as source:
+        delete_partitions(source)
+        source.save_state("kept", "s", {"n": 1})
+        dump = tmp_path / "dump.jsonl"
+        result = run(["export", "-o", str(dump)], config)
+        assert result.exit_code == 0, result.stderr
+        assert "exported 4 records (tombstone 3, state 1," in result.stderr
+        lines = [json.loads(line) for line in dump.read_text(encoding="utf-8").splitlines()]
+        assert lines[:3] == [
+            dict(zip(TOMBSTONE_FIELDS, ("tombstone", scope, key, DELETE_VERSION), strict=True))
+            for scope, key in (("agent", "ag"), ("case", "cs"), ("conversation", "cv"))
+        ]
+        with fresh_pg_database("agentstore_cli") as target_url:
+            target = {"POSTGRES_CONNECTION_STRING": target_url}
+            result = run(["import", str(dump), "--page-size", "2"], target)
+            assert result.exit_code == 0, result.stderr
+            assert "imported 4 records (tombstone 3, state 1," in result.stderr
+            with open_store(target) as copy:
+                assert copy.get_state("kept", "s") == {"n": 1}
+                assert_deletes_hold(copy)
+            assert_deletes_hold(source)
+
+
+def test_export_help_names_every_field_it_writes(run: Cli) -> None:
+    result = run(["export", "--help"], {})
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.split())
+    assert "{" + ", ".join(FIELDS) + "}" in text
+    assert "{" + ", ".join(TOMBSTONE_FIELDS) + "}" in text
 
 
 def test_export_streams_selected_kinds_to_stdout(run: Cli, pg_url: str) -> None:
@@ -128,6 +173,22 @@ def test_parse_line_says_what_is_wrong() -> None:
             parse_line(text, 7)
         except BadLine as exc:
             assert exc.line == 7 and reason in str(exc), (text, str(exc))
+        else:
+            raise AssertionError(f"accepted {text}")
+    tombstone = {"kind": "tombstone", "scope": "case", "key": "c|1", "version": "0002"}
+    assert parse_line(json.dumps(tombstone), 1) == Tombstone("case", "c|1", "0002")
+    bad_tombstones = {
+        json.dumps({**tombstone, "scope": "planet"}): "scope must be one of agent,",
+        json.dumps({**tombstone, "key": ""}): "key must not be empty",
+        json.dumps({**tombstone, "version": "a b"}): "version must be",
+        json.dumps({**tombstone, "deleted": True}): "unknown 'deleted'",
+        json.dumps({k: v for k, v in tombstone.items() if k != "version"}): "missing version",
+    }
+    for text, reason in bad_tombstones.items():
+        try:
+            parse_line(text, 2)
+        except BadLine as exc:
+            assert reason in str(exc), (text, str(exc))
         else:
             raise AssertionError(f"accepted {text}")
     try:

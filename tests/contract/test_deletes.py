@@ -9,7 +9,7 @@ import pytest
 
 from storage import StorageBackend, StorageClient, ValidationError
 from storage.ops import make_op
-from storage.records import KINDS
+from storage.records import KINDS, Tombstone
 from storage.retention import RetentionPolicy
 from storage.versions import new_version
 from tests.contract.conftest import Backend
@@ -276,3 +276,44 @@ def test_tombstones_are_cleaned_up_after_the_grace_period(backend: Backend) -> N
     # Past the grace period an older save is applied again: the documented trade-off.
     store.save_state("b", "s", {"late": True}, version=older)
     assert store.get_state("b", "s") == {"late": True}
+
+
+def test_scan_tombstones_pages_every_scope_and_written_elsewhere_they_hold(
+    backend: Backend,
+) -> None:
+    source, target = _fresh(backend), _fresh(backend)
+    keys = ["k|1/é", "k2", "k 3"]
+    for key in keys:
+        source.erase_agent(key, version="0005")
+        source.delete_conversation(key, version="0005")
+        source.delete_transactions(key, version="0005")
+    pages, after = [], None
+    for _ in range(10):
+        page = source.scan_tombstones(after, limit=2)
+        if not page:
+            break
+        pages.append(page)
+        after = page[-1].row_id
+    found = [t for page in pages for t in page]
+    assert [len(page) for page in pages] == [2, 2, 2, 2, 1]
+    assert [t.scope for t in found] == ["agent"] * 3 + ["case"] * 3 + ["conversation"] * 3
+    assert sorted((t.scope, t.key) for t in found) == sorted(
+        (scope, key) for scope in ("agent", "case", "conversation") for key in keys
+    )
+    assert source.scan_tombstones(limit=0) == []
+
+    # On the copy they hide older rows, refuse older saves, and never go backwards.
+    target.save_state("k2", "s", {"n": 1}, version="0004")
+    target.save_conversation("k2", {"n": 1}, version="0004")
+    target.save_transactions("k2", [{"id": "t"}], version="0004")
+    target.write_records({}, [Tombstone(t.scope, t.key, "0001") for t in found])
+    target.write_records({}, found)
+    target.write_records({}, [Tombstone(t.scope, t.key, "0002") for t in found])
+    assert target.scan_tombstones(limit=100) == found
+    target.save_task("k2", "t", {"n": 1}, version="0003")
+    target.save_transactions("k2", [{"id": "u"}], version="0005")
+    assert target.get_state("k2", "s") is None and target.get_task("k2", "t") is None
+    assert target.get_conversation_history("k2") == []
+    assert target.get_transactions("k2") == []
+    target.save_state("k2", "s", {"n": 2}, version="0006")
+    assert target.get_state("k2", "s") == {"n": 2}
