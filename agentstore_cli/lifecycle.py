@@ -8,13 +8,12 @@ from storage.base import StorageBackend
 from storage.ops import Op, make_op
 from storage.retention import RetentionPolicy
 
-from .transfer import open_store
+from .context import read_settings
+from .stores import open_store
 
 
 def _store(ctx: click.Context) -> StorageBackend:
-    from .main import _settings  # the root command notes the secrets it must never print
-
-    return open_store(_settings(ctx), "store")
+    return open_store(read_settings(ctx), "store")
 
 
 @click.command()
@@ -67,11 +66,9 @@ def prune(ctx: click.Context, dry_run: bool) -> None:
 
     Workers do this periodically (AGENTSTORE_PRUNE_INTERVAL_S); this runs it now.
     """
-    from .main import _settings
-
-    settings = _settings(ctx)
-    policy = RetentionPolicy.from_settings(settings)
-    with open_store(settings, "store") as store:
+    configured = read_settings(ctx)
+    policy = RetentionPolicy.from_settings(configured)
+    with open_store(configured, "store") as store:
         counts = store.prune(policy, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     for category, count in counts.items():

@@ -13,37 +13,28 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, NoReturn
+from typing import Any
 
 import click
-import redis
 
-from storage.config import Settings, load_settings
-from storage.errors import StorageError
 from storage.records import STREAM_KINDS, StreamKind
 
 from . import operate
+from .context import Group, fail, read_settings
+from .dlq import dlq
 from .lifecycle import erase, prune
 from .migrate import migrate_stores, plan_migration
+from .progress import LineProgress, NoProgress, Progress
+from .stores import open_store, quick_count, target_settings
 from .transfer import (
     DEFAULT_PAGE_SIZE,
     FIELDS,
     TOMBSTONE_FIELDS,
     BadLine,
-    LineProgress,
-    NoProgress,
-    Progress,
-    TransferError,
     export_records,
     import_records,
-    open_store,
     parse_kinds,
-    quick_count,
-    target_settings,
 )
-
-if TYPE_CHECKING:
-    from worker.deadletters import DeadLetters
 
 _PAGE_SIZE = click.option(
     "--page-size",
@@ -54,58 +45,7 @@ _PAGE_SIZE = click.option(
 )
 
 
-def _secrets_of(settings: Settings) -> list[str]:
-    from urllib.parse import urlsplit
-
-    import psycopg2.extensions
-
-    found = []
-    if settings.cosmos_key is not None:
-        found.append(settings.cosmos_key.get_secret_value())
-    if settings.postgres_connection_string is not None:
-        with contextlib.suppress(Exception):
-            dsn = settings.postgres_connection_string.get_secret_value()
-            found.append(psycopg2.extensions.parse_dsn(dsn).get("password") or "")
-    with contextlib.suppress(ValueError):
-        found.append(urlsplit(settings.celery_broker_url.get_secret_value()).password or "")
-    return [s for s in found if len(s) >= 4]
-
-
-def _settings(ctx: click.Context, loaded: Settings | None = None) -> Settings:
-    # Every secret configured is noted, so that no message printed afterwards can hold it.
-    settings = loaded or load_settings()
-    ctx.find_root().ensure_object(dict).setdefault("secrets", []).extend(_secrets_of(settings))
-    return settings
-
-
-def _fail(ctx: click.Context, message: str, code: int = 1) -> NoReturn:
-    # Drivers sometimes echo what they were given; scrub every secret we know of, to be sure.
-    for secret in (ctx.find_root().obj or {}).get("secrets", []):
-        message = message.replace(secret, "***")
-    click.echo(f"agentstore: {message}", err=True)
-    ctx.exit(code)
-
-
-class _Group(click.Group):
-    """Turns our errors into one line on stderr and exit status 1, without a traceback."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except (StorageError, TransferError) as exc:
-            _fail(ctx, str(exc))
-        except redis.RedisError as exc:
-            _fail(ctx, f"broker: {type(exc).__name__}: {exc}")
-        except BrokenPipeError:
-            # `agentstore export | head`: the reader has all it wanted; say nothing more.
-            with contextlib.suppress(OSError):
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            ctx.exit(1)
-        except OSError as exc:  # an unwritable --output, a vanished import file, a full disk
-            _fail(ctx, f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """agentstore: move, check and operate agent data stores.
 
@@ -171,7 +111,7 @@ def _fields(names: tuple[str, ...]) -> str:
 def export(
     ctx: click.Context, kinds: tuple[StreamKind, ...], page_size: int, output: Path | None
 ) -> None:
-    settings = _settings(ctx)
+    settings = read_settings(ctx)
     progress = _progress()
     tty = isinstance(progress, LineProgress)
     with open_store(settings, "store") as store, _output(output) as out:
@@ -201,7 +141,7 @@ def import_(ctx: click.Context, file: Any, page_size: int, dry_run: bool) -> Non
     status 1, naming the line; pages before it stay written, which is safe: fix the line
     and import the same file again. --dry-run checks the whole file first.
     """
-    settings = _settings(ctx)
+    settings = read_settings(ctx)
     progress = _progress()
     try:
         if dry_run:
@@ -217,7 +157,7 @@ def import_(ctx: click.Context, file: Any, page_size: int, dry_run: bool) -> Non
             else "nothing was written"
         )
         name = getattr(file, "name", "-")
-        _fail(ctx, f"{'stdin' if name in ('-', '<stdin>') else name}: {exc}; {kept}")
+        fail(ctx, f"{'stdin' if name in ('-', '<stdin>') else name}: {exc}; {kept}")
     per_kind = ", ".join(f"{kind} {n:,}" for kind, n in result.per_kind.items())
     verb = "checked" if dry_run else "imported"
     click.echo(f"{verb} {result.records:,} records ({per_kind})", err=True)
@@ -249,8 +189,8 @@ def migrate(
     included (exit status 1 on a mismatch). Idempotent: copying twice changes nothing.
     Progress: a bar on a terminal, else a plain line every 30 s and one per kind.
     """
-    source_settings = _settings(ctx)
-    target = _settings(ctx, target_settings(to_env))
+    source_settings = read_settings(ctx)
+    target = read_settings(ctx, target_settings(to_env))
     plan = plan_migration(source_settings, target, checkpoint, restart)
     click.echo(f"source: {plan.source}\ntarget: {plan.target}", err=True)
     with open_store(source_settings, "source") as src, open_store(target, "target") as tgt:
@@ -265,12 +205,12 @@ def migrate(
                 note=lambda text: click.echo(text, err=True),
             )
         except KeyboardInterrupt:
-            _fail(ctx, f"interrupted; run the same command again to resume ({plan.path})", 130)
+            fail(ctx, f"interrupted; run the same command again to resume ({plan.path})", 130)
     for check in checks:
         click.echo(str(check))
     bad = [check.kind for check in checks if not check.ok]
     if bad:
-        _fail(
+        fail(
             ctx,
             f"count check failed for {', '.join(bad)}: the target is missing records (or holds "
             f"unexpected ones); was the source written to meanwhile? Run again to copy anew",
@@ -298,7 +238,7 @@ def health(ctx: click.Context, no_workers: bool, timeout: float) -> None:
     the store answer it, not whether other workers do (and a `--pool solo` worker busy with
     a batch does not answer pings).
     """
-    settings = _settings(ctx)
+    settings = read_settings(ctx)
     checks = operate.run_health(settings, workers=not no_workers, timeout=timeout)
     for check in checks:
         click.echo(str(check))
@@ -312,11 +252,11 @@ def health(ctx: click.Context, no_workers: bool, timeout: float) -> None:
 @click.pass_context
 def stats(ctx: click.Context, no_workers: bool, as_json: bool) -> None:
     """Queue depth, pending and in-flight messages, dead letters, workers."""
-    url = _settings(ctx).celery_broker_url.get_secret_value()
+    url = read_settings(ctx).celery_broker_url.get_secret_value()
     try:
         numbers = operate.collect_stats(url, workers=not no_workers)
     except operate.WorkerPingError as exc:
-        _fail(ctx, str(exc))
+        fail(ctx, str(exc))
     if as_json:
         click.echo(json.dumps(numbers))
         return
@@ -324,94 +264,6 @@ def stats(ctx: click.Context, no_workers: bool, as_json: bool) -> None:
         click.echo(line)
 
 
-@cli.group()
-def dlq() -> None:
-    """Dead letters: ops (and messages) the worker could not apply."""
-
-
-def _dead_letters(ctx: click.Context) -> DeadLetters:
-    from worker.deadletters import DeadLetters
-
-    dead = DeadLetters(_settings(ctx).celery_broker_url.get_secret_value())
-    ctx.call_on_close(dead.close)
-    return dead
-
-
-def _selection(ids: tuple[str, ...], everything: bool) -> list[str] | Literal["all"]:
-    if bool(ids) == everything:
-        raise click.UsageError("give dead-letter IDs or --all (not both)")
-    return "all" if everything else list(dict.fromkeys(ids))
-
-
-@dlq.command("list")
-@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
-@click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON record per line.")
-@click.pass_context
-def dlq_list(ctx: click.Context, limit: int, offset: int, as_json: bool) -> None:
-    """Dead letters, oldest failure first: id, last failure (UTC), attempts, op, error."""
-    dead = _dead_letters(ctx)
-    records = dead.list(limit, offset)
-    for record in records:
-        click.echo(json.dumps(record) if as_json else operate.summarize_dead_letter(record))
-    total = dead.count()
-    if not as_json:
-        click.echo(f"{len(records)} shown of {total} dead letter(s)", err=True)
-
-
-@dlq.command("show")
-@click.argument("dead_letter_id")
-@click.pass_context
-def dlq_show(ctx: click.Context, dead_letter_id: str) -> None:
-    """One dead letter in full, as JSON."""
-    record = _dead_letters(ctx).get(dead_letter_id)
-    if record is None:
-        _fail(ctx, f"no dead letter {dead_letter_id!r}")
-    click.echo(json.dumps(record, indent=2, sort_keys=True))
-
-
-def _missing(dead: DeadLetters, selection: list[str] | Literal["all"]) -> list[str]:
-    if selection == "all":
-        return []
-    return [key for key in selection if dead.get(key) is None]
-
-
-@dlq.command("replay")
-@click.argument("ids", nargs=-1)
-@click.option("--all", "everything", is_flag=True, help="Replay every dead letter.")
-@click.pass_context
-def dlq_replay(ctx: click.Context, ids: tuple[str, ...], everything: bool) -> None:
-    """Publish dead-lettered ops again (same op id and version) and remove them.
-
-    Malformed messages cannot be replayed; they stay until purged.
-    """
-    selection = _selection(ids, everything)
-    dead = _dead_letters(ctx)
-    missing = _missing(dead, selection)
-    replayed = dead.replay(selection)
-    click.echo(f"replayed {replayed} op(s)")
-    if missing:
-        _fail(ctx, f"no dead letter(s) {', '.join(missing)}")
-
-
-@dlq.command("purge")
-@click.argument("ids", nargs=-1)
-@click.option("--all", "everything", is_flag=True, help="Purge every dead letter.")
-@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-@click.pass_context
-def dlq_purge(ctx: click.Context, ids: tuple[str, ...], everything: bool, yes: bool) -> None:
-    """Delete dead letters for good (asks first unless --yes)."""
-    selection = _selection(ids, everything)
-    dead = _dead_letters(ctx)
-    missing = _missing(dead, selection)
-    count = dead.count() if selection == "all" else len(selection) - len(missing)
-    if count and not yes:
-        click.confirm(f"Delete {count} dead letter(s) for good?", abort=True, err=True)
-    purged = dead.purge(selection) if count else 0
-    click.echo(f"purged {purged} dead letter(s)")
-    if missing:
-        _fail(ctx, f"no dead letter(s) {', '.join(missing)}")
-
-
+cli.add_command(dlq)
 cli.add_command(erase)
 cli.add_command(prune)

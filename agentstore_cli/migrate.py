@@ -25,15 +25,13 @@ from storage.config import Settings
 from storage.errors import ConfigError
 from storage.records import STREAM_KINDS, StreamKind
 
+from .progress import NoProgress, Progress
+from .stores import describe, store_identity
 from .transfer import (
     DEFAULT_PAGE_SIZE,
-    NoProgress,
-    Progress,
     TransferError,
     count_records,
-    describe,
     scan_pages,
-    store_identity,
     write_page,
 )
 

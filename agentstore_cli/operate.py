@@ -15,7 +15,7 @@ from storage.config import Settings, mask_url
 from storage.errors import SchemaNotReadyError, StorageError
 from storage.factory import create_storage_client
 
-from .transfer import describe
+from .stores import describe
 
 # kombu's Redis transport keeps delivered, unacknowledged messages in this hash.
 KOMBU_UNACKED_KEY = "unacked"

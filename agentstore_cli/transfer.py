@@ -9,19 +9,12 @@ twice is a no-op: an interrupted import or migration is finished by running it a
 from __future__ import annotations
 
 import json
-import os
-import sys
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, Protocol, cast
-
-from dotenv import dotenv_values
+from typing import IO, Any, cast
 
 from storage.base import StorageBackend
-from storage.config import Settings, load_settings, mask_url
-from storage.errors import ConfigError, StorageError, ValidationError
-from storage.factory import create_storage_client
+from storage.errors import ValidationError
 from storage.ids import check_id
 from storage.payload import encode_payload
 from storage.records import (
@@ -35,20 +28,14 @@ from storage.records import (
 )
 from storage.versions import VERSION_RE
 
+from .progress import NoProgress, Progress
+
 DEFAULT_PAGE_SIZE = 500
 FIELDS = ("kind", "row_id", "partition", "sub_id", "data", "version", "position", "deleted")
 # A partition tombstone: everything of scope `key` older than `version` is deleted.
 TOMBSTONE_FIELDS = ("kind", "scope", "key", "version")
 # Files written before deletes existed have no "deleted": their records are all live.
 _OPTIONAL = {"deleted": False}
-# Only for progress totals; the count check scans instead, through the storage contract.
-_PG_TABLES: dict[StreamKind, str] = {
-    "tombstone": "agentstore_tombstones",
-    "state": "agent_states",
-    "task": "agent_tasks",
-    "conversation": "conversations",
-    "transaction": "transactions",
-}
 
 
 class TransferError(Exception):
@@ -63,94 +50,6 @@ class BadLine(TransferError):
         self.line = line
         self.reason = reason
         self.written = 0  # records of earlier pages already written when this line failed
-
-
-class Progress(Protocol):
-    """Receives progress for one kind at a time."""
-
-    def start(self, label: str, total: int | None, initial: int = 0) -> None: ...
-
-    def advance(self, rows: int) -> None: ...
-
-    def finish(self) -> None: ...
-
-
-class NoProgress:
-    """Progress that shows nothing."""
-
-    def start(self, label: str, total: int | None, initial: int = 0) -> None:
-        pass
-
-    def advance(self, rows: int) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
-
-
-class LineProgress:
-    """Progress per kind on `stream`: rows, rate and (with a total) percentage and ETA.
-
-    On a terminal one line per kind is redrawn in place, with a bar. Elsewhere (a log, a
-    pipe) plain lines are appended instead, no bar and no carriage return: one every `every`
-    seconds while a kind is copied, so long work still shows it is moving, and one at its end.
-    """
-
-    def __init__(
-        self, stream: IO[str] | None = None, tty: bool | None = None, every: float = 30.0
-    ) -> None:
-        self._stream = stream or sys.stderr
-        self._tty = self._stream.isatty() if tty is None else tty
-        self._every = every
-        self._label, self._rows, self._initial = "", 0, 0
-        self._total: int | None = None
-        self._began = self._drawn = 0.0
-
-    def start(self, label: str, total: int | None, initial: int = 0) -> None:
-        """Begin a line; `initial` rows were done by an earlier run and count for no rate."""
-        self._label, self._total, self._rows, self._initial = label, total, initial, initial
-        self._began = self._drawn = time.monotonic()
-        if self._tty:
-            self._draw()
-
-    def advance(self, rows: int) -> None:
-        self._rows += rows
-        # A terminal redraws at most ten times a second: a write per page would slow small
-        # pages. A log gets a line only every `every` seconds.
-        if time.monotonic() - self._drawn >= (0.1 if self._tty else self._every):
-            self._draw()
-
-    def finish(self) -> None:
-        self._draw()
-        if self._tty:
-            self._stream.write("\n")
-            self._stream.flush()
-
-    def _text(self) -> str:
-        elapsed = max(time.monotonic() - self._began, 1e-9)
-        rate = (self._rows - self._initial) / elapsed
-        if self._total is None:
-            return f"{self._label:<12} {self._rows:>10,} rows  {rate:>9,.0f}/s  {elapsed:6.1f} s"
-        left = max(self._total - self._rows, 0)
-        eta = _clock(left / rate) if rate > 0 and left else "--:--" if left else "done"
-        pct = min(100.0 * self._rows / self._total, 100.0) if self._total else 100.0
-        filled = int(pct / 5)
-        bar = f"[{'#' * filled}{'-' * (20 - filled)}] " if self._tty else ""
-        return (
-            f"{self._label:<12} {bar}{self._rows:>10,}/{self._total:,} rows ({pct:5.1f}%)  "
-            f"{rate:>9,.0f}/s  ETA {eta}"
-        )
-
-    def _draw(self) -> None:
-        self._drawn = time.monotonic()
-        self._stream.write("\r\x1b[K" + self._text() if self._tty else self._text() + "\n")
-        self._stream.flush()
-
-
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds + 0.5), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def parse_kinds(text: str) -> tuple[StreamKind, ...]:
@@ -193,28 +92,6 @@ def write_page(store: StorageBackend, page: Iterable[Record | Tombstone]) -> Non
 def count_records(store: StorageBackend, kind: StreamKind, page_size: int = 1000) -> int:
     """How many records of `kind` the store holds, counted by scanning all of them."""
     return sum(len(page) for page in scan_pages(store, kind, page_size))
-
-
-def quick_count(settings: Settings, kind: StreamKind) -> int | None:
-    """A cheap record count for progress totals: PostgreSQL's `count(*)`, else None."""
-    secret = settings.postgres_connection_string
-    if secret is None:
-        return None
-    import psycopg2
-
-    try:
-        conn = psycopg2.connect(secret.get_secret_value(), connect_timeout=5)
-    except psycopg2.Error:
-        return None
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f"SELECT count(*) FROM {_PG_TABLES[kind]}")
-            row = cur.fetchone()
-            return int(row[0]) if row else None
-    except psycopg2.Error:
-        return None
-    finally:
-        conn.close()
 
 
 # -- JSON Lines -----------------------------------------------------------------------------
@@ -380,75 +257,3 @@ def import_records(
         progress.finish()
     result.lines = number
     return result
-
-
-# -- migration ------------------------------------------------------------------------------
-
-
-def target_settings(env_file: str | os.PathLike[str]) -> Settings:
-    """Settings read from `env_file` alone: nothing from the environment or `.env` leaks in.
-
-    A field the file does not set takes its default, so a source configured through
-    `POSTGRES_CONNECTION_STRING` cannot make a Cosmos DB target file into a PostgreSQL one.
-    """
-    found = {
-        key.lower(): value
-        for key, value in dotenv_values(env_file).items()
-        if key and value not in (None, "")
-    }
-    overrides: dict[str, Any] = {
-        name: found.get(name, info.default) for name, info in Settings.model_fields.items()
-    }
-    try:
-        return load_settings(_env_file=None, **overrides)
-    except ConfigError as exc:
-        raise ConfigError(f"target {env_file}: {exc}") from None
-
-
-def store_identity(settings: Settings) -> tuple[str, ...]:
-    """What makes two configurations the same store; holds no secret."""
-    secret = settings.postgres_connection_string
-    if secret is not None:
-        import psycopg2.extensions
-
-        try:
-            dsn = psycopg2.extensions.parse_dsn(secret.get_secret_value())
-        except psycopg2.ProgrammingError:
-            raise ConfigError("POSTGRES_CONNECTION_STRING cannot be parsed") from None
-        host = (dsn.get("host") or dsn.get("hostaddr") or "").split(",")[0].lower()
-        # Loopback by name, by address or through the socket is one server: refuse all alike.
-        if host in ("", "localhost", "127.0.0.1", "::1") or host.startswith("/"):
-            host = "localhost"
-        port = (dsn.get("port") or "5432").split(",")[0]
-        return ("postgres", host, port, dsn.get("dbname") or dsn.get("user") or "")
-    if settings.cosmos_endpoint:
-        from urllib.parse import urlsplit
-
-        parts = urlsplit(settings.cosmos_endpoint)
-        host = (parts.hostname or "").lower()
-        host = "localhost" if host in ("localhost", "127.0.0.1", "::1") else host
-        return ("cosmos", host, str(parts.port or 443), settings.cosmos_database_name)
-    return ("none",)
-
-
-def describe(settings: Settings) -> str:
-    """The configured store for humans, secrets masked."""
-    secret = settings.postgres_connection_string
-    if secret is not None:
-        dsn = secret.get_secret_value()
-        if "://" in dsn:
-            return f"PostgreSQL {mask_url(dsn)}"
-        _, host, port, db = store_identity(settings)
-        return f"PostgreSQL host={host} port={port} dbname={db}"
-    if settings.cosmos_endpoint:
-        endpoint = mask_url(settings.cosmos_endpoint)
-        return f"Cosmos DB {endpoint} database {settings.cosmos_database_name}"
-    return "no store configured"
-
-
-def open_store(settings: Settings, side: str) -> StorageBackend:
-    """`create_storage_client(settings)`, with errors naming the side (source or target)."""
-    try:
-        return create_storage_client(settings)
-    except StorageError as exc:
-        raise type(exc)(f"{side}: {exc}") from None

@@ -13,12 +13,9 @@ import pytest
 
 import agentstore_cli.migrate as migrate_module
 from agentstore_cli.migrate import CHECKPOINT_DIR, KindCheck, migrate_stores, plan_migration
-from agentstore_cli.transfer import (
-    LineProgress,
-    kind_of,
-    store_identity,
-    target_settings,
-)
+from agentstore_cli.progress import LineProgress
+from agentstore_cli.stores import store_identity, target_settings
+from agentstore_cli.transfer import kind_of
 from agentstore_cli.transfer import write_page as real_write_page
 from storage.base import StorageBackend
 from storage.config import load_settings
