@@ -8,13 +8,13 @@ import logging
 import threading
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 import pydantic_core
 from azure.core.exceptions import AzureError
-from azure.cosmos import CosmosClient, PartitionKey, exceptions
+from azure.cosmos import PartitionKey, exceptions
 
 from .base import StorageBackend, check_limit
 from .config import Settings, load_settings
@@ -32,6 +32,7 @@ from .cosmos_items import (
     write,
 )
 from .cosmos_retention import TOMBSTONES, Remover
+from .cosmos_sdk import connect
 from .errors import ConfigError, StorageError, TransientStorageError, ValidationError
 from .ids import check_id, row_id
 from .records import KINDS, SCOPE_OF, Kind, Record, Scope, Tombstone
@@ -94,7 +95,7 @@ class CosmosDBClient(StorageBackend):
             # The SDK skips certificate checks for these two hosts only (its emulator rule) and
             # urllib3 then warns on every request; re-adding the same filter replaces it.
             warnings.filterwarnings("ignore", message=_LOOPBACK_TLS_WARNING)
-        self._client = self._call(self._connect)
+        self._client = self._call(lambda: connect(self._endpoint, self._key.get_secret_value()))
         try:
             self._containers, self._tombstones = self._call(self._open_containers)
         except BaseException:
@@ -107,26 +108,6 @@ class CosmosDBClient(StorageBackend):
 
     def __repr__(self) -> str:
         return f"CosmosDBClient(endpoint={self._endpoint!r}, database={self._database_name!r})"
-
-    def _connect(self) -> CosmosClient:
-        # For 127.0.0.1/localhost the SDK itself skips certificate checks (its emulator rule);
-        # every other host is verified. The SDK retries throttling (429) up to `retry_total`
-        # times within `retry_backoff_max` s; it may also retry a write after a timeout, which
-        # is safe here because every write is conditional and idempotent.
-        try:
-            return CosmosClient(
-                self._endpoint,
-                credential=self._key.get_secret_value(),
-                connection_timeout=10,
-                read_timeout=60,
-                retry_total=9,
-                retry_backoff_max=30,
-                retry_write=2,
-                enable_compact_utf8_item_writes=True,  # a ~2 MB non-ASCII payload stays ~2 MB
-            )
-        except (ValueError, TypeError):
-            # The SDK base64-decodes the key to sign the first request; its error says little.
-            raise ConfigError("COSMOS_KEY is not a valid base64 account key") from None
 
     def _open_containers(self) -> tuple[dict[Kind, Container], Container]:
         database = _if_exists_race(
@@ -248,7 +229,13 @@ class CosmosDBClient(StorageBackend):
         if len(tasks) <= 1:
             return [self._call(task) for task in tasks]
         futures = [self._executor.submit(self._call, task) for task in tasks]
-        errors = [exc for f in futures if (exc := f.exception()) is not None]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        # One failure fails the apply, which is retried whole: tasks not started yet would
+        # only spend the retry budget (each waiting on the same unreachable store).
+        for future in futures:
+            future.cancel()
+        wait(futures)
+        errors = [exc for f in futures if not f.cancelled() and (exc := f.exception())]
         if errors:
             log.warning("%d of %d Cosmos DB tasks failed", len(errors), len(futures))
             # A permanent failure is the more useful report: retrying will not fix it.
