@@ -12,10 +12,10 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
-import pydantic_core
 from azure.core.exceptions import AzureError
 from azure.cosmos import PartitionKey, exceptions
 
+from . import cosmos_batch
 from .base import StorageBackend, check_limit
 from .config import Settings, load_settings
 from .cosmos_items import (
@@ -28,7 +28,6 @@ from .cosmos_items import (
     from_item,
     key_field,
     read,
-    to_item,
     write,
 )
 from .cosmos_retention import TOMBSTONES, Remover
@@ -45,8 +44,6 @@ T = TypeVar("T")
 _TRANSIENT_STATUS = frozenset({408, 410, 429, 449, 502, 503, 504})
 _LOOPBACK_TLS_WARNING = r"Unverified HTTPS request is being made to host '(127\.0\.0\.1|localhost)'"
 _CHUNK = 16  # records per executor task: amortises the hand-off, still spreads the work
-_BATCH = 100  # records of one partition per transactional batch: Cosmos DB's limit
-_BATCH_BYTES = 1_500_000  # and items per batch, below its 2 MB request limit
 _BAD_NAME_CHARS = frozenset("/\\?#\t\r\n")  # in database names: refused by Cosmos DB or its SDK
 
 
@@ -173,7 +170,7 @@ class CosmosDBClient(StorageBackend):
             mine = sorted((r for r in recs if r.kind == kind), key=lambda r: r.partition)
             for _, group in itertools.groupby(mine, key=lambda r: r.partition):
                 part = list(group)
-                size = _BATCH if container.aligned else _CHUNK
+                size = cosmos_batch.BATCH if container.aligned else _CHUNK
                 chunks += [(container, part[i : i + size]) for i in range(0, len(part), size)]
         done = self._run_all([functools.partial(self._write_chunk, c, rs) for c, rs in chunks])
         return [
@@ -210,7 +207,7 @@ class CosmosDBClient(StorageBackend):
         if container.aligned and (found is not None or recs[0].kind == "conversation"):
             new = [rec for rec in recs if found is None or rec.row_id not in found]
             if len(new) > 1:
-                created = self._call(functools.partial(_create_batch, container, new))
+                created = self._call(functools.partial(cosmos_batch.create_records, container, new))
                 if created is not None:
                     written += created
                     recs = [rec for rec in recs if found is not None and rec.row_id in found]
@@ -394,42 +391,6 @@ def _short_reason(exc: AzureError) -> str:
 
 def _partition(rec: Record) -> tuple[Scope, str]:
     return SCOPE_OF[rec.kind], rec.partition
-
-
-def _create_batch(
-    container: Container, recs: list[Record]
-) -> list[tuple[Record, dict[str, Any]]] | None:
-    """Create one partition's new records in transactional batches: one request per batch
-    (at most 100 items and `_BATCH_BYTES`) instead of one per record.
-
-    None if a batch failed (an item was created meanwhile: 409) or an item is too large for
-    one: the records are then written one by one, each deciding again from what is stored,
-    so a batch applied in part changes nothing. (Replacing stored items in a batch works on
-    Cosmos DB, but the test server cannot run replaces in a batch, so they go one by one.)
-    """
-    batches: list[list[tuple[Record, dict[str, Any]]]] = [[]]
-    size = 0
-    for rec in recs:
-        item = to_item(container.layout, rec)
-        length = len(pydantic_core.to_json(item))
-        if length > _BATCH_BYTES:
-            return None
-        if size + length > _BATCH_BYTES or len(batches[-1]) == _BATCH:
-            batches.append([])
-            size = 0
-        batches[-1].append((rec, item))
-        size += length
-    written: list[tuple[Record, dict[str, Any]]] = []
-    for batch in batches:
-        operations = [("create", (item,)) for _, item in batch]
-        try:
-            results = container.proxy.execute_item_batch(
-                operations, partition_key=recs[0].partition
-            )
-        except exceptions.CosmosBatchOperationError:
-            return None
-        written += [(rec, r["resourceBody"]) for (rec, _), r in zip(batch, results, strict=True)]
-    return written
 
 
 def _covered(version: str, tombstone: str | None) -> bool:
