@@ -92,7 +92,8 @@ class CosmosDBClient(StorageBackend):
             # The SDK skips certificate checks for these two hosts only (its emulator rule) and
             # urllib3 then warns on every request; re-adding the same filter replaces it.
             warnings.filterwarnings("ignore", message=_LOOPBACK_TLS_WARNING)
-        self._client = self._call(lambda: connect(self._endpoint, self._key.get_secret_value()))
+        secret, http_log = self._key.get_secret_value(), settings.agentstore_cosmos_http_log
+        self._client = self._call(lambda: connect(self._endpoint, secret, http_log))
         try:
             self._containers, self._tombstones = self._call(self._open_containers)
         except BaseException:
