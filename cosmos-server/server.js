@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Test-only Cosmos DB server for agentstore: `node cosmos-server/server.js PORT`.
+// Test-only Cosmos DB server for agentstore: `node cosmos-server/server.js PORT [ADVERTISED_PORT]`.
 //
 // Runs @vercel/cosmosdb-server (pinned in package.json) on 127.0.0.1:PORT over HTTPS with
 // keep-alive. We do not use the package's CLI: it answers `Connection: close`, so the Python SDK
@@ -16,6 +16,8 @@ const crypto = require("crypto");
 // handler's `default` export when it is first required), so patch first, then require the index.
 const readDocument = require("@vercel/cosmosdb-server/lib/handler/read-document");
 const documentsModule = require("@vercel/cosmosdb-server/lib/account/documents");
+const accountModule = require("@vercel/cosmosdb-server/lib/account");
+const jsonModule = require("@vercel/cosmosdb-server/lib/json");
 const {
   parsePartitionKey,
   default: partitionFromHeader,
@@ -59,6 +61,36 @@ const Documents = documentsModule.default;
 Documents.prototype._toRid = function toRid(keyPath, value, partition) {
   return this._index.get(this._getId(keyPath, value, partition)) || `\u0000missing:${value}`;
 };
+
+// (e) In a transactional batch the package reads each operation's partition key from the
+// operation itself (`partitionKey`); the Python SDK sends it once, in the request's
+// x-ms-documentdb-partitionkey header, as real Cosmos DB expects (one batch, one logical
+// partition). Without this every batch operation but `create` fails with 500. Still not atomic
+// here, unlike on real Cosmos DB.
+const originalJson = jsonModule.default;
+jsonModule.default = async req => {
+  const body = await originalJson(req);
+  const header = partitionFromHeader(req);
+  if (req.headers["x-ms-cosmos-is-batch-request"] && Array.isArray(body) && header) {
+    for (const op of body) {
+      if (op && op.partitionKey === undefined) op.partitionKey = header;
+    }
+  }
+  return body;
+};
+
+// (f) The account record names the endpoint the SDK must use for every later request: the port
+// the server listens on. A test that puts a proxy in front (to refuse connections for a while)
+// passes the proxy's port as ADVERTISED_PORT, so the SDK keeps going through the proxy.
+const advertisedPort = Number.parseInt(process.argv[3] || "", 10);
+if (Number.isInteger(advertisedPort)) {
+  const Account = accountModule.default;
+  accountModule.default = class extends Account {
+    constructor(host, port) {
+      super(host, advertisedPort || port);
+    }
+  };
+}
 
 const { createHttpsServer } = require("@vercel/cosmosdb-server");
 
@@ -126,7 +158,7 @@ function reject(req, res, status, code, message) {
 function main() {
   const port = Number.parseInt(process.argv[2], 10);
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
-    process.stderr.write("usage: node server.js PORT\n");
+    process.stderr.write("usage: node server.js PORT [ADVERTISED_PORT]\n");
     process.exit(2);
   }
   const server = createHttpsServer({ keepAlive: true });

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     cosmos_key: SecretStr | None = None
     cosmos_database_name: str = "transaction_review"
     cosmos_max_concurrency: int = 8
+    agentstore_cosmos_http_log: bool = False  # the SDK's per-request INFO logs
 
     celery_broker_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
 

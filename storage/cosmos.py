@@ -8,14 +8,14 @@ import logging
 import threading
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
-import pydantic_core
 from azure.core.exceptions import AzureError
-from azure.cosmos import CosmosClient, PartitionKey, exceptions
+from azure.cosmos import PartitionKey, exceptions
 
+from . import cosmos_batch
 from .base import StorageBackend, check_limit
 from .config import Settings, load_settings
 from .cosmos_items import (
@@ -28,10 +28,10 @@ from .cosmos_items import (
     from_item,
     key_field,
     read,
-    to_item,
     write,
 )
 from .cosmos_retention import TOMBSTONES, Remover
+from .cosmos_sdk import connect
 from .errors import ConfigError, StorageError, TransientStorageError, ValidationError
 from .ids import check_id, row_id
 from .records import KINDS, SCOPE_KINDS, SCOPE_OF, Kind, Record, Scope, Tombstone, tombstone_cursor
@@ -44,8 +44,6 @@ T = TypeVar("T")
 _TRANSIENT_STATUS = frozenset({408, 410, 429, 449, 502, 503, 504})
 LOOPBACK_TLS_WARNING = r"Unverified HTTPS request is being made to host '(127\.0\.0\.1|localhost)'"
 _CHUNK = 16  # records per executor task: amortises the hand-off, still spreads the work
-_BATCH = 100  # records of one partition per transactional batch: Cosmos DB's limit
-_BATCH_BYTES = 1_500_000  # and items per batch, below its 2 MB request limit
 _BAD_NAME_CHARS = frozenset("/\\?#\t\r\n")  # in database names: refused by Cosmos DB or its SDK
 
 
@@ -94,7 +92,8 @@ class CosmosDBClient(StorageBackend):
             # The SDK skips certificate checks for these two hosts only (its emulator rule) and
             # urllib3 then warns on every request; re-adding the same filter replaces it.
             warnings.filterwarnings("ignore", message=LOOPBACK_TLS_WARNING)
-        self._client = self._call(self._connect)
+        secret, http_log = self._key.get_secret_value(), settings.agentstore_cosmos_http_log
+        self._client = self._call(lambda: connect(self._endpoint, secret, http_log))
         try:
             self._containers, self._tombstones = self._call(self._open_containers)
         except BaseException:
@@ -107,26 +106,6 @@ class CosmosDBClient(StorageBackend):
 
     def __repr__(self) -> str:
         return f"CosmosDBClient(endpoint={self._endpoint!r}, database={self._database_name!r})"
-
-    def _connect(self) -> CosmosClient:
-        # For 127.0.0.1/localhost the SDK itself skips certificate checks (its emulator rule);
-        # every other host is verified. The SDK retries throttling (429) up to `retry_total`
-        # times within `retry_backoff_max` s; it may also retry a write after a timeout, which
-        # is safe here because every write is conditional and idempotent.
-        try:
-            return CosmosClient(
-                self._endpoint,
-                credential=self._key.get_secret_value(),
-                connection_timeout=10,
-                read_timeout=60,
-                retry_total=9,
-                retry_backoff_max=30,
-                retry_write=2,
-                enable_compact_utf8_item_writes=True,  # a ~2 MB non-ASCII payload stays ~2 MB
-            )
-        except (ValueError, TypeError):
-            # The SDK base64-decodes the key to sign the first request; its error says little.
-            raise ConfigError("COSMOS_KEY is not a valid base64 account key") from None
 
     def _open_containers(self) -> tuple[dict[Kind, Container], Container]:
         database = _if_exists_race(
@@ -192,7 +171,7 @@ class CosmosDBClient(StorageBackend):
             mine = sorted((r for r in recs if r.kind == kind), key=lambda r: r.partition)
             for _, group in itertools.groupby(mine, key=lambda r: r.partition):
                 part = list(group)
-                size = _BATCH if container.aligned else _CHUNK
+                size = cosmos_batch.BATCH if container.aligned else _CHUNK
                 chunks += [(container, part[i : i + size]) for i in range(0, len(part), size)]
         done = self._run_all([functools.partial(self._write_chunk, c, rs) for c, rs in chunks])
         return [
@@ -229,7 +208,7 @@ class CosmosDBClient(StorageBackend):
         if container.aligned and (found is not None or recs[0].kind == "conversation"):
             new = [rec for rec in recs if found is None or rec.row_id not in found]
             if len(new) > 1:
-                created = self._call(functools.partial(_create_batch, container, new))
+                created = self._call(functools.partial(cosmos_batch.create_records, container, new))
                 if created is not None:
                     written += created
                     recs = [rec for rec in recs if found is not None and rec.row_id in found]
@@ -248,7 +227,13 @@ class CosmosDBClient(StorageBackend):
         if len(tasks) <= 1:
             return [self._call(task) for task in tasks]
         futures = [self._executor.submit(self._call, task) for task in tasks]
-        errors = [exc for f in futures if (exc := f.exception()) is not None]
+        wait(futures, return_when=FIRST_EXCEPTION)
+        # One failure fails the apply, which is retried whole: tasks not started yet would
+        # only spend the retry budget (each waiting on the same unreachable store).
+        for future in futures:
+            future.cancel()
+        wait(futures)
+        errors = [exc for f in futures if not f.cancelled() and (exc := f.exception())]
         if errors:
             log.warning("%d of %d Cosmos DB tasks failed", len(errors), len(futures))
             # A permanent failure is the more useful report: retrying will not fix it.
@@ -421,42 +406,6 @@ def _short_reason(exc: AzureError) -> str:
 
 def _partition(rec: Record) -> tuple[Scope, str]:
     return SCOPE_OF[rec.kind], rec.partition
-
-
-def _create_batch(
-    container: Container, recs: list[Record]
-) -> list[tuple[Record, dict[str, Any]]] | None:
-    """Create one partition's new records in transactional batches: one request per batch
-    (at most 100 items and `_BATCH_BYTES`) instead of one per record.
-
-    None if a batch failed (an item was created meanwhile: 409) or an item is too large for
-    one: the records are then written one by one, each deciding again from what is stored,
-    so a batch applied in part changes nothing. (Replacing stored items in a batch works on
-    Cosmos DB, but the test server cannot run replaces in a batch, so they go one by one.)
-    """
-    batches: list[list[tuple[Record, dict[str, Any]]]] = [[]]
-    size = 0
-    for rec in recs:
-        item = to_item(container.layout, rec)
-        length = len(pydantic_core.to_json(item))
-        if length > _BATCH_BYTES:
-            return None
-        if size + length > _BATCH_BYTES or len(batches[-1]) == _BATCH:
-            batches.append([])
-            size = 0
-        batches[-1].append((rec, item))
-        size += length
-    written: list[tuple[Record, dict[str, Any]]] = []
-    for batch in batches:
-        operations = [("create", (item,)) for _, item in batch]
-        try:
-            results = container.proxy.execute_item_batch(
-                operations, partition_key=recs[0].partition
-            )
-        except exceptions.CosmosBatchOperationError:
-            return None
-        written += [(rec, r["resourceBody"]) for (rec, _), r in zip(batch, results, strict=True)]
-    return written
 
 
 def _covered(version: str, tombstone: str | None) -> bool:

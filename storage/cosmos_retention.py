@@ -11,6 +11,7 @@ from typing import Any, Protocol, TypeVar
 from azure.core import MatchConditions
 from azure.cosmos import exceptions
 
+from .cosmos_batch import BATCH, delete_unchanged_items
 from .cosmos_items import MAX_WRITE_ATTEMPTS, Container, Layout, delete_unchanged, read
 from .errors import TransientStorageError
 from .records import SCOPE_KINDS, Kind, Scope, Tombstone
@@ -123,9 +124,25 @@ class Remover:
         )
 
     def delete_items(self, container: Container, items: Sequence[Mapping[str, Any]]) -> int:
-        """Delete `items` (as read: id, etag, partition key) that did not change since; a count."""
-        chunks = [items[i : i + _CHUNK] for i in range(0, len(items), _CHUNK)]
-        tasks = [functools.partial(_delete_each, container, chunk) for chunk in chunks]
+        """Delete `items` (as read: id, etag, partition key) that did not change since; a count.
+
+        Items of one logical partition go in transactional batches of 100 (one request each);
+        items alone in theirs (e.g. under the seed's `/id` layout) in tasks of `_CHUNK`.
+        """
+        by_key: dict[Any, list[Mapping[str, Any]]] = {}
+        for item in items:
+            by_key.setdefault(item[container.key_field], []).append(item)
+        alone = [group[0] for group in by_key.values() if len(group) == 1]
+        tasks = [
+            functools.partial(_delete_each, container, alone[i : i + _CHUNK])
+            for i in range(0, len(alone), _CHUNK)
+        ]
+        tasks += [
+            functools.partial(delete_unchanged_items, container, group[i : i + BATCH])
+            for group in by_key.values()
+            if len(group) > 1
+            for i in range(0, len(group), BATCH)
+        ]
         return sum(self._run_all(tasks))
 
     def _delete_where(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,8 +73,11 @@ def _answers(port: int) -> bool:
         return False
 
 
-def start_cosmos_server() -> CosmosServer:
+def start_cosmos_server(advertised_port: int | None = None) -> CosmosServer:
     """Start `node cosmos-server/server.js PORT` on a free loopback port and wait until it answers.
+
+    With `advertised_port`, the server tells the SDK to send every request after the first
+    to that port (e.g. a `TcpProxy`'s) instead of its own.
 
     Raises `CosmosServerError` with the server's output if it does not answer within 15 s, and
     one saying to run `npm ci --prefix cosmos-server` if its dependencies are not installed.
@@ -91,7 +96,7 @@ def start_cosmos_server() -> CosmosServer:
         port = _free_port()
         log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by CosmosServer.stop()
         process = subprocess.Popen(
-            [node, str(SERVER_DIR / "server.js"), str(port)],
+            [node, str(SERVER_DIR / "server.js"), str(port), str(advertised_port or "")],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -118,3 +123,54 @@ def start_cosmos_server() -> CosmosServer:
         f"Cosmos DB test server exited with code {process.returncode}; its output:\n"
         f"{last_output or '(none)'}"
     )
+
+
+class TcpProxy:
+    """Forwards loopback TCP connections on `port` to `target` (set it before the first
+    connection); `refuse()` closes the port and every connection (clients get "connection
+    refused") until `accept()` opens it again."""
+
+    def __init__(self, target: int = 0) -> None:
+        self.target = target
+        self.port = _free_port()
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+        self.accept()
+
+    def accept(self) -> None:
+        listener = socket.create_server(("127.0.0.1", self.port))
+        with self._lock:
+            self._listener = listener
+        threading.Thread(target=self._serve, args=(listener,), daemon=True).start()
+
+    def refuse(self) -> None:
+        with self._lock:
+            doomed, self._sockets = self._sockets, set()
+            if self._listener is not None:
+                doomed.add(self._listener)
+            self._listener = None
+        for sock in doomed:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def _serve(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                return  # refuse() closed the listener
+            with self._lock:
+                self._sockets |= {client, upstream}
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=_pipe, args=(src, dst), daemon=True).start()
+
+
+def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := src.recv(65536):
+            dst.sendall(data)
+    with contextlib.suppress(OSError):
+        dst.shutdown(socket.SHUT_WR)

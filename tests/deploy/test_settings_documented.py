@@ -6,6 +6,7 @@ import dataclasses
 import re
 from typing import Any
 
+import pydantic
 import pytest
 
 from storage.config import Settings
@@ -65,9 +66,14 @@ def test_env_example_states_each_meaning_and_the_real_default() -> None:
             continue
         text = stated.group(1)
         assert real is not None, f"{var.name} has no default, but .env.example says {text!r}"
-        assert type(real)(text) == real, f"{var.name}: documented {text!r}, real {real!r}"
+        assert _parse(real, text) == real, f"{var.name}: documented {text!r}, real {real!r}"
         if var.commented and var.value:
-            assert type(real)(var.value) == real, f"{var.name}: example line shows {var.value!r}"
+            assert _parse(real, var.value) == real, f"{var.name}: example line shows {var.value!r}"
+
+
+def _parse(like: Any, text: str) -> Any:
+    """`text` as a value of `like`'s type, read as the settings read it (bool("false") is True)."""
+    return pydantic.TypeAdapter(type(like)).validate_python(text)
 
 
 def test_compose_refers_only_to_real_settings() -> None:
@@ -104,8 +110,9 @@ def test_each_setting_is_read_from_its_variable(name: str, monkeypatch: pytest.M
     field = name.lower()
     annotation = str(Settings.model_fields[field].annotation)
     numeric = "int" in annotation or "float" in annotation
-    value = values.get(name, "7" if numeric else "text")
+    boolean = "bool" in annotation
+    value = values.get(name, "7" if numeric else "true" if boolean else "text")
     monkeypatch.setenv(name, value)
     got = getattr(Settings(_env_file=None), field)  # type: ignore[call-arg]
     got = getattr(got, "get_secret_value", lambda: got)()
-    assert str(got) in (value, f"{value}.0")
+    assert str(got).lower() in (value, f"{value}.0")
