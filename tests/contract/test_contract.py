@@ -414,7 +414,7 @@ def test_bad_limit_rejected(store: StorageClient, uid: str, limit: Any) -> None:
         store.get_conversation_history(uid, limit=limit)
 
 
-@pytest.mark.parametrize("version", ["", "has space", "x" * 65, 12, "ünïcode"])
+@pytest.mark.parametrize("version", ["", "has space", "x" * 65, 12.0, "ünïcode"])
 def test_bad_version_rejected(store: StorageClient, uid: str, version: Any) -> None:
     with pytest.raises(ValidationError, match="version"):
         store.save_state(uid, "s", {"x": 1}, version=version)
