@@ -94,7 +94,7 @@ class Producer(StorageClient):
     def __repr__(self) -> str:
         return f"Producer(broker={self._publisher.masked_url!r})"
 
-    def _submit(self, name: OpName, args: dict[str, Any], version: str | None) -> str:
+    def _submit(self, name: OpName, args: dict[str, Any], version: str | int | None) -> str:
         op_id, text = encode_op(name, args, version=version)
         if self._buffer is not None:
             if self._closed:

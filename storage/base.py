@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from types import TracebackType
@@ -12,47 +13,66 @@ from .ops import Op, OpName, make_op
 from .records import Kind, Record, Tombstone, plan
 from .retention import RetentionPolicy
 
+# No store holds more rows than this (PostgreSQL's bigint): a larger limit means all of them.
+_MAX_LIMIT = 2**63 - 1
+
 
 def check_limit(limit: object) -> int | None:
+    """`limit` as a plain int (None: no limit), or `ValidationError`.
+
+    Any `numbers.Integral` but bool is accepted (e.g. a numpy integer); limits above what a
+    store can hold are clamped, since PostgreSQL refuses integers beyond a bigint.
+    """
     if limit is None:
         return None
-    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+    if isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 0:
         raise ValidationError(f"limit must be a non-negative int or None, got {limit!r}")
-    return limit
+    return min(int(limit), _MAX_LIMIT)
 
 
 class StorageClient(ABC):
     """Saves and reads agent states, tasks, conversations and transactions.
 
-    Every save is idempotent and ordered by `version` (a sortable string, assigned from a
-    hybrid logical clock when omitted): saving the same thing twice is a no-op, and a save
-    older than what is stored is ignored. Storage clients apply saves directly and return
-    None; the `Producer` publishes them and returns the op id.
+    Every save is idempotent and ordered by `version` (an integer, or assigned from a
+    hybrid logical clock when omitted; see `storage.versions.normalize_version`): saving
+    the same thing twice is a no-op, a save older than what is stored is ignored, and of
+    two saves of the same version the first applied stays. Storage clients apply saves
+    directly and return None; the `Producer` publishes them and returns the op id.
     """
 
     def save_state(
-        self, agent_id: str, state_id: str, state: dict[str, Any], *, version: str | None = None
+        self,
+        agent_id: str,
+        state_id: str,
+        state: dict[str, Any],
+        *,
+        version: str | int | None = None,
     ) -> str | None:
         """Save the state `state_id` of `agent_id`, replacing an older one."""
         args = {"agent_id": agent_id, "state_id": state_id, "state": state}
         return self._submit("save_state", args, version)
 
     def save_task(
-        self, agent_id: str, task_id: str, task_data: dict[str, Any], *, version: str | None = None
+        self,
+        agent_id: str,
+        task_id: str,
+        task_data: dict[str, Any],
+        *,
+        version: str | int | None = None,
     ) -> str | None:
         """Save the task `task_id` of `agent_id`, replacing an older one."""
         args = {"agent_id": agent_id, "task_id": task_id, "task_data": task_data}
         return self._submit("save_task", args, version)
 
     def save_conversation(
-        self, conversation_id: str, message: dict[str, Any], *, version: str | None = None
+        self, conversation_id: str, message: dict[str, Any], *, version: str | int | None = None
     ) -> str | None:
         """Append `message` to the history of `conversation_id` (ordered by version)."""
         args = {"conversation_id": conversation_id, "message": message}
         return self._submit("save_conversation", args, version)
 
     def save_transactions(
-        self, case_id: str, transactions: list[dict[str, Any]], *, version: str | None = None
+        self, case_id: str, transactions: list[dict[str, Any]], *, version: str | int | None = None
     ) -> str | None:
         """Save `transactions` under `case_id`; a transaction's `"id"` is its identity.
 
@@ -62,32 +82,34 @@ class StorageClient(ABC):
         return self._submit("save_transactions", args, version)
 
     def delete_state(
-        self, agent_id: str, state_id: str, *, version: str | None = None
+        self, agent_id: str, state_id: str, *, version: str | int | None = None
     ) -> str | None:
         """Delete one state; a save older than this delete will not bring it back."""
         return self._submit("delete_state", {"agent_id": agent_id, "state_id": state_id}, version)
 
-    def delete_task(self, agent_id: str, task_id: str, *, version: str | None = None) -> str | None:
+    def delete_task(
+        self, agent_id: str, task_id: str, *, version: str | int | None = None
+    ) -> str | None:
         """Delete one task; a save older than this delete will not bring it back."""
         return self._submit("delete_task", {"agent_id": agent_id, "task_id": task_id}, version)
 
     def delete_conversation(
-        self, conversation_id: str, *, version: str | None = None
+        self, conversation_id: str, *, version: str | int | None = None
     ) -> str | None:
         """Delete the whole history of `conversation_id` (messages older than this delete)."""
         return self._submit("delete_conversation", {"conversation_id": conversation_id}, version)
 
     def delete_transactions(
-        self, case_id: str, ids: list[str] | None = None, *, version: str | None = None
+        self, case_id: str, ids: list[str] | None = None, *, version: str | int | None = None
     ) -> str | None:
         """Delete the given transaction ids of `case_id`, or all of them when `ids` is None."""
         return self._submit("delete_transactions", {"case_id": case_id, "ids": ids}, version)
 
-    def erase_agent(self, agent_id: str, *, version: str | None = None) -> str | None:
+    def erase_agent(self, agent_id: str, *, version: str | int | None = None) -> str | None:
         """Delete every state and task of `agent_id` older than this call."""
         return self._submit("erase_agent", {"agent_id": agent_id}, version)
 
-    def _submit(self, name: OpName, args: dict[str, Any], version: str | None) -> str | None:
+    def _submit(self, name: OpName, args: dict[str, Any], version: str | int | None) -> str | None:
         self.apply([make_op(name, args, version=version)])
         return None
 

@@ -82,14 +82,14 @@ class Remover:
         return [Tombstone(scope, str(i["key"]), str(i["version"])) for i in items]
 
     def erase(self, tombstone: Tombstone) -> str:
-        """Store `tombstone`, then delete its partition's items older than the stored one.
+        """Store `tombstone`, then delete its partition's items up to the stored one's version.
 
         Returns the stored tombstone's version (the newer of this one and the one before).
         """
         version = self._put(tombstone)
         for kind in SCOPE_KINDS[tombstone.scope]:
             container = self._containers[kind]
-            where = f"c.{container.layout.partition_field} = @k AND c.version < @v"
+            where = f"c.{container.layout.partition_field} = @k AND c.version <= @v"
             params = {"@k": tombstone.key, "@v": version}
             self._delete_where(container, where, params, tombstone.key, _ERASE_PAGE, None)
         return version

@@ -17,7 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from .errors import ValidationError
 from .ids import check_id, row_id, state_row_id, task_row_id, transaction_row_id
 from .payload import encode_payload
-from .versions import VERSION_RE, new_version
+from .versions import VERSION_RE, new_version, normalize_version
 
 MAX_TRANSACTIONS_PER_SAVE = 10_000
 _OP_ID_RE = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
@@ -285,15 +285,33 @@ def parse_op(message: object) -> Op:
         raise ValidationError(f"invalid op: {_describe(exc)}") from None
 
 
+def _call_version(name: str, version: object) -> str:
+    """The version of a call: a new one when omitted, else the caller's, normalized."""
+    if version is None:
+        return new_version()
+    try:
+        return normalize_version(version)
+    except ValidationError as exc:
+        raise ValidationError(f"{name}: {exc}") from None
+
+
 def make_op(
-    name: OpName, args: dict[str, Any], *, version: str | None = None, op_id: str | None = None
+    name: OpName,
+    args: dict[str, Any],
+    *,
+    version: str | int | None = None,
+    op_id: str | None = None,
 ) -> Op:
-    """Build and validate an op for a save call; raise `ValidationError` at the call if bad."""
+    """Build and validate an op for a save call; raise `ValidationError` at the call if bad.
+
+    `version` is normalized by `storage.versions.normalize_version` (integers compare as
+    numbers); omitted, it comes from this process's hybrid logical clock.
+    """
     message = {
         "op": name,
         "args": args,
         "id": op_id or new_op_id(),
-        "version": new_version() if version is None else version,
+        "version": _call_version(name, version),
     }
     try:
         return _adapter.validate_python(message)
@@ -311,7 +329,11 @@ _json_str = json.encoder.encode_basestring  # as the json module quotes; keeps n
 
 
 def encode_op(
-    name: OpName, args: dict[str, Any], *, version: str | None = None, op_id: str | None = None
+    name: OpName,
+    args: dict[str, Any],
+    *,
+    version: str | int | None = None,
+    op_id: str | None = None,
 ) -> tuple[str, str]:
     """Validate a save as `make_op` does and return `(op id, the op's wire JSON text)`.
 
@@ -322,12 +344,13 @@ def encode_op(
     the model, ~4x faster; anything else, and any input those checks refuse, goes through
     `make_op`, so what is accepted and every error message stay exactly the same.
     """
+    checked = _call_version(name, version)
     shape = _FAST_SHAPES.get(name)
     if shape is not None and type(args) is dict:
-        done = _encode_fast(name, shape, args, version, op_id)
+        done = _encode_fast(name, shape, args, checked, op_id)
         if done is not None:
             return done
-    op = make_op(name, args, version=version, op_id=op_id)  # row ids are checked by the model
+    op = make_op(name, args, version=checked, op_id=op_id)  # row ids are checked by the model
     return op.id, op.model_dump_json()
 
 
@@ -335,7 +358,7 @@ def _encode_fast(
     name: str,
     shape: tuple[str, str | None, str],
     args: dict[str, Any],
-    version: str | None,
+    version: str,
     op_id: str | None,
 ) -> tuple[str, str] | None:
     owner_field, sub_field, data_field = shape
@@ -352,7 +375,6 @@ def _encode_fast(
             check_id(sub_field, sub)
             row_id((owner_field, owner), (sub_field, sub))
         payload = encode_payload(data_field, data)
-        version = new_version() if version is None else _check_version(version)
         op_id = new_op_id() if op_id is None else _check_op_id(op_id)
     except (ValidationError, ValueError):
         return None  # `make_op` raises the error, worded as always

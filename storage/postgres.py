@@ -244,7 +244,8 @@ class PostgreSQLClient(StorageBackend):
         self, conversation_id: str, limit: int | None = None
     ) -> list[dict[str, Any]]:
         check_id("conversation_id", conversation_id)
-        if check_limit(limit) is None:
+        limit = check_limit(limit)
+        if limit is None:
             rows = self._fetch(
                 "SELECT message FROM conversations WHERE conversation_id = %s ORDER BY position",
                 (conversation_id,),

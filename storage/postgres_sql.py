@@ -113,11 +113,11 @@ TOMBSTONE_UPSERT = (
 )
 
 
-# What a tombstone of each scope removes at once: its partition's rows older than it.
+# What a tombstone of each scope removes at once: its partition's rows not newer than it.
 def _erase(table: str, column: str) -> str:
     return (
         f"DELETE FROM {table} d USING (VALUES %s) AS tb(key, version) "
-        f'WHERE d.{column} = tb.key AND d.version < tb.version COLLATE "C"'
+        f'WHERE d.{column} = tb.key AND d.version <= tb.version COLLATE "C"'
     )
 
 

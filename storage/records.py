@@ -60,7 +60,11 @@ _DELETED_POSITION = "~"
 
 @dataclass(frozen=True, slots=True)
 class Tombstone:
-    """Everything of `scope` `key` with a version older than `version` is deleted."""
+    """Everything of `scope` `key` with a version up to `version` (inclusive) is deleted.
+
+    Inclusive on both sides, so the order does not matter at an equal version: a save at the
+    tombstone's version is skipped when it comes after and deleted when it came before.
+    """
 
     scope: Scope
     key: str
@@ -155,14 +159,15 @@ def records(ops: Sequence[Op]) -> dict[Kind, list[Record]]:
 def dedupe(recs: Iterable[Record]) -> dict[Kind, list[Record]]:
     """Group records per kind, keeping for each row id only the newest version.
 
-    Ties (the same version twice, e.g. a redelivery) keep the later one; its content is the same.
+    Ties (the same version twice) keep the first, as the stores keep what they hold at an
+    equal version: the first save of a version wins, inside a batch as across batches.
     A transaction saved twice keeps its earliest position, so it stays where it was first saved.
     """
     newest: dict[tuple[Kind, str], Record] = {}
     for rec in recs:
         key = (rec.kind, rec.row_id)
         old = newest.get(key)
-        if old is None or rec.version >= old.version:
+        if old is None or rec.version > old.version:
             if old is not None and old.position < rec.position:
                 rec = replace(rec, position=old.position)
             newest[key] = rec

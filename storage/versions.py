@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import re
 import secrets
 import threading
 import time
 
-# 15 digits of milliseconds, 6 of logical counter, 8 hex of node: plain string order is time order.
+from .errors import ValidationError
+
+# What a stored or queued version may look like: also versions written before integer
+# versions existed (any such string), so old messages and exports still apply.
 VERSION_RE = re.compile(r"^[0-9A-Za-z._:-]{1,64}$")
+# 15 digits of milliseconds, 6 of logical counter, a node: plain string order is time order.
+_CLOCK_VERSION_RE = re.compile(r"^[0-9]{15}\.[0-9]{6}\.[0-9A-Za-z_-]{1,40}$")
+_DIGITS_RE = re.compile(r"^[0-9]{1,15}$")
+_WIDTH = 15
+MAX_INT_VERSION = 10**_WIDTH - 1
 _COUNTER_LIMIT = 1_000_000
 
 
@@ -50,3 +59,27 @@ os.register_at_fork(after_in_child=_clock._reset_after_fork)
 def new_version() -> str:
     """A fresh version from this process's hybrid logical clock."""
     return _clock.now()
+
+
+def normalize_version(value: object) -> str:
+    """The stored form of a caller's `version=`; `ValidationError` if it is not one.
+
+    An integer 0..MAX_INT_VERSION (any `numbers.Integral` but bool, or a string of up to
+    15 digits) becomes 15 zero-padded digits, so string order is numeric order: 9 < 10. It
+    sorts like the millisecond timestamp it equals, before every automatic version of that
+    millisecond. A version from `new_version()` (e.g. read back from an export) is kept.
+    Other strings are refused: they would compare as text ("9" after "10").
+    """
+    if isinstance(value, str):
+        if _CLOCK_VERSION_RE.match(value):
+            return value
+        if _DIGITS_RE.match(value):
+            return value.rjust(_WIDTH, "0")
+    elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        number = int(value)
+        if 0 <= number <= MAX_INT_VERSION:
+            return f"{number:0{_WIDTH}d}"
+    raise ValidationError(
+        f"version must be an integer from 0 to {MAX_INT_VERSION:,} (or a string of up to "
+        f"{_WIDTH} digits), or a version agentstore issued; got {value!r:.80}"
+    )

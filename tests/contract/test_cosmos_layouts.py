@@ -151,7 +151,7 @@ def test_every_method_on_both_layouts(raw: CosmosClient, make_client: Any, layou
     assert client.get_state("agent/1", "s_1") == {"step": 2}
     scanned = client.scan_records("state")
     assert [(r.row_id, r.partition, r.sub_id, r.data, r.version) for r in scanned] == [
-        ("agent%2F1|s_1", "agent/1", "s_1", {"step": 2}, "0002")
+        ("agent%2F1|s_1", "agent/1", "s_1", {"step": 2}, "000000000000002")  # stored as 15 digits
     ]
     assert client.scan_records("state", after=scanned[-1].row_id) == []
     assert len(client.scan_records("conversation", limit=4)) == 4

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import psycopg2
 import pytest
 
 from storage import PostgreSQLClient, StorageError
+from storage.ids import state_row_id
 from storage.postgres_schema import MIGRATIONS
+from storage.versions import new_version
 from tests.services import fresh_pg_database
 
 SEED_DDL = MIGRATIONS[0][1]
@@ -158,3 +161,84 @@ def test_unreachable_server_is_a_clear_error_without_the_password() -> None:
         PostgreSQLClient(postgres_connection_string=url, postgres_connect_timeout_s=2)
     assert "s3cr3t-pw" not in str(info.value)
     assert "127.0.0.1" in str(info.value)
+
+
+def _wait_for(url: str, event: str, query: str, done: threading.Event | None = None) -> bool:
+    """Wait until an agentstore connection running `query%` waits on a lock of kind `event`.
+
+    False if `done` was set first.
+    """
+    for _ in range(1_200):  # 60 s: generous under load, bounded
+        if _execute(url, _WAITING, (event, f"{query}%"))[0][0]:
+            return True
+        if done is not None and done.is_set():
+            return False
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {query!r} to wait on a {event} lock")
+
+
+_WAITING = (
+    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'agentstore' "
+    "AND datname = current_database() AND wait_event_type = 'Lock' "
+    "AND wait_event = %s AND query LIKE %s"
+)
+
+
+def test_erase_waits_for_a_save_that_passed_its_tombstone_check(pg_url: str) -> None:
+    """A save holds its partition lock from its tombstone check to its commit.
+
+    The save is held between the two: the test's uncommitted insert of the same key makes
+    the save's upsert wait after it found no tombstone. An erase started then must wait for
+    the save, and delete its row; without the lock it deletes nothing, and the save, once
+    released, stores a row older than the erase.
+    """
+    store = PostgreSQLClient(postgres_connection_string=pg_url)
+    barrier = psycopg2.connect(pg_url)
+    threads: list[threading.Thread] = []
+    try:
+        with barrier.cursor() as cur:
+            cur.execute(
+                "INSERT INTO agent_states (id, agent_id, state_id, state, version) "
+                "VALUES (%s, 'a', 's', '{}', '0')",
+                (state_row_id("a", "s"),),
+            )
+        save_version, erase_version = new_version(), new_version()
+        erased = threading.Event()
+        errors: list[BaseException] = []
+
+        def run(action: Callable[[], object], finished: threading.Event | None = None) -> None:
+            try:
+                action()
+            except BaseException as exc:
+                errors.append(exc)
+            if finished is not None:
+                finished.set()
+
+        threads.append(
+            threading.Thread(
+                target=run,
+                args=(lambda: store.save_state("a", "s", {"late": 1}, version=save_version),),
+            )
+        )
+        threads[0].start()
+        _wait_for(pg_url, "transactionid", "INSERT INTO agent_states")
+        threads.append(
+            threading.Thread(
+                target=run, args=(lambda: store.erase_agent("a", version=erase_version), erased)
+            )
+        )
+        threads[1].start()
+        # With the lock, the erase queues behind the save; without it, it just finishes.
+        _wait_for(pg_url, "advisory", "SELECT CASE WHEN x", erased)
+        barrier.rollback()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert not errors, errors
+        assert not any(thread.is_alive() for thread in threads)
+        assert store.get_state("a", "s") is None, "the save older than the erase survived it"
+    finally:
+        barrier.rollback()
+        barrier.close()
+        for thread in threads:
+            thread.join(timeout=60)
+        store.close()

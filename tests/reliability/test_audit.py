@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from storage import PostgreSQLClient
 from storage.ops import make_op
+from storage.versions import normalize_version as _v
 from tests.reliability.audit import audit
 from tests.reliability.ledger import Save
 
@@ -16,30 +17,30 @@ def test_audit_counts_lost_stale_duplicated_out_of_order_and_foreign(soak_databa
     msg = {n: {"t": 0, "n": n} for n in range(1, 5)}
     txn = [{"id": "tx-1", "t": 0, "n": 9, "i": 0}]
     saves = [
-        _save("state", "a", "s1", "v1", {"n": 1}, 1),
-        _save("state", "a", "s1", "v2", {"n": 2}, 2),  # acknowledged, never applied: stale
-        _save("state", "a", "s2", "v1", {"n": 3}, 3),  # acknowledged, nothing stored: lost
-        _save("task", "a", "t1", "v0", {"n": 4}, 4),
-        *(_save("conversation", "c", "", f"v{n}", msg[n], n) for n in range(1, 5)),
-        _save("transaction", "case", "", "v5", txn, 9),
+        _save("state", "a", "s1", _v(1), {"n": 1}, 1),
+        _save("state", "a", "s1", _v(2), {"n": 2}, 2),  # acknowledged, never applied: stale
+        _save("state", "a", "s2", _v(1), {"n": 3}, 3),  # acknowledged, nothing stored: lost
+        _save("task", "a", "t1", _v(0), {"n": 4}, 4),
+        *(_save("conversation", "c", "", _v(n), msg[n], n) for n in range(1, 5)),
+        _save("transaction", "case", "", _v(5), txn, 9),
     ]
     ops = [
-        make_op("save_state", {"agent_id": "a", "state_id": "s1", "state": {"n": 1}}, version="v1"),
+        make_op("save_state", {"agent_id": "a", "state_id": "s1", "state": {"n": 1}}, version=1),
         make_op(
             "save_task",
             {"agent_id": "a", "task_id": "t1", "task_data": saves[3].payload},
-            version="v0",
+            version=0,
         ),
         # Never saved by anyone: foreign.
-        make_op("save_state", {"agent_id": "z", "state_id": "s", "state": {"n": 0}}, version="v1"),
-        make_op("save_conversation", {"conversation_id": "c", "message": msg[1]}, version="v1"),
+        make_op("save_state", {"agent_id": "z", "state_id": "s", "state": {"n": 0}}, version=1),
+        make_op("save_conversation", {"conversation_id": "c", "message": msg[1]}, version=1),
         # Message 2 stored after message 3: one inversion.
-        make_op("save_conversation", {"conversation_id": "c", "message": msg[2]}, version="v9"),
-        make_op("save_conversation", {"conversation_id": "c", "message": msg[3]}, version="v3"),
+        make_op("save_conversation", {"conversation_id": "c", "message": msg[2]}, version=9),
+        make_op("save_conversation", {"conversation_id": "c", "message": msg[3]}, version=3),
         # Message 4 stored twice under two op ids: one duplicate.
-        make_op("save_conversation", {"conversation_id": "c", "message": msg[4]}, version="v4"),
-        make_op("save_conversation", {"conversation_id": "c", "message": msg[4]}, version="v4"),
-        make_op("save_transactions", {"case_id": "case", "transactions": txn}, version="v5"),
+        make_op("save_conversation", {"conversation_id": "c", "message": msg[4]}, version=4),
+        make_op("save_conversation", {"conversation_id": "c", "message": msg[4]}, version=4),
+        make_op("save_transactions", {"case_id": "case", "transactions": txn}, version=5),
     ]
     with PostgreSQLClient(postgres_connection_string=soak_database) as store:
         store.apply(ops)
@@ -52,8 +53,8 @@ def test_audit_counts_lost_stale_duplicated_out_of_order_and_foreign(soak_databa
 
 
 def test_audit_of_everything_applied_is_clean(soak_database: str) -> None:
-    saves = [_save("state", "a", "s", f"v{n}", {"n": n}, n) for n in range(3)]
+    saves = [_save("state", "a", "s", _v(n), {"n": n}, n) for n in range(3)]
     with PostgreSQLClient(postgres_connection_string=soak_database) as store:
-        store.save_state("a", "s", {"n": 2}, version="v2")
+        store.save_state("a", "s", {"n": 2}, version=2)
     result = audit(saves, soak_database)
     assert result.clean and result.applied == 3

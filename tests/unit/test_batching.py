@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
-import fakeredis
 import pytest
+import redis
 
 from producer import wire
 from producer.publisher import Publisher
@@ -17,17 +17,10 @@ from worker.apply import BatchApplier
 from worker.settings import WorkerSettings
 
 
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[fakeredis.FakeRedis]:
-    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
-    monkeypatch.setattr("producer.publisher.connect", lambda url, timeout: client)
-    yield client
-
-
 class WatchingStore(FakeStore):
     """Records, at each apply, how many messages were still pending (not yet confirmed)."""
 
-    def __init__(self, client: fakeredis.FakeRedis) -> None:
+    def __init__(self, client: redis.Redis) -> None:
         super().__init__()
         self.client = client
         self.pending_at_apply: list[int] = []
@@ -48,20 +41,20 @@ def _publish_single_saves(n: int) -> list[str]:
 
 
 def test_many_single_save_messages_are_applied_in_one_call_and_confirmed_after_it(
-    fake: fakeredis.FakeRedis,
+    rds: redis.Redis,
 ) -> None:
     ids = _publish_single_saves(50)
-    store = WatchingStore(fake)
-    applier = BatchApplier(store, fake, WorkerSettings(batch_wait_ms=0), sleep=lambda s: None)
-    first = wire.parse_message(fake.rpop(wire.QUEUE))
+    store = WatchingStore(rds)
+    applier = BatchApplier(store, rds, WorkerSettings(batch_wait_ms=0), sleep=lambda s: None)
+    first = wire.parse_message(rds.rpop(wire.QUEUE))
     batch = applier.run(first.id, first.ops)
     assert store.calls == [ids], "one apply call for all 50 messages"
     assert store.pending_at_apply == [50], "nothing was confirmed before the apply returned"
     assert batch.message_ids == ids
-    assert fake.zcard(wire.PENDING_KEY) == 0 and fake.hlen(wire.MESSAGES_KEY) == 0
+    assert rds.zcard(wire.PENDING_KEY) == 0 and rds.hlen(wire.MESSAGES_KEY) == 0
 
 
-def test_a_failed_apply_confirms_nothing(fake: fakeredis.FakeRedis) -> None:
+def test_a_failed_apply_confirms_nothing(rds: redis.Redis) -> None:
     _publish_single_saves(5)
     store = FakeStore()
     store.transient_failures = 100
@@ -73,12 +66,12 @@ def test_a_failed_apply_confirms_nothing(fake: fakeredis.FakeRedis) -> None:
     def confirm(batch: object) -> None:
         raise Broken
 
-    applier = BatchApplier(store, fake, settings, sleep=lambda s: None)
+    applier = BatchApplier(store, rds, settings, sleep=lambda s: None)
     applier._confirm = confirm  # type: ignore[method-assign]
-    first = wire.parse_message(fake.rpop(wire.QUEUE))
+    first = wire.parse_message(rds.rpop(wire.QUEUE))
     with pytest.raises(Broken):
         applier.run(first.id, first.ops)
-    assert fake.zcard(wire.PENDING_KEY) == 5, "still pending: the reaper will bring them back"
+    assert rds.zcard(wire.PENDING_KEY) == 5, "still pending: the reaper will bring them back"
 
 
 def _op(kind: str, key: str, version: str, **extra: object) -> Op:
@@ -99,7 +92,7 @@ def test_dedupe_keeps_the_newest_version_per_key_whatever_the_order() -> None:
         assert len(grouped["state"]) == 5
         for i in range(5):
             newest = max(v for v in range(50) if v % 5 == i)
-            assert states[f"s{i}"].version == f"{newest:03d}"
+            assert states[f"s{i}"].version == f"{newest:015d}"  # as integers are stored
             assert states[f"s{i}"].data == {"v": newest}
 
 
@@ -124,15 +117,15 @@ def _publish_message(n_ops: int) -> str:
     return mid
 
 
-def test_a_batch_is_bounded_by_ops_not_by_messages(fake: fakeredis.FakeRedis) -> None:
+def test_a_batch_is_bounded_by_ops_not_by_messages(rds: redis.Redis) -> None:
     _publish_message(1)
     for _ in range(10):
         _publish_message(300)
     store = FakeStore()
     settings = WorkerSettings(batch_max=500, batch_wait_ms=0)
-    applier = BatchApplier(store, fake, settings, sleep=lambda s: None)
-    first = wire.parse_message(fake.rpop(wire.QUEUE))
+    applier = BatchApplier(store, rds, settings, sleep=lambda s: None)
+    first = wire.parse_message(rds.rpop(wire.QUEUE))
     batch = applier.run(first.id, first.ops)
     assert len(batch.message_ids) == 3, "1 + 300 + 300 ops: the message that reached 500 is last"
     assert len(store.calls[0]) == 601
-    assert fake.llen(wire.QUEUE) == 8 and fake.zcard(wire.PENDING_KEY) == 8
+    assert rds.llen(wire.QUEUE) == 8 and rds.zcard(wire.PENDING_KEY) == 8

@@ -156,7 +156,7 @@ def test_memory_stays_bounded(fake: fakeredis.FakeRedis) -> None:
     with Producer(broker_url="redis://x:6379/0", max_tracked=50) as p:
         for i in range(120):
             p.save_state("a", f"s{i}", {})
-        assert p.unconfirmed <= 50
+        assert p.unconfirmed == 50, "the newest 50 stay tracked: bounded, not forgotten"
 
 
 def test_unreachable_broker_raises_publish_error_fast_with_the_password_masked() -> None:

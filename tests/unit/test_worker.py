@@ -1,14 +1,12 @@
-"""Batching, retries, dead letters and the reaper against fakeredis and an in-memory store."""
+"""Batching, retries, dead letters and the reaper on a real redis-server and an in-memory store."""
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from typing import Any
 
-import fakeredis
-import pytest
+import redis
 
 from producer import wire
 from producer.publisher import Publisher
@@ -20,14 +18,7 @@ from worker.reaper import Reaper
 from worker.settings import WorkerSettings
 
 
-@pytest.fixture
-def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[fakeredis.FakeRedis]:
-    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
-    monkeypatch.setattr("producer.publisher.connect", lambda url, timeout: client)
-    yield client
-
-
-def _publish(fake: fakeredis.FakeRedis, n: int, poison: int | None = None) -> list[str]:
+def _publish(rds: redis.Redis, n: int, poison: int | None = None) -> list[str]:
     pub = Publisher("redis://127.0.0.1:6379/0")
     ids = []
     for i in range(n):
@@ -40,127 +31,127 @@ def _publish(fake: fakeredis.FakeRedis, n: int, poison: int | None = None) -> li
     return ids
 
 
-def _deliver(applier: BatchApplier, fake: fakeredis.FakeRedis) -> Any:
+def _deliver(applier: BatchApplier, rds: redis.Redis) -> Any:
     """What Celery does: pop one message and run the task with its argument."""
-    message = wire.parse_message(fake.rpop(wire.QUEUE))
+    message = wire.parse_message(rds.rpop(wire.QUEUE))
     return applier.run(message.id, message.ops)
 
 
-def _applier(store: FakeStore, fake: fakeredis.FakeRedis, **kw: Any) -> BatchApplier:
+def _applier(store: FakeStore, rds: redis.Redis, **kw: Any) -> BatchApplier:
     settings = WorkerSettings(batch_wait_ms=0, retry_max_s=5, **kw)
-    return BatchApplier(store, fake, settings, sleep=lambda s: None)
+    return BatchApplier(store, rds, settings, sleep=lambda s: None)
 
 
 def test_one_task_applies_other_ready_messages_in_one_call_and_confirms(
-    fake: fakeredis.FakeRedis,
+    rds: redis.Redis,
 ) -> None:
-    ids = _publish(fake, 30)
+    ids = _publish(rds, 30)
     store = FakeStore()
-    batch = _deliver(_applier(store, fake, batch_max=20), fake)
+    batch = _deliver(_applier(store, rds, batch_max=20), rds)
     assert len(store.calls) == 1 and store.calls[0] == ids[:20]
     assert batch.message_ids == ids[:20]
-    assert fake.zcard(wire.PENDING_KEY) == 10 and fake.llen(wire.QUEUE) == 10
-    assert fake.hlen(wire.MESSAGES_KEY) == 10
+    assert rds.zcard(wire.PENDING_KEY) == 10 and rds.llen(wire.QUEUE) == 10
+    assert rds.hlen(wire.MESSAGES_KEY) == 10
 
 
-def test_invalid_op_is_dead_lettered_and_the_rest_applied(fake: fakeredis.FakeRedis) -> None:
-    ids = _publish(fake, 5, poison=2)
+def test_invalid_op_is_dead_lettered_and_the_rest_applied(rds: redis.Redis) -> None:
+    ids = _publish(rds, 5, poison=2)
     store = FakeStore()
-    _deliver(_applier(store, fake), fake)
+    _deliver(_applier(store, rds), rds)
     assert store.calls == [[i for n, i in enumerate(ids) if n != 2]]
-    record = deadletters.DeadLetters(client=fake).get(ids[2])
+    record = deadletters.DeadLetters(client=rds).get(ids[2])
     assert record is not None and "agent_id" in record["error"] and record["message_id"] == ids[2]
-    assert fake.zcard(wire.PENDING_KEY) == 0
+    assert rds.zcard(wire.PENDING_KEY) == 0
 
 
-def test_a_permanently_failing_op_is_isolated_by_halving(fake: fakeredis.FakeRedis) -> None:
-    ids = _publish(fake, 16)
+def test_a_permanently_failing_op_is_isolated_by_halving(rds: redis.Redis) -> None:
+    ids = _publish(rds, 16)
     store = FakeStore()
     store.poison = {ids[5]}
-    _deliver(_applier(store, fake), fake)
+    _deliver(_applier(store, rds), rds)
     applied = {rec.sub_id for (kind, _), rec in store.rows.items()}
     assert applied == {f"s{i}" for i in range(16) if i != 5}
-    dlq = deadletters.DeadLetters(client=fake)
+    dlq = deadletters.DeadLetters(client=rds)
     assert dlq.count() == 1 and f"cannot store {ids[5]}" in dlq.get(ids[5])["error"]  # type: ignore[index]
-    assert fake.zcard(wire.PENDING_KEY) == 0
+    assert rds.zcard(wire.PENDING_KEY) == 0
 
 
-def test_transient_failures_are_retried_then_dead_lettered(fake: fakeredis.FakeRedis) -> None:
-    ids = _publish(fake, 3)
+def test_transient_failures_are_retried_then_dead_lettered(rds: redis.Redis) -> None:
+    ids = _publish(rds, 3)
     store = FakeStore()
     store.transient_failures = 2
-    applier = _applier(store, fake, batch_max=1)
-    _deliver(applier, fake)
+    applier = _applier(store, rds, batch_max=1)
+    _deliver(applier, rds)
     assert len(store.calls) == 3 and ("state", "a|s0") in store.rows
     store.transient_failures = 100
-    _deliver(applier, fake)
-    record = deadletters.DeadLetters(client=fake).get(ids[1])
+    _deliver(applier, rds)
+    record = deadletters.DeadLetters(client=rds).get(ids[1])
     assert record is not None and record["attempts"] == 6 and "gave up" in record["error"]
 
 
 def test_pickle_and_foreign_messages_are_refused_never_decoded(
-    fake: fakeredis.FakeRedis, tmp_path: Any
+    rds: redis.Redis, tmp_path: Any
 ) -> None:
-    ids = _publish(fake, 1)
+    ids = _publish(rds, 1)
     evil = json.loads(wire.build_message("evil1", ["{}"]))
     evil["content-type"] = "application/x-python-serialize"
     evil["body"] = base64.b64encode(
         # Protocol-0 pickle of `open(path, "w")`, by hand: unpickling it creates the file.
         b"c__builtin__\nopen\n(V" + str(tmp_path / "pwned").encode() + b"\nVw\ntR."
     ).decode()
-    fake.lpush(wire.QUEUE, json.dumps(evil), b"\x80not json", json.dumps({"headers": {}}))
+    rds.lpush(wire.QUEUE, json.dumps(evil), b"\x80not json", json.dumps({"headers": {}}))
     store = FakeStore()
-    batch = _deliver(_applier(store, fake), fake)
+    batch = _deliver(_applier(store, rds), rds)
     assert not (tmp_path / "pwned").exists()
     assert len(batch.dead) == 3 and store.calls == [ids]
-    dlq = deadletters.DeadLetters(client=fake)
+    dlq = deadletters.DeadLetters(client=rds)
     assert "x-python-serialize" in dlq.get("evil1")["error"]  # type: ignore[index]
     assert {r["error"] for r in dlq.list()} >= {"message is not JSON"}
 
 
-def test_reaper_republishes_only_what_left_the_queue(fake: fakeredis.FakeRedis) -> None:
-    ids = _publish(fake, 10)
-    lost = [fake.rpop(wire.QUEUE) for _ in range(3)]  # taken by a worker that then died
+def test_reaper_republishes_only_what_left_the_queue(rds: redis.Redis) -> None:
+    ids = _publish(rds, 10)
+    lost = [rds.rpop(wire.QUEUE) for _ in range(3)]  # taken by a worker that then died
     assert lost
-    reaper = Reaper(fake, recovery_after_s=0.2, interval_s=0.01)
+    reaper = Reaper(rds, recovery_after_s=0.2, interval_s=0.01)
     assert reaper.run_once() == 0  # first seen out of the queue now
-    fake.delete(wire.REAPER_LOCK_KEY)
+    rds.delete(wire.REAPER_LOCK_KEY)
     assert reaper.run_once() == 0  # not out for long enough yet
     import time
 
     time.sleep(0.25)
-    fake.delete(wire.REAPER_LOCK_KEY)
+    rds.delete(wire.REAPER_LOCK_KEY)
     assert reaper.run_once() == 3
-    queue = [wire.parse_message(m).id for m in reversed(fake.lrange(wire.QUEUE, 0, -1))]
+    queue = [wire.parse_message(m).id for m in reversed(rds.lrange(wire.QUEUE, 0, -1))]
     assert queue == ids[:3] + ids[3:], "oldest first, the backlog untouched"
-    fake.delete(wire.REAPER_LOCK_KEY)
+    rds.delete(wire.REAPER_LOCK_KEY)
     assert reaper.run_once() == 0, "a backlog still queued is never republished"
 
 
-def test_reaper_rounds_are_serialized_by_the_lock(fake: fakeredis.FakeRedis) -> None:
-    _publish(fake, 2)
-    fake.rpop(wire.QUEUE, 2)
-    reaper = Reaper(fake, recovery_after_s=0, interval_s=60)
+def test_reaper_rounds_are_serialized_by_the_lock(rds: redis.Redis) -> None:
+    _publish(rds, 2)
+    rds.rpop(wire.QUEUE, 2)
+    reaper = Reaper(rds, recovery_after_s=0, interval_s=60)
     assert reaper.run_once() == 0
-    assert fake.pttl(wire.REAPER_LOCK_KEY) > 0
-    assert reaper.run_once() == 0 and fake.llen(wire.QUEUE) == 0
+    assert rds.pttl(wire.REAPER_LOCK_KEY) > 0
+    assert reaper.run_once() == 0 and rds.llen(wire.QUEUE) == 0
 
 
-def test_dead_letters_replay_and_purge(fake: fakeredis.FakeRedis) -> None:
-    ids = _publish(fake, 4)
+def test_dead_letters_replay_and_purge(rds: redis.Redis) -> None:
+    ids = _publish(rds, 4)
     store = FakeStore()
     store.poison = {ids[1], ids[2]}
-    _deliver(_applier(store, fake), fake)
-    dlq = deadletters.DeadLetters(client=fake)
+    _deliver(_applier(store, rds), rds)
+    dlq = deadletters.DeadLetters(client=rds)
     assert dlq.count() == 2 and {r["id"] for r in dlq.list(limit=10)} == {ids[1], ids[2]}
     assert len(dlq.list(limit=1, offset=1)) == 1
     original = dlq.get(ids[1])
     assert original is not None
     assert dlq.replay([ids[1], "unknown"]) == 1
     assert dlq.count() == 1
-    message = wire.parse_message(fake.lindex(wire.QUEUE, 0))
+    message = wire.parse_message(rds.lindex(wire.QUEUE, 0))
     assert message.ops == [original["op"]] and message.id == ids[1]
     store.poison.clear()
-    _deliver(_applier(store, fake), fake)
+    _deliver(_applier(store, rds), rds)
     assert ("state", "a|s1") in store.rows
     assert dlq.purge("all") == 1 and dlq.count() == 0
