@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from storage.base import StorageClient
-from storage.config import Settings, load_settings
+from storage.config import Settings, check_broker_url, load_settings
 from storage.factory import create_storage_client
 from storage.ops import Op, OpName, encode_op
 
@@ -72,6 +72,8 @@ class Producer(StorageClient):
         if not 1 <= max_batch <= MAX_OPS_PER_MESSAGE:
             raise ValueError(f"max_batch must be between 1 and {MAX_OPS_PER_MESSAGE}")
         self._settings = settings or load_settings(**overrides)
+        if broker_url is not None:
+            check_broker_url("broker_url", broker_url)
         url = broker_url or self._settings.celery_broker_url.get_secret_value()
         self._publisher = Publisher(url, publish_timeout)
         self._max_tracked = max_tracked
