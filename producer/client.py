@@ -167,10 +167,13 @@ class Producer(StorageClient):
             self._tracker.add(op_ids, mid)
 
     def wait(self, op_ids: Iterable[str] | None = None, timeout: float = 30.0) -> None:
-        """Block until the ops are applied (readable), by default all this producer saved.
+        """Block until a worker confirmed the ops applied (readable); by default all this
+        producer saved and has not seen applied.
 
-        Buffered ops are published first (`flush`). Raises `DeadLetteredError` (op id and
-        error) if one was dead-lettered instead, `TimeoutError` after `timeout` seconds, and
+        Buffered ops are published first (`flush`). Raises `DeadLetteredError` naming every
+        dead-lettered op (again on every call, until replayed or purged), `LostOpsError`
+        naming ops the broker lost (neither queued nor confirmed), `TimeoutError` after
+        `timeout` seconds (`BrokerUnavailableError` if Redis was unreachable), and
         `PublishError` if buffered ops could not be published in that time. Polls Redis with
         backoff, never the database.
         """
@@ -184,7 +187,7 @@ class Producer(StorageClient):
 
     @property
     def unconfirmed(self) -> int:
-        """How many saved ops this producer has not yet seen applied (buffered ones too)."""
+        """Saved ops this producer has not yet seen applied: buffered, queued, dead-lettered."""
         return len(self._tracker) + self.buffered
 
     def _store(self) -> StorageClient:

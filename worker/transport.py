@@ -68,11 +68,7 @@ class Channel(kombu_redis.Channel):
         key, record = deadletters.message_record(raw, reason, mid, now)
         try:
             with self.conn_or_acquire() as client:
-                pipe = client.pipeline(transaction=True)
-                deadletters.add(pipe, key, record, now)
-                if mid is not None:
-                    deadletters.confirm(pipe, [mid])
-                pipe.execute()
+                deadletters.settle(client, [mid] if mid else [], [(key, record, now)])
             log.error("dead-lettered queue entry %s: %s", key, reason)
         except redis.RedisError:
             log.exception("could not dead-letter a queue entry (%s)", reason)
