@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from storage.base import StorageClient
-from storage.config import Settings, load_settings
+from storage.config import Settings, check_broker_url, load_settings
 from storage.factory import create_storage_client
 from storage.ops import Op, OpName, encode_op
 
@@ -72,6 +72,8 @@ class Producer(StorageClient):
         if not 1 <= max_batch <= MAX_OPS_PER_MESSAGE:
             raise ValueError(f"max_batch must be between 1 and {MAX_OPS_PER_MESSAGE}")
         self._settings = settings or load_settings(**overrides)
+        if broker_url is not None:
+            check_broker_url("broker_url", broker_url)
         url = broker_url or self._settings.celery_broker_url.get_secret_value()
         self._publisher = Publisher(url, publish_timeout)
         self._max_tracked = max_tracked
@@ -165,10 +167,13 @@ class Producer(StorageClient):
             self._tracker.add(op_ids, mid)
 
     def wait(self, op_ids: Iterable[str] | None = None, timeout: float = 30.0) -> None:
-        """Block until the ops are applied (readable), by default all this producer saved.
+        """Block until a worker confirmed the ops applied (readable); by default all this
+        producer saved and has not seen applied.
 
-        Buffered ops are published first (`flush`). Raises `DeadLetteredError` (op id and
-        error) if one was dead-lettered instead, `TimeoutError` after `timeout` seconds, and
+        Buffered ops are published first (`flush`). Raises `DeadLetteredError` naming every
+        dead-lettered op (again on every call, until replayed or purged), `LostOpsError`
+        naming ops the broker lost (neither queued nor confirmed), `TimeoutError` after
+        `timeout` seconds (`BrokerUnavailableError` if Redis was unreachable), and
         `PublishError` if buffered ops could not be published in that time. Polls Redis with
         backoff, never the database.
         """
@@ -182,7 +187,7 @@ class Producer(StorageClient):
 
     @property
     def unconfirmed(self) -> int:
-        """How many saved ops this producer has not yet seen applied (buffered ones too)."""
+        """Saved ops this producer has not yet seen applied: buffered, queued, dead-lettered."""
         return len(self._tracker) + self.buffered
 
     def _store(self) -> StorageClient:

@@ -8,24 +8,26 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 import redis
 
 from . import wire
-from .errors import DeadLetteredError
+from .errors import BrokerUnavailableError, DeadLetteredError, LostOpsError
 
 log = logging.getLogger(__name__)
 _CHUNK = 10_000
-_MAX_FAILED = 10_000
 
 
 class Tracker:
-    """Op id -> message id for unconfirmed ops, bounded to `max_tracked` entries.
+    """Op id -> message id for ops not yet seen applied, bounded to `max_tracked` entries.
 
-    An op is confirmed when its message has left `pending`: applied, or dead-lettered (then
-    its op id is in the dead-letter hash). Past the bound, confirmed entries are swept, and
-    if that is not enough the oldest are forgotten (with a warning): they are still
-    delivered, only `wait()` without op ids no longer covers them.
+    An op is applied when a worker confirmed its message (`agentstore:done`) and none of
+    its dead letters remain. Dead-lettered ops stay tracked until their dead letter is
+    replayed or purged; ops the broker lost are reported and then forgotten. Past the
+    bound, applied entries are swept, and if that is not enough the oldest are forgotten
+    (with a warning): they are still delivered, only `wait()` without op ids no longer
+    covers them.
     """
 
     def __init__(self, client: redis.Redis, max_tracked: int = 100_000) -> None:
@@ -33,7 +35,6 @@ class Tracker:
         self._max = max_tracked
         self._lock = threading.Lock()
         self._outstanding: dict[str, str] = {}
-        self._failed: dict[str, str] = {}
         self._last_sweep = 0.0
 
     def __len__(self) -> int:
@@ -54,7 +55,7 @@ class Tracker:
             with self._lock:
                 oldest = list(self._outstanding.items())[:_CHUNK]
             with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
-                self._confirm(oldest)
+                self._check(oldest)
         with self._lock:
             excess = len(self._outstanding) - self._max
             if excess > 0:
@@ -62,79 +63,97 @@ class Tracker:
                     del self._outstanding[op_id]
                 log.warning("forgot %d unconfirmed ops to stay within max_tracked", excess)
 
-    def _confirm(self, items: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        """Check `(op id, message id)` pairs; forget confirmed ones; return unconfirmed ones."""
+    def _check(self, items: list[tuple[str, str]]) -> _Status:
+        """Where `(op id, message id)` pairs are; forgets the applied ones."""
+        status = _Status()
         if not items:
-            return []
+            return status
         message_ids = list(dict.fromkeys(mid for _, mid in items))
-        pipe = self._redis.pipeline(transaction=False)
+        # One MULTI: a consistent view of what the worker's settle script changes at once.
+        pipe = self._redis.pipeline(transaction=True)
         pipe.zmscore(wire.PENDING_KEY, message_ids)
+        pipe.zmscore(wire.DONE_KEY, message_ids)
         pipe.hmget(wire.DLQ_KEY, [op_id for op_id, _ in items])
         # A message refused as a whole (malformed) is dead-lettered by its message id.
         pipe.hmget(wire.DLQ_KEY, message_ids)
-        scores, dead, dead_messages = pipe.execute()
-        still = {mid for mid, score in zip(message_ids, scores, strict=True) if score is not None}
+        queued, done, dead, dead_messages = pipe.execute()
+        still = {m for m, score in zip(message_ids, queued, strict=True) if score is not None}
+        confirmed = {m for m, score in zip(message_ids, done, strict=True) if score is not None}
         refused = {
             mid: record
             for mid, record in zip(message_ids, dead_messages, strict=True)
             if record is not None
         }
-        left = []
         with self._lock:
             for (op_id, mid), record in zip(items, dead, strict=True):
-                if mid in still:
-                    left.append((op_id, mid))
-                    continue
-                self._outstanding.pop(op_id, None)
                 record = record if record is not None else refused.get(mid)
-                if record is not None:
-                    self._failed[op_id] = _error_of(record)
-                    if len(self._failed) > _MAX_FAILED:
-                        del self._failed[next(iter(self._failed))]
-        return left
+                if mid in still:
+                    status.pending.append((op_id, mid))
+                elif record is not None:
+                    status.dead[op_id] = _error_of(record)
+                elif mid in confirmed:
+                    self._outstanding.pop(op_id, None)
+                else:
+                    status.lost.append(op_id)
+        return status
 
     def wait(self, op_ids: Iterable[str] | None, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         with self._lock:
             if op_ids is None:
                 items = list(self._outstanding.items())
-                wanted = [o for o, _ in items] + list(self._failed)
             else:
-                wanted = list(dict.fromkeys(op_ids))
-                items = [(o, self._outstanding.get(o, o)) for o in wanted]
-            failed = {o: self._failed[o] for o in wanted if o in self._failed}
-        self._raise_failed(failed)
+                # An op id this producer does not track may be another's single save,
+                # whose message id is its op id.
+                items = [(o, self._outstanding.get(o, o)) for o in dict.fromkeys(op_ids)]
+        dead: dict[str, str] = {}
+        lost: list[str] = []
+        unreachable: Exception | None = None
         delay = 0.002
         while True:
             try:
-                left = []
+                pending: list[tuple[str, str]] = []
                 for start in range(0, len(items), _CHUNK):
-                    left += self._confirm(items[start : start + _CHUNK])
-                items = left
+                    status = self._check(items[start : start + _CHUNK])
+                    pending += status.pending
+                    dead.update(status.dead)
+                    lost += status.lost
+                items, unreachable = pending, None
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 # The broker may be restarting; keep polling until our own deadline.
                 log.debug("wait: broker unavailable (%s), polling on", type(exc).__name__)
-            with self._lock:
-                failed = {o: self._failed[o] for o in wanted if o in self._failed}
-            self._raise_failed(failed)
-            if not items:
-                return
+                unreachable = exc
             remaining = deadline - time.monotonic()
+            if not items or (remaining <= 0 and (dead or lost)):
+                break
             if remaining <= 0:
+                first = items[0][0]
+                if unreachable is not None:
+                    raise BrokerUnavailableError(
+                        f"the broker was unreachable until the {timeout:g}s timeout "
+                        f"({type(unreachable).__name__}: {str(unreachable)[:200]}); "
+                        f"{len(items):,} op(s) in unknown state (first: {first})"
+                    ) from None
                 raise TimeoutError(
-                    f"{len(items)} op(s) not applied within {timeout}s (first: {items[0][0]}); "
+                    f"{len(items):,} op(s) still queued after {timeout:g}s (first: {first}); "
                     "is a worker running?"
                 )
             time.sleep(min(delay, remaining))
             delay = min(delay * 2, 0.1)
-
-    def _raise_failed(self, failed: dict[str, str]) -> None:
-        if failed:
-            op_id, error = next(iter(failed.items()))
+        if dead:
+            raise DeadLetteredError(dead, still_pending=len(items))
+        if lost:
             with self._lock:
-                for o in failed:
-                    self._failed.pop(o, None)
-            raise DeadLetteredError(op_id, error)
+                for op_id in lost:
+                    self._outstanding.pop(op_id, None)
+            raise LostOpsError(lost)
+
+
+@dataclass(slots=True)
+class _Status:
+    pending: list[tuple[str, str]] = field(default_factory=list)
+    dead: dict[str, str] = field(default_factory=dict)
+    lost: list[str] = field(default_factory=list)
 
 
 def _error_of(record: bytes) -> str:

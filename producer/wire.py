@@ -29,6 +29,9 @@ OUT_SINCE_KEY = "agentstore:out_since"
 REAPER_LOCK_KEY = "agentstore:reaper:lock"
 # Ops applied since the broker's data began: a counter `agentstore stats` samples for ops/s.
 APPLIED_KEY = "agentstore:applied"
+# Confirmations: zset message id -> time a worker settled it (applied or dead-lettered),
+# kept for AGENTSTORE_CONFIRM_TTL_S so `wait()` tells "applied" from "lost by the broker".
+DONE_KEY = "agentstore:done"
 # Dead letters: hash id -> JSON record, plus a zset id -> time of the last failure for listing.
 DLQ_KEY = "agentstore:dlq"
 DLQ_INDEX_KEY = "agentstore:dlq:index"

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,6 +35,32 @@ def _check_url(name: str, value: str, schemes: tuple[str, ...]) -> None:
         raise ConfigError(f"{name} is not a valid URL (expected {schemes[0]}://host...)") from None
     if parts.scheme not in schemes or not (parts.hostname or parts.query or parts.path):
         raise ConfigError(f"{name} must look like {schemes[0]}://host..., got {mask_url(value)!r}")
+
+
+_DB_PATH = re.compile(r"^/?[0-9]*$")
+
+
+def check_broker_url(name: str, value: str) -> None:
+    """Raise `ConfigError` naming `name` unless `value` is a Redis URL redis-py reads as meant.
+
+    redis-py silently ignores a database path it cannot parse (`/abc`, `/3/extra`) and
+    uses database 0, while the worker refuses it: producer and worker would disagree.
+    """
+    _check_url(name, value, ("redis", "rediss", "unix"))
+    parts = urlsplit(value)
+    shown = mask_url(value)
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise ConfigError(f"{name} must look like unix:///path/to/redis.sock, got {shown!r}")
+    elif not parts.hostname:
+        raise ConfigError(f"{name} must name a host, like redis://host:6379/0, got {shown!r}")
+    elif not _DB_PATH.match(parts.path):
+        raise ConfigError(
+            f"{name} must end in a database number (redis://host:6379/0), got {shown!r}"
+        )
+    for db in parse_qs(parts.query).get("db", []):
+        if not db.isdigit():
+            raise ConfigError(f"{name} has a db= that is not a number, got {shown!r}")
 
 
 class Settings(BaseSettings):
@@ -86,7 +113,7 @@ class Settings(BaseSettings):
     @field_validator("celery_broker_url")
     @classmethod
     def _broker_url(cls, value: SecretStr) -> SecretStr:
-        _check_url("CELERY_BROKER_URL", value.get_secret_value(), ("redis", "rediss", "unix"))
+        check_broker_url("CELERY_BROKER_URL", value.get_secret_value())
         return value
 
     @field_validator(

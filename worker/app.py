@@ -205,11 +205,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
                 self._dlq_redis = connect(BROKER_URL, 10.0)
             now = time.time()
             key, record = deadletters.message_record(raw, reason, mid, now)
-            pipe = self._dlq_redis.pipeline(transaction=True)
-            deadletters.add(pipe, key, record, now)
-            if mid is not None:
-                deadletters.confirm(pipe, [mid])
-            pipe.execute()
+            deadletters.settle(self._dlq_redis, [mid] if mid else [], [(key, record, now)])
             log.error("dead-lettered message %s: %s", key, reason)
         except Exception:
             log.exception("could not dead-letter a refused message")

@@ -227,14 +227,14 @@ class BatchApplier:
         """Record dead letters and mark the messages done, atomically, retrying a while."""
         started = time.monotonic()
         for attempt in range(1, 100):
-            pipe = self._redis.pipeline(transaction=True)
-            for key, record, when in batch.dead:
-                deadletters.add(pipe, key, record, when)
-            deadletters.confirm(pipe, batch.message_ids)
-            if applied := len(batch.ops) - batch.failed_ops:
-                pipe.incrby(wire.APPLIED_KEY, applied)  # for `agentstore stats`
             try:
-                pipe.execute()
+                deadletters.settle(
+                    self._redis,
+                    batch.message_ids,
+                    batch.dead,
+                    applied=len(batch.ops) - batch.failed_ops,
+                    confirm_ttl_s=self._settings.confirm_ttl_s,
+                )
                 return
             except TRANSIENT as exc:
                 if time.monotonic() - started > self._settings.retry_max_s:

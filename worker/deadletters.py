@@ -12,6 +12,7 @@ from __future__ import annotations
 import builtins
 import hashlib
 import json
+import time
 from collections.abc import Iterable
 from typing import Any, Literal, cast
 
@@ -85,13 +86,64 @@ def add(pipe: redis.client.Pipeline, key: str, record: str, when: float) -> None
     pipe.zadd(wire.DLQ_INDEX_KEY, {key: when})
 
 
-def confirm(pipe: redis.client.Pipeline, message_ids: Iterable[str]) -> None:
-    """Queue the commands that mark messages done: no longer pending, never republished."""
-    mids = builtins.list(message_ids)
-    if mids:
-        pipe.zrem(wire.PENDING_KEY, *mids)
-        pipe.hdel(wire.MESSAGES_KEY, *mids)
-        pipe.hdel(wire.OUT_SINCE_KEY, *mids)
+# Settles messages in one atomic script: no longer pending, their dead letters stored,
+# and a confirmation `wait()` reads. Its first write (ZREM) frees memory, and a script that
+# has written may go on writing past `maxmemory` (scripts without flags, Redis 6 to 8): a
+# Redis full of queued messages under `noeviction` must still let workers drain it.
+_SETTLE = """
+local n = tonumber(ARGV[1])
+local now = tonumber(ARGV[2])
+for i = 5, 4 + n, 500 do
+  local ids = {unpack(ARGV, i, math.min(i + 499, 4 + n))}
+  redis.call('ZREM', KEYS[1], unpack(ids))
+  redis.call('HDEL', KEYS[2], unpack(ids))
+  redis.call('HDEL', KEYS[3], unpack(ids))
+  local scored = {}
+  for j = 1, #ids do
+    scored[2 * j - 1] = now
+    scored[2 * j] = ids[j]
+  end
+  redis.call('ZADD', KEYS[6], unpack(scored))
+end
+for i = 5 + n, #ARGV, 3 do
+  redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', KEYS[5], ARGV[i + 2], ARGV[i])
+end
+if n > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - tonumber(ARGV[3]))
+end
+if tonumber(ARGV[4]) > 0 then
+  redis.call('INCRBY', KEYS[7], ARGV[4])
+end
+return n
+"""
+_SETTLE_KEYS = [
+    wire.PENDING_KEY,
+    wire.MESSAGES_KEY,
+    wire.OUT_SINCE_KEY,
+    wire.DLQ_KEY,
+    wire.DLQ_INDEX_KEY,
+    wire.DONE_KEY,
+    wire.APPLIED_KEY,
+]
+
+
+def settle(
+    client: redis.Redis,
+    message_ids: Iterable[str],
+    dead: Iterable[tuple[str, str, float]] = (),
+    *,
+    applied: int = 0,
+    confirm_ttl_s: float = 600.0,
+) -> None:
+    """Mark messages done (never republished, confirmed for `wait()`), store their dead
+    letters `(key, record JSON, failure time)` and count `applied` ops: one round trip."""
+    mids = builtins.list(dict.fromkeys(message_ids))
+    args: builtins.list[str | float | int] = [len(mids), time.time(), confirm_ttl_s, applied]
+    args += mids
+    for key, record, when in dead:
+        args += (key, record, when)
+    client.register_script(_SETTLE)(keys=_SETTLE_KEYS, args=args)
 
 
 class DeadLetters:

@@ -21,6 +21,7 @@ class WorkerSettings:
     retry_max_s: float = 30.0  # AGENTSTORE_RETRY_MAX_S: and the time they may take
     visibility_timeout_s: int = 300  # AGENTSTORE_VISIBILITY_TIMEOUT_S: kombu's own redelivery
     prune_interval_s: float = 3600.0  # AGENTSTORE_PRUNE_INTERVAL_S: retention job period
+    confirm_ttl_s: float = 600.0  # AGENTSTORE_CONFIRM_TTL_S: how long wait() sees a confirmation
 
 
 _VARS = {
@@ -33,6 +34,7 @@ _VARS = {
     "retry_max_s": ("AGENTSTORE_RETRY_MAX_S", float, 0),
     "visibility_timeout_s": ("AGENTSTORE_VISIBILITY_TIMEOUT_S", int, 1),
     "prune_interval_s": ("AGENTSTORE_PRUNE_INTERVAL_S", float, 0.1),
+    "confirm_ttl_s": ("AGENTSTORE_CONFIRM_TTL_S", float, 1),
 }
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 
 from producer import wire
 
@@ -24,8 +25,48 @@ from . import deadletters
 log = logging.getLogger(__name__)
 
 
+class QoS(kombu_redis.QoS):
+    """kombu's bookkeeping, minus its Redis writes while Redis is at `maxmemory`.
+
+    Under `noeviction` they fail with OutOfMemoryError, which Celery treats as unrecoverable:
+    every worker died exactly when draining (which frees memory) was needed. Skipping them
+    only skips kombu's own redelivery copy; our `pending` record still covers the message.
+    """
+
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        try:
+            super().append(message, delivery_tag)  # type: ignore[no-untyped-call]
+        except redis.exceptions.OutOfMemoryError:
+            log.warning("broker at maxmemory: delivering without kombu's unacked copy")
+            virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
+
+    def restore_visible(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().restore_visible(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except redis.exceptions.OutOfMemoryError:
+            log.warning("broker at maxmemory: kombu's redelivery scan skipped this time")
+
+
 class Channel(kombu_redis.Channel):
+    QoS = QoS
     _popped: bytes | None = None
+
+    def _size(self, queue: str) -> int:
+        # kombu reads the lengths in a MULTI, and Redis at `maxmemory` refuses any command
+        # inside a MULTI: a worker starting then died. Reads need no transaction.
+        with self.conn_or_acquire() as client:
+            pipe = client.pipeline(transaction=False)
+            for pri in self.priority_steps:
+                pipe.llen(self._q_for_pri(queue, pri))  # type: ignore[no-untyped-call]
+            return sum(n for n in pipe.execute() if isinstance(n, int))
+
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
+        # The binding (SADD) is refused at `maxmemory`; consuming reads the queue by name and
+        # our producers push to it directly, so starting without it loses nothing.
+        try:
+            super()._queue_bind(exchange, routing_key, pattern, queue)  # type: ignore[no-untyped-call]
+        except redis.exceptions.OutOfMemoryError:
+            log.warning("broker at maxmemory: queue %s consumed without its binding", queue)
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
         if self.connection.client is None:
@@ -68,11 +109,7 @@ class Channel(kombu_redis.Channel):
         key, record = deadletters.message_record(raw, reason, mid, now)
         try:
             with self.conn_or_acquire() as client:
-                pipe = client.pipeline(transaction=True)
-                deadletters.add(pipe, key, record, now)
-                if mid is not None:
-                    deadletters.confirm(pipe, [mid])
-                pipe.execute()
+                deadletters.settle(client, [mid] if mid else [], [(key, record, now)])
             log.error("dead-lettered queue entry %s: %s", key, reason)
         except redis.RedisError:
             log.exception("could not dead-letter a queue entry (%s)", reason)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from producer import Producer
 from storage import ConfigError, create_storage_client, load_settings
 from storage.config import mask_url
 
@@ -92,6 +93,50 @@ def test_malformed_values_fail_at_creation(
         create_storage_client()
     assert name in str(info.value)
     assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "redis://:hunter2@127.0.0.1:6379/abc",
+        "redis://:hunter2@127.0.0.1:6379/3/extra",
+        "redis://:hunter2@127.0.0.1:6379/-1",
+        "redis://:hunter2@127.0.0.1:6379/0?db=x",
+        "redis://:hunter2@:6379/0",
+        "rediss://:hunter2@/0",
+        "unix://:hunter2@",
+        "http://:hunter2@127.0.0.1:6379/0",
+        "127.0.0.1:6379",
+    ],
+)
+def test_malformed_broker_urls_are_refused_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("CELERY_BROKER_URL", value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert "CELERY_BROKER_URL" in str(info.value)
+    assert "hunter2" not in str(info.value)
+    monkeypatch.delenv("CELERY_BROKER_URL")
+    with pytest.raises(ConfigError) as info:
+        Producer(broker_url=value)
+    assert "broker_url" in str(info.value) and "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "redis://127.0.0.1:6379",
+        "redis://127.0.0.1:6379/",
+        "redis://:pw@broker/15",
+        "rediss://user:pw@broker:6380/2?ssl_cert_reqs=required",
+        "redis://broker:6379?db=3",
+        "unix:///run/redis.sock?db=1",
+    ],
+)
+def test_well_formed_broker_urls_are_accepted(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("CELERY_BROKER_URL", value)
+    assert load_settings().celery_broker_url.get_secret_value() == value
 
 
 def test_secrets_are_masked(caplog: pytest.LogCaptureFixture) -> None:

@@ -14,11 +14,12 @@ import pytest
 
 import producer.client
 import producer.publisher
-from producer import DeadLetteredError, Producer, PublishError, wire
+from producer import DeadLetteredError, LostOpsError, Producer, PublishError, wire
 from storage import ValidationError
 from storage.ops import make_op
 from tests.services import free_port
 from tests.unit.fakes import FakeStore
+from worker.deadletters import DeadLetters, settle
 
 
 @pytest.fixture
@@ -117,7 +118,7 @@ def test_apply_publishes_many_ops_per_message(prod: Producer, fake: fakeredis.Fa
 def _confirm_later(fake: fakeredis.FakeRedis, delay: float) -> threading.Thread:
     def run() -> None:
         time.sleep(delay)
-        fake.delete(wire.PENDING_KEY)
+        settle(fake, [m.decode() for m in fake.zrange(wire.PENDING_KEY, 0, -1)])
 
     thread = threading.Thread(target=run)
     thread.start()
@@ -144,12 +145,35 @@ def test_wait_times_out(prod: Producer) -> None:
 def test_wait_raises_for_a_dead_lettered_op(prod: Producer, fake: fakeredis.FakeRedis) -> None:
     good = prod.save_state("a", "s", {})
     bad = prod.save_state("a", "t", {})
-    fake.hset(wire.DLQ_KEY, bad, json.dumps({"error": "boom"}))
-    fake.zrem(wire.PENDING_KEY, good, bad)
-    with pytest.raises(DeadLetteredError) as info:
-        prod.wait(timeout=1)
-    assert info.value.op_id == bad and "boom" in info.value.error
-    prod.wait(timeout=0.1)  # reported once, then forgotten
+    worse = prod.save_state("a", "u", {})
+    dead = [(bad, json.dumps({"error": "boom"}), 1.0), (worse, json.dumps({"error": "bang"}), 1.0)]
+    settle(fake, [good, bad, worse], dead)
+    for _ in range(3):  # every time it is asked
+        with pytest.raises(DeadLetteredError) as info:
+            prod.wait(timeout=1)
+        assert info.value.errors == {bad: "boom", worse: "bang"}
+        assert info.value.op_id == bad and bad in str(info.value) and worse in str(info.value)
+        with pytest.raises(DeadLetteredError):
+            prod.wait([worse], timeout=1)
+    assert prod.unconfirmed == 2
+    prod.wait([good], timeout=0.1)
+    DeadLetters(client=fake).purge([bad, worse])  # cleared: confirmed, nothing left to report
+    prod.wait(timeout=0.1)
+    assert prod.unconfirmed == 0
+
+
+def test_wait_names_ops_the_broker_lost(prod: Producer, fake: fakeredis.FakeRedis) -> None:
+    kept = prod.save_state("a", "s", {})
+    settle(fake, [kept])
+    lost = [prod.save_state("a", f"t{i}", {}) for i in range(7)]
+    fake.delete(wire.PENDING_KEY, wire.QUEUE)  # as after a restart without AOF
+    with pytest.raises(LostOpsError) as info:
+        prod.wait(timeout=5)
+    assert info.value.op_ids == lost and lost[0] in str(info.value)
+    assert "2 more" in str(info.value)
+    with pytest.raises(LostOpsError):
+        prod.wait([lost[3]], timeout=5)
+    assert prod.unconfirmed == 0
 
 
 def test_memory_stays_bounded(fake: fakeredis.FakeRedis) -> None:

@@ -14,6 +14,7 @@ import pytest
 import producer.publisher
 from producer import BufferFullError, DeadLetteredError, Producer, PublishError, wire
 from storage import ValidationError
+from worker.deadletters import settle
 
 LONG = 60_000.0  # a linger that never ends within a test: only flush/close publish
 
@@ -179,7 +180,7 @@ def test_wait_flushes_buffered_ops_first(fake: fakeredis.FakeRedis) -> None:
 
         def confirm() -> None:
             _until(lambda: fake.zcard(wire.PENDING_KEY) == 1)
-            fake.delete(wire.PENDING_KEY)
+            settle(fake, [m.decode() for m in fake.zrange(wire.PENDING_KEY, 0, -1)])
 
         thread = threading.Thread(target=confirm)
         thread.start()
@@ -215,8 +216,8 @@ def test_wait_reports_ops_of_a_message_refused_as_a_whole(fake: fakeredis.FakeRe
         ids = [prod.save_state("a", f"s{i}", {}) for i in range(3)]
         prod.flush()
         (message,) = _queued(fake)
-        fake.hset(wire.DLQ_KEY, message.id, json.dumps({"error": "undecodable: boom"}))
-        fake.zrem(wire.PENDING_KEY, message.id)
+        record = json.dumps({"error": "undecodable: boom"})
+        settle(fake, [message.id], [(message.id, record, 1.0)])
         with pytest.raises(DeadLetteredError, match="boom") as info:
             prod.wait(ids, timeout=5)
-        assert info.value.op_id in ids
+        assert info.value.op_ids == ids
