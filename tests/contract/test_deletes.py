@@ -11,7 +11,7 @@ from storage import StorageBackend, StorageClient, ValidationError
 from storage.ops import make_op
 from storage.records import KINDS, Tombstone
 from storage.retention import RetentionPolicy
-from storage.versions import new_version
+from storage.versions import new_version, normalize_version
 from tests.contract.conftest import Backend
 
 
@@ -229,25 +229,39 @@ def test_retention_keeps_exactly_the_newest_n_messages(backend: Backend) -> None
     assert store.prune(policy)["conversations:over_count"] == 0
 
 
+# Cosmos DB's `_ts` counts whole seconds: a record may look up to 1 s older than it is.
+_TS_SLACK_S = 1.0
+
+
+def _cutting_at(cutoff: float) -> RetentionPolicy:
+    """Ages measured now so that everything written before `cutoff` (epoch s) has expired:
+    a prune that runs late (a loaded machine) moves no record across the cut-off."""
+    age = time.time() - cutoff
+    return RetentionPolicy(
+        message_max_age_s=age, finished_task_max_age_s=age, transaction_max_age_s=age
+    )
+
+
 def test_retention_respects_the_age_bound(backend: Backend) -> None:
     store = _fresh(backend)
     store.save_conversation("c", {"old": True})
     store.save_task("a", "done-old", {"status": "done"})
     store.save_task("a", "running-old", {"status": "running"})
     store.save_transactions("k", [{"id": "old"}])
-    time.sleep(2.2)
+    old_written = time.time()
+    # Old records are older than the cut-off, new ones newer even with `_ts` rounded down,
+    # with a second's margin on each side for the prune to run late.
+    cutoff = old_written + _TS_SLACK_S
+    time.sleep(cutoff + _TS_SLACK_S + _TS_SLACK_S - time.time())
     store.save_conversation("c", {"old": False})
     store.save_task("a", "done-new", {"status": "done"})
     store.save_transactions("k", [{"id": "new"}])
-    policy = RetentionPolicy(
-        message_max_age_s=2, finished_task_max_age_s=2, transaction_max_age_s=2
-    )
-    dry = store.prune(policy, dry_run=True)
+    dry = store.prune(_cutting_at(cutoff), dry_run=True)
     assert dry["conversations:expired"] == 1
     assert dry["agent_tasks:expired"] == 1
     assert dry["transactions:expired"] == 1
     assert store.get_conversation_history("c") == [{"old": True}, {"old": False}]
-    done = store.prune(policy)
+    done = store.prune(_cutting_at(cutoff))
     assert done == {**done, **dry}
     assert store.get_conversation_history("c") == [{"old": False}]
     assert store.list_tasks("a") == ["done-new", "running-old"]
@@ -269,8 +283,11 @@ def test_tombstones_are_cleaned_up_after_the_grace_period(backend: Backend) -> N
     assert store.prune(RetentionPolicy(tombstone_grace_s=3600)) == {
         k: 0 for k in store.prune(RetentionPolicy(tombstone_grace_s=3600), dry_run=True)
     }
-    time.sleep(2.2)
-    counts = store.prune(RetentionPolicy(tombstone_grace_s=2))
+    deleted = time.time()
+    time.sleep(2 * _TS_SLACK_S + 0.2)
+    # Every tombstone is older than this grace however late the prune runs, `_ts` included.
+    grace = time.time() - deleted - _TS_SLACK_S - 0.1
+    counts = store.prune(RetentionPolicy(tombstone_grace_s=grace))
     assert sum(counts.values()) == 3, counts
     assert tombstone_rows() == 0
     # Past the grace period an older save is applied again: the documented trade-off.
@@ -306,9 +323,10 @@ def test_scan_tombstones_pages_every_scope_and_written_elsewhere_they_hold(
     target.save_state("k2", "s", {"n": 1}, version="0004")
     target.save_conversation("k2", {"n": 1}, version="0004")
     target.save_transactions("k2", [{"id": "t"}], version="0004")
-    target.write_records({}, [Tombstone(t.scope, t.key, "0001") for t in found])
+    older = [normalize_version(1), normalize_version(2)]
+    target.write_records({}, [Tombstone(t.scope, t.key, older[0]) for t in found])
     target.write_records({}, found)
-    target.write_records({}, [Tombstone(t.scope, t.key, "0002") for t in found])
+    target.write_records({}, [Tombstone(t.scope, t.key, older[1]) for t in found])
     assert target.scan_tombstones(limit=100) == found
     target.save_task("k2", "t", {"n": 1}, version="0003")
     target.save_transactions("k2", [{"id": "u"}], version="0005")
