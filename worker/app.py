@@ -24,6 +24,7 @@ from storage.retention import RetentionPolicy
 
 from . import deadletters
 from .apply import BatchApplier
+from .lease import Heartbeat
 from .reaper import Reaper, ReaperThread
 from .retention import PrunerThread
 from .settings import load_worker_settings
@@ -96,6 +97,8 @@ class _Process:
         # must be recovered even if no new message arrives to start anything else.
         self.reaper = ReaperThread(reaper, _worker_settings.reaper_interval_s)
         self.reaper.start()
+        self.heartbeat = Heartbeat(self.redis, _worker_settings.recovery_after_s)
+        self.heartbeat.start()
         self._applier: BatchApplier | None = None
         self._store: StorageBackend | None = None
         self.pruner = PrunerThread(
@@ -110,7 +113,9 @@ class _Process:
         """The batcher, opening the store on first use; raises if it cannot be opened."""
         if self._applier is None:
             self._store = create_storage_client(_settings)
-            self._applier = BatchApplier(self._store, self.redis, _worker_settings)
+            self._applier = BatchApplier(
+                self._store, self.redis, _worker_settings, heartbeat=self.heartbeat
+            )
         return self._applier
 
     def store(self) -> StorageBackend:
@@ -121,6 +126,7 @@ class _Process:
 
     def close(self) -> None:
         self.reaper.stop()
+        self.heartbeat.stop()
         self.pruner.stop()
         if self._applier is not None:
             self._applier.store.close()

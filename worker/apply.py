@@ -18,6 +18,7 @@ from storage.errors import TransientStorageError, ValidationError
 from storage.ops import Op, parse_op
 
 from . import deadletters
+from .lease import Heartbeat
 from .settings import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,8 @@ class BatchApplier:
     """Applies a task's ops together with up to `batch_max` ops of other ready messages.
 
     Messages taken straight from the queue are in no one else's hands: if this process
-    dies before confirming them, the reaper republishes them from `pending`.
+    dies before confirming them, the reaper republishes them from `pending`. While a batch
+    runs, `heartbeat` (if given) keeps the reaper off its messages.
     """
 
     def __init__(
@@ -74,21 +76,29 @@ class BatchApplier:
         settings: WorkerSettings,
         *,
         sleep: Callable[[float], None] = time.sleep,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         self.store = store
         self._redis = client
         self._settings = settings
         self._sleep = sleep
+        self._heartbeat = heartbeat
         self._take = client.register_script(_TAKE)
 
     def run(self, message_id: str, ops: object) -> Batch:
         """Process the delivered message (`ops` as the task received them) and any others."""
         started = time.monotonic()
         batch = Batch()
-        self._add_message(batch, message_id, lambda: wire.ops_of_args(ops, message_id), ops)
-        self._fill(batch)
-        self._apply(batch)
-        self._confirm(batch)
+        if self._heartbeat is not None:
+            self._heartbeat.hold(batch.message_ids)
+        try:
+            self._add_message(batch, message_id, lambda: wire.ops_of_args(ops, message_id), ops)
+            self._fill(batch)
+            self._apply(batch)
+            self._confirm(batch)
+        finally:
+            if self._heartbeat is not None:
+                self._heartbeat.release()
         log.info(
             "applied batch: %d ops from %d messages in %.1f ms, %d dead-lettered",
             len(batch.ops),
