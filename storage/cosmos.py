@@ -32,7 +32,13 @@ from .cosmos_items import (
     write,
 )
 from .cosmos_retention import TOMBSTONES, Remover
-from .errors import ConfigError, StorageError, TransientStorageError, ValidationError
+from .errors import (
+    ConfigError,
+    StorageError,
+    StoreUnavailableError,
+    TransientStorageError,
+    ValidationError,
+)
 from .ids import check_id, row_id
 from .records import KINDS, SCOPE_OF, Kind, Record, Scope, Tombstone
 from .retention import RetentionPolicy
@@ -379,7 +385,7 @@ class CosmosDBClient(StorageBackend):
         reason = _short_reason(exc).replace(self._key.get_secret_value(), "***")
         where = f"Cosmos DB at {self._endpoint}"
         if status is None:
-            raise TransientStorageError(f"{where} could not be reached: {reason}") from exc
+            raise StoreUnavailableError(f"{where} could not be reached: {reason}") from exc
         if status in _TRANSIENT_STATUS:
             raise TransientStorageError(
                 f"{where} answered {status} (retry later): {reason}"

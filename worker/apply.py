@@ -14,7 +14,7 @@ import redis
 
 from producer import wire
 from storage.base import StorageClient
-from storage.errors import TransientStorageError, ValidationError
+from storage.errors import StoreUnavailableError, TransientStorageError, ValidationError
 from storage.ops import Op, parse_op
 
 from . import deadletters
@@ -59,6 +59,9 @@ class Batch:
     # (key, record JSON, failure time): refused messages and ops that could not be applied.
     dead: list[tuple[str, str, float]] = field(default_factory=list)
     failed_ops: int = 0  # of `ops`, dead-lettered instead of applied
+    # The store could not be reached within the retry budget: nothing is confirmed, and the
+    # reaper hands the messages out again once their lease lapses.
+    unavailable: bool = False
 
 
 class BatchApplier:
@@ -66,12 +69,13 @@ class BatchApplier:
 
     Messages taken straight from the queue are in no one else's hands: if this process
     dies before confirming them, the reaper republishes them from `pending`. While a batch
-    runs, `heartbeat` (if given) keeps the reaper off its messages.
+    runs, `heartbeat` (if given) keeps the reaper off its messages. `store()` gives the
+    store, opening it if need be; it may raise `StoreUnavailableError`, which is retried.
     """
 
     def __init__(
         self,
-        store: StorageClient,
+        store: Callable[[], StorageClient],
         client: redis.Redis,
         settings: WorkerSettings,
         *,
@@ -95,6 +99,8 @@ class BatchApplier:
             self._add_message(batch, message_id, lambda: wire.ops_of_args(ops, message_id), ops)
             self._fill(batch)
             self._apply(batch)
+            if batch.unavailable:
+                return batch
             self._confirm(batch)
         finally:
             if self._heartbeat is not None:
@@ -174,7 +180,17 @@ class BatchApplier:
         stack = [_Part(batch.ops)] if batch.ops else []
         while stack:
             part = stack.pop()
-            error, transient = self._apply_with_retry(part)
+            try:
+                error, transient = self._apply_with_retry(part)
+            except StoreUnavailableError as exc:
+                batch.unavailable = True
+                log.warning(
+                    "store unavailable after %d tries (%s); %d message(s) left for redelivery",
+                    part.attempts,
+                    str(exc).split("\n", 1)[0][:300],
+                    len(batch.message_ids),
+                )
+                return
             if error is None:
                 continue
             if len(part.ops) > 1 and not transient:
@@ -191,21 +207,24 @@ class BatchApplier:
         for attempt in range(1, s.retry_tries + 1):
             part.attempts += 1
             try:
-                self.store.apply(ops)
+                self.store().apply(ops)
                 return None, False
             except TRANSIENT as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 part.first_failure = part.first_failure or time.time()
                 delay = min(0.05 * 2**attempt, 5.0) * random.uniform(0.5, 1.5)
                 if attempt == s.retry_tries or time.monotonic() - started + delay > s.retry_max_s:
+                    if isinstance(exc, StoreUnavailableError):
+                        raise
                     return f"gave up after {attempt} tries: {error}", True
+                # One line, no traceback: an outage must not flood the log.
                 log.warning(
                     "transient failure applying %d ops (try %d/%d), retrying in %.2fs: %s",
                     len(ops),
                     attempt,
                     s.retry_tries,
                     delay,
-                    type(exc).__name__,
+                    error.split("\n", 1)[0][:300],
                 )
                 self._sleep(delay)
             except Exception as exc:

@@ -52,7 +52,9 @@ def test_many_single_save_messages_are_applied_in_one_call_and_confirmed_after_i
 ) -> None:
     ids = _publish_single_saves(50)
     store = WatchingStore(fake)
-    applier = BatchApplier(store, fake, WorkerSettings(batch_wait_ms=0), sleep=lambda s: None)
+    applier = BatchApplier(
+        lambda: store, fake, WorkerSettings(batch_wait_ms=0), sleep=lambda s: None
+    )
     first = wire.parse_message(fake.rpop(wire.QUEUE))
     batch = applier.run(first.id, first.ops)
     assert store.calls == [ids], "one apply call for all 50 messages"
@@ -73,7 +75,7 @@ def test_a_failed_apply_confirms_nothing(fake: fakeredis.FakeRedis) -> None:
     def confirm(batch: object) -> None:
         raise Broken
 
-    applier = BatchApplier(store, fake, settings, sleep=lambda s: None)
+    applier = BatchApplier(lambda: store, fake, settings, sleep=lambda s: None)
     applier._confirm = confirm  # type: ignore[method-assign]
     first = wire.parse_message(fake.rpop(wire.QUEUE))
     with pytest.raises(Broken):
@@ -130,7 +132,7 @@ def test_a_batch_is_bounded_by_ops_not_by_messages(fake: fakeredis.FakeRedis) ->
         _publish_message(300)
     store = FakeStore()
     settings = WorkerSettings(batch_max=500, batch_wait_ms=0)
-    applier = BatchApplier(store, fake, settings, sleep=lambda s: None)
+    applier = BatchApplier(lambda: store, fake, settings, sleep=lambda s: None)
     first = wire.parse_message(fake.rpop(wire.QUEUE))
     batch = applier.run(first.id, first.ops)
     assert len(batch.message_ids) == 3, "1 + 300 + 300 ops: the message that reached 500 is last"

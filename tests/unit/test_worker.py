@@ -48,7 +48,7 @@ def _deliver(applier: BatchApplier, fake: fakeredis.FakeRedis) -> Any:
 
 def _applier(store: FakeStore, fake: fakeredis.FakeRedis, **kw: Any) -> BatchApplier:
     settings = WorkerSettings(batch_wait_ms=0, retry_max_s=5, **kw)
-    return BatchApplier(store, fake, settings, sleep=lambda s: None)
+    return BatchApplier(lambda: store, fake, settings, sleep=lambda s: None)
 
 
 def test_one_task_applies_other_ready_messages_in_one_call_and_confirms(
