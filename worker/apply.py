@@ -15,7 +15,7 @@ import redis
 from producer import wire
 from storage.base import StorageClient
 from storage.errors import StoreUnavailableError, TransientStorageError, ValidationError
-from storage.ops import Op, parse_op
+from storage.ops import MAX_SAVE_BYTES, Op, parse_op
 
 from . import deadletters
 from .lease import Heartbeat
@@ -24,18 +24,25 @@ from .settings import WorkerSettings
 log = logging.getLogger(__name__)
 
 TRANSIENT = (TransientStorageError, redis.ConnectionError, redis.TimeoutError)
+# Raw messages one batch takes beyond the delivered one, at most (then the rest of the last):
+# with the largest save (`MAX_SAVE_BYTES`, about 4/3 of it as a message), a batch holds a
+# few tens of megabytes, however many ops `batch_max` allows.
+BATCH_MAX_BYTES = 2 * MAX_SAVE_BYTES
 
 # Pops messages until they hold ARGV[1] ops, counting each by its "<N ops>" header (ours
-# put it near the end; anything else counts as one), in one round trip. Taking messages
-# by count instead would let a batch of single saves swallow hundreds of 500-op messages.
+# put it near the end; anything else counts as one), or ARGV[2] bytes, in one round trip.
+# Taking messages by count instead would let a batch of single saves swallow hundreds of
+# 500-op messages; by ops alone, a batch of 2 MB saves would hold gigabytes.
 _TAKE = """
 local want = tonumber(ARGV[1])
+local room = tonumber(ARGV[2])
 local taken = {}
 local ops = 0
-while ops < want do
+while ops < want and room > 0 do
   local m = redis.call('RPOP', KEYS[1])
   if not m then break end
   taken[#taken + 1] = m
+  room = room - #m
   local at = string.find(m, '"argsrepr":"<', -2048, true)
   ops = ops + ((at and tonumber(string.match(m, '^(%d+) ops>', at + 13))) or 1)
 end
@@ -118,17 +125,20 @@ class BatchApplier:
         """Take ready messages until the batch holds `batch_max` ops or `batch_wait_ms` passed.
 
         Messages carry one op or hundreds, so they are counted by their ops (`_TAKE`): a
-        batch holds at most `batch_max` ops plus the rest of its last message.
+        batch holds at most `batch_max` ops plus the rest of its last message, and stops
+        taking after `BATCH_MAX_BYTES` of messages.
         """
         deadline = time.monotonic() + self._settings.batch_wait_ms / 1000
+        room = BATCH_MAX_BYTES
         try:
             while True:
                 missing = self._settings.batch_max - len(batch.ops) - len(batch.dead)
-                if missing <= 0:
+                if missing <= 0 or room <= 0:
                     return
-                got = self._take(keys=[wire.QUEUE], args=[missing])
+                got = self._take(keys=[wire.QUEUE], args=[missing, room])
                 if got:
                     for raw in got:
+                        room -= len(raw)
                         self._add_raw(batch, raw)
                     continue
                 remaining = deadline - time.monotonic()

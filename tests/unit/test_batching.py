@@ -115,10 +115,10 @@ def test_messages_are_never_deduped_and_keep_their_send_order() -> None:
     assert [r.data["v"] for r in sorted(conv, key=lambda r: r.position)] == list(range(20))
 
 
-def _publish_message(n_ops: int) -> str:
+def _publish_message(n_ops: int, state: dict[str, str] | None = None) -> str:
     pub = Publisher("redis://127.0.0.1:6379/0")
     texts = [
-        encode_op("save_state", {"agent_id": "a", "state_id": f"s{i}", "state": {}})[1]
+        encode_op("save_state", {"agent_id": "a", "state_id": f"s{i}", "state": state or {}})[1]
         for i in range(n_ops)
     ]
     mid = wire.new_message_id()
@@ -138,3 +138,16 @@ def test_a_batch_is_bounded_by_ops_not_by_messages(fake: fakeredis.FakeRedis) ->
     assert len(batch.message_ids) == 3, "1 + 300 + 300 ops: the message that reached 500 is last"
     assert len(store.calls[0]) == 601
     assert fake.llen(wire.QUEUE) == 8 and fake.zcard(wire.PENDING_KEY) == 8
+
+
+def test_a_batch_of_large_saves_is_bounded_by_bytes_too(fake: fakeredis.FakeRedis) -> None:
+    for _ in range(30):
+        _publish_message(1, {"b": "x" * 1_900_000})
+    store = FakeStore()
+    settings = WorkerSettings(batch_wait_ms=0)
+    applier = BatchApplier(lambda: store, fake, settings, sleep=lambda s: None)
+    first = wire.parse_message(fake.rpop(wire.QUEUE))
+    batch = applier.run(first.id, first.ops)
+    # ~2.5 MB per message as base64: 32 MB of them, plus the delivered one and the last.
+    assert 10 <= len(batch.message_ids) <= 15, len(batch.message_ids)
+    assert fake.llen(wire.QUEUE) == 30 - len(batch.message_ids)
