@@ -15,6 +15,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from storage.ops import MAX_SAVE_BYTES
+
 from . import wire
 from .errors import BufferFullError, PublishError
 
@@ -24,7 +26,9 @@ log = logging.getLogger(__name__)
 # amortised, and Redis is never blocked for long by one script.
 MAX_MESSAGES_PER_PUBLISH = 8
 MAX_PUBLISH_CHARS = 8_000_000
-MAX_MESSAGE_CHARS = 4_000_000
+# Several ops share a message only up to this; at 4 UTF-8 bytes per character at most, such
+# a message is never larger than the largest single save (`MAX_SAVE_BYTES`).
+MAX_MESSAGE_CHARS = MAX_SAVE_BYTES // 4
 _BACKOFF_MAX_S = 2.0
 
 # (message id, message, op ids)

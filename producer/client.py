@@ -17,7 +17,7 @@ from storage.factory import create_storage_client
 from storage.ops import Op, OpName, encode_op
 
 from . import wire
-from .buffer import Batch, SendBuffer
+from .buffer import MAX_MESSAGE_CHARS, Batch, SendBuffer
 from .errors import PublishError
 from .publisher import Publisher
 from .tracker import Tracker
@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 
 # Ops per message on the batch path: one message is one task, and bounded in size.
 MAX_OPS_PER_MESSAGE = 500
-MAX_MESSAGE_CHARS = 4_000_000
 
 
 class Producer(StorageClient):

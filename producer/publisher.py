@@ -72,53 +72,86 @@ class Publisher:
     def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
         """Queue `(message id, message)` pairs atomically, or raise `PublishError`.
 
-        After a timeout the messages may or may not be queued; republishing them is safe
-        because the worker applies a message id's ops idempotently.
+        A publish whose answer was lost is looked up in `pending` before anything else: if
+        it landed, it is a success. Otherwise it is retried (safe: the worker applies a
+        message id's ops idempotently), and the error says whether it may have landed.
         """
         argv: list[str | bytes] = []
         for message_id, message in messages:
             argv += (message_id, message)
         start = time.monotonic()
         attempt = 0
+        unknown = False  # a request may have reached Redis without our seeing its answer
         while True:
             attempt += 1
+            sent = False
             try:
                 self._evalsha(argv)
                 return
+            except _Sent as exc:
+                sent, cause = True, exc.cause
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                elapsed = time.monotonic() - start
-                if elapsed >= self._timeout / 2 or attempt >= 5:
-                    raise PublishError(
-                        f"could not publish to the broker at {self.masked_url} "
-                        f"after {attempt} attempt(s) in {elapsed:.2f}s: {_reason(exc)}; "
-                        "check that Redis is running and CELERY_BROKER_URL is right"
-                    ) from None
-                time.sleep(min(0.01 * 2**attempt, self._timeout / 2 - elapsed))
+                cause = exc
             except redis.ResponseError as exc:
                 raise PublishError(
                     f"the broker at {self.masked_url} refused the publish: {_reason(exc)}"
                 ) from None
+            if sent and self._landed(messages):
+                return
+            unknown = unknown or sent
+            elapsed = time.monotonic() - start
+            if elapsed >= self._timeout / 2 or attempt >= 5:
+                outcome = (
+                    "it may have been published (a request was sent, its answer lost)"
+                    if unknown
+                    else "nothing was published"
+                )
+                raise PublishError(
+                    f"could not publish to the broker at {self.masked_url} "
+                    f"after {attempt} attempt(s) in {elapsed:.2f}s: {_reason(cause)}; "
+                    f"{outcome}; check that Redis is running and CELERY_BROKER_URL is right",
+                    may_be_published=unknown,
+                ) from None
+            time.sleep(min(0.01 * 2**attempt, self._timeout / 2 - elapsed))
 
     def _evalsha(self, argv: list[str | bytes]) -> None:
+        """Raises `_Sent` if the publish failed after Redis received it whole."""
         # Straight on a pooled connection: the client's per-command machinery (retries,
         # observability hooks) costs as much as the round trip itself.
         conn = self._acquire()
+        sent = False
         try:
             try:
                 conn.send_command("EVALSHA", self._sha, len(_KEYS), *_KEYS, *argv)
+                sent = True
                 conn.read_response()
             except redis.exceptions.NoScriptError:
+                sent = False
                 conn.send_command("SCRIPT", "LOAD", _PUBLISH)
                 conn.read_response()
                 conn.send_command("EVALSHA", self._sha, len(_KEYS), *_KEYS, *argv)
+                sent = True
                 conn.read_response()
-        except (redis.ConnectionError, redis.TimeoutError):
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
             # The reply may still be on its way: this socket must never be reused.
             conn.disconnect()
+            # A send that failed part way never ran: Redis drops an incomplete command.
+            if sent:
+                raise _Sent(exc) from exc
             raise
         finally:
             with self._idle_lock:
                 self._idle.append(conn)
+
+    def _landed(self, messages: Sequence[tuple[str, bytes]]) -> bool:
+        """Whether a publish whose answer was lost is in `pending` (all or none: one script)."""
+        try:
+            scores = self.redis.zmscore(wire.PENDING_KEY, [mid for mid, _ in messages])
+        except (redis.ConnectionError, redis.TimeoutError):
+            return False
+        # Already applied and confirmed counts as not found: it is then republished, which
+        # the idempotent apply makes harmless.
+        return all(score is not None for score in scores)
 
     def _acquire(self) -> Any:
         if self._pid != os.getpid():
@@ -138,6 +171,14 @@ class Publisher:
                 conn.disconnect()
         self.redis.close()
         self.redis.connection_pool.disconnect()
+
+
+class _Sent(Exception):
+    """A publish failed after Redis had the whole request: it may have run."""
+
+    def __init__(self, cause: redis.RedisError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def _reason(exc: Exception) -> str:

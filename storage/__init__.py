@@ -4,7 +4,13 @@ from typing import TYPE_CHECKING, Any
 
 from .base import StorageBackend, StorageClient
 from .config import Settings, load_settings
-from .errors import ConfigError, StorageError, TransientStorageError, ValidationError
+from .errors import (
+    ConfigError,
+    StorageError,
+    StoreUnavailableError,
+    TransientStorageError,
+    ValidationError,
+)
 from .factory import create_storage_client
 from .ops import Op, make_op, parse_op
 
@@ -21,6 +27,7 @@ __all__ = [
     "StorageBackend",
     "StorageClient",
     "StorageError",
+    "StoreUnavailableError",
     "TransientStorageError",
     "ValidationError",
     "create_storage_client",

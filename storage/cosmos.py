@@ -32,7 +32,13 @@ from .cosmos_items import (
 )
 from .cosmos_retention import TOMBSTONES, Remover
 from .cosmos_sdk import connect
-from .errors import ConfigError, StorageError, TransientStorageError, ValidationError
+from .errors import (
+    ConfigError,
+    StorageError,
+    StoreUnavailableError,
+    TransientStorageError,
+    ValidationError,
+)
 from .ids import check_id, row_id
 from .records import KINDS, SCOPE_KINDS, SCOPE_OF, Kind, Record, Scope, Tombstone, tombstone_cursor
 from .retention import RetentionPolicy
@@ -378,7 +384,7 @@ class CosmosDBClient(StorageBackend):
         reason = _short_reason(exc).replace(self._key.get_secret_value(), "***")
         where = f"Cosmos DB at {self._endpoint}"
         if status is None:
-            raise TransientStorageError(f"{where} could not be reached: {reason}") from exc
+            raise StoreUnavailableError(f"{where} could not be reached: {reason}") from exc
         if status in _TRANSIENT_STATUS:
             raise TransientStorageError(
                 f"{where} answered {status} (retry later): {reason}"

@@ -9,6 +9,11 @@ class TransientStorageError(StorageError):
     """A failure worth retrying: lost connection, serialization failure, throttling, timeout."""
 
 
+class StoreUnavailableError(TransientStorageError):
+    """The store could not be reached (refused, unknown host or database, no answer); the
+    ops are not at fault, so workers wait for it to come back instead of dead-lettering."""
+
+
 class ConfigError(StorageError, ValueError):
     """The configuration is missing or malformed; the message names the variable to fix."""
 

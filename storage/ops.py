@@ -20,6 +20,10 @@ from .payload import encode_payload
 from .versions import VERSION_RE, new_version, normalize_version
 
 MAX_TRANSACTIONS_PER_SAVE = 10_000
+# One save's transactions as JSON, at most: what a worker holds (several times over, while
+# decoding) for one op, and what one task message carries at most (the producer packs
+# several ops into one message only up to 4,000,000 characters, i.e. at most this).
+MAX_SAVE_BYTES = 16_000_000
 _OP_ID_RE = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 
 
@@ -124,8 +128,15 @@ def _check_transactions(value: object) -> list[dict[str, Any]]:
             f"transactions has {len(value):,} items; the limit per save is "
             f"{MAX_TRANSACTIONS_PER_SAVE:,}"
         )
+    size = 0
     for index, txn in enumerate(value):
-        encode_payload(f"transactions[{index}]", txn)
+        text = encode_payload(f"transactions[{index}]", txn)
+        size += len(text) + 1 if text.isascii() else len(text.encode()) + 1
+        if size > MAX_SAVE_BYTES:
+            raise ValidationError(
+                f"transactions are over {MAX_SAVE_BYTES:,} bytes as JSON together (at item "
+                f"{index}); that is the limit per save: split them over several saves"
+            )
         if "id" in txn:
             check_id(f"transactions[{index}]['id']", txn["id"])
     return value

@@ -18,7 +18,13 @@ from psycopg2.extras import execute_values
 
 from .base import StorageBackend, check_limit
 from .config import Settings, load_settings, mask_url
-from .errors import ConfigError, SchemaNotReadyError, StorageError, TransientStorageError
+from .errors import (
+    ConfigError,
+    SchemaNotReadyError,
+    StorageError,
+    StoreUnavailableError,
+    TransientStorageError,
+)
 from .ids import check_id
 from .postgres_schema import MIGRATIONS, migrate, schema_version
 from .postgres_sql import (
@@ -97,6 +103,10 @@ class PostgreSQLClient(StorageBackend):
                 connect_timeout=self._settings.postgres_connect_timeout_s,
                 application_name="agentstore",
             )
+        except psycopg2.OperationalError as exc:
+            raise StoreUnavailableError(
+                f"cannot connect to PostgreSQL at {self._where}: {exc}".strip()
+            ) from None
         except psycopg2.Error as exc:
             raise StorageError(f"cannot connect to PostgreSQL at {self._where}: {exc}") from None
         if not create_schema:
@@ -153,7 +163,7 @@ class PostgreSQLClient(StorageBackend):
                 self._pool.putconn(conn, close=True)
                 conn = self._pool.getconn()
         except psycopg2.OperationalError as exc:
-            raise TransientStorageError(
+            raise StoreUnavailableError(
                 f"cannot connect to PostgreSQL at {self._where}: {exc}".strip()
             ) from None
         return conn

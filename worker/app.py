@@ -24,6 +24,7 @@ from storage.retention import RetentionPolicy
 
 from . import deadletters
 from .apply import BatchApplier
+from .lease import Heartbeat
 from .reaper import Reaper, ReaperThread
 from .retention import PrunerThread
 from .settings import load_worker_settings
@@ -96,8 +97,13 @@ class _Process:
         # must be recovered even if no new message arrives to start anything else.
         self.reaper = ReaperThread(reaper, _worker_settings.reaper_interval_s)
         self.reaper.start()
-        self._applier: BatchApplier | None = None
+        self.heartbeat = Heartbeat(self.redis, _worker_settings.recovery_after_s)
+        self.heartbeat.start()
         self._store: StorageBackend | None = None
+        self._store_lock = threading.Lock()
+        self.applier = BatchApplier(
+            self.store, self.redis, _worker_settings, heartbeat=self.heartbeat
+        )
         self.pruner = PrunerThread(
             self.store,
             self.redis,
@@ -106,24 +112,20 @@ class _Process:
         )
         self.pruner.start()
 
-    def applier(self) -> BatchApplier:
-        """The batcher, opening the store on first use; raises if it cannot be opened."""
-        if self._applier is None:
-            self._store = create_storage_client(_settings)
-            self._applier = BatchApplier(self._store, self.redis, _worker_settings)
-        return self._applier
-
     def store(self) -> StorageBackend:
-        """The process's store, opened on first use (shared with the batcher)."""
-        self.applier()
-        assert self._store is not None
-        return self._store
+        """The process's store (batcher and pruner), opened on first use; raises
+        `StoreUnavailableError` while it cannot be reached."""
+        with self._store_lock:
+            if self._store is None:
+                self._store = create_storage_client(_settings)
+            return self._store
 
     def close(self) -> None:
         self.reaper.stop()
+        self.heartbeat.stop()
         self.pruner.stop()
-        if self._applier is not None:
-            self._applier.store.close()
+        if self._store is not None:
+            self._store.close()
         self.redis.close()
 
 
@@ -143,7 +145,7 @@ def _init_process(**_: Any) -> None:
     # After fork: connections made in the parent must never be shared with a child.
     process = _get_process()
     try:
-        process.applier()
+        process.store()
     except Exception as exc:
         # Not fatal: the first task tries again, and its message stays pending until then.
         log.error("cannot open the store yet: %s", exc)
@@ -172,7 +174,7 @@ def _apply_ops(self: Task, *args: Any, **kwargs: Any) -> None:
     # Any arguments are accepted, so a malformed message is dead-lettered by our code
     # instead of failing in Celery's call and being republished forever.
     ops: object = args[0] if len(args) == 1 and not kwargs else {"args": args, "kwargs": kwargs}
-    _get_process().applier().run(str(self.request.id), ops)
+    _get_process().applier.run(str(self.request.id), ops)
 
 
 apply_ops: Task = app.task(name=wire.TASK_NAME, bind=True, acks_late=True, ignore_result=True)(

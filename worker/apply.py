@@ -14,27 +14,35 @@ import redis
 
 from producer import wire
 from storage.base import StorageClient
-from storage.errors import TransientStorageError, ValidationError
-from storage.ops import Op, parse_op
+from storage.errors import StoreUnavailableError, TransientStorageError, ValidationError
+from storage.ops import MAX_SAVE_BYTES, Op, parse_op
 
 from . import deadletters
+from .lease import Heartbeat
 from .settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
 TRANSIENT = (TransientStorageError, redis.ConnectionError, redis.TimeoutError)
+# Raw messages one batch takes beyond the delivered one, at most (then the rest of the last):
+# with the largest save (`MAX_SAVE_BYTES`, about 4/3 of it as a message), a batch holds a
+# few tens of megabytes, however many ops `batch_max` allows.
+BATCH_MAX_BYTES = 2 * MAX_SAVE_BYTES
 
 # Pops messages until they hold ARGV[1] ops, counting each by its "<N ops>" header (ours
-# put it near the end; anything else counts as one), in one round trip. Taking messages
-# by count instead would let a batch of single saves swallow hundreds of 500-op messages.
+# put it near the end; anything else counts as one), or ARGV[2] bytes, in one round trip.
+# Taking messages by count instead would let a batch of single saves swallow hundreds of
+# 500-op messages; by ops alone, a batch of 2 MB saves would hold gigabytes.
 _TAKE = """
 local want = tonumber(ARGV[1])
+local room = tonumber(ARGV[2])
 local taken = {}
 local ops = 0
-while ops < want do
+while ops < want and room > 0 do
   local m = redis.call('RPOP', KEYS[1])
   if not m then break end
   taken[#taken + 1] = m
+  room = room - #m
   local at = string.find(m, '"argsrepr":"<', -2048, true)
   ops = ops + ((at and tonumber(string.match(m, '^(%d+) ops>', at + 13))) or 1)
 end
@@ -58,37 +66,52 @@ class Batch:
     # (key, record JSON, failure time): refused messages and ops that could not be applied.
     dead: list[tuple[str, str, float]] = field(default_factory=list)
     failed_ops: int = 0  # of `ops`, dead-lettered instead of applied
+    # The store could not be reached within the retry budget: nothing is confirmed, and the
+    # reaper hands the messages out again once their lease lapses.
+    unavailable: bool = False
 
 
 class BatchApplier:
     """Applies a task's ops together with up to `batch_max` ops of other ready messages.
 
     Messages taken straight from the queue are in no one else's hands: if this process
-    dies before confirming them, the reaper republishes them from `pending`.
+    dies before confirming them, the reaper republishes them from `pending`. While a batch
+    runs, `heartbeat` (if given) keeps the reaper off its messages. `store()` gives the
+    store, opening it if need be; it may raise `StoreUnavailableError`, which is retried.
     """
 
     def __init__(
         self,
-        store: StorageClient,
+        store: Callable[[], StorageClient],
         client: redis.Redis,
         settings: WorkerSettings,
         *,
         sleep: Callable[[float], None] = time.sleep,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         self.store = store
         self._redis = client
         self._settings = settings
         self._sleep = sleep
+        self._heartbeat = heartbeat
         self._take = client.register_script(_TAKE)
 
     def run(self, message_id: str, ops: object) -> Batch:
         """Process the delivered message (`ops` as the task received them) and any others."""
         started = time.monotonic()
         batch = Batch()
-        self._add_message(batch, message_id, lambda: wire.ops_of_args(ops, message_id), ops)
-        self._fill(batch)
-        self._apply(batch)
-        self._confirm(batch)
+        if self._heartbeat is not None:
+            self._heartbeat.hold(batch.message_ids)
+        try:
+            self._add_message(batch, message_id, lambda: wire.ops_of_args(ops, message_id), ops)
+            self._fill(batch)
+            self._apply(batch)
+            if batch.unavailable:
+                return batch
+            self._confirm(batch)
+        finally:
+            if self._heartbeat is not None:
+                self._heartbeat.release()
         log.info(
             "applied batch: %d ops from %d messages in %.1f ms, %d dead-lettered",
             len(batch.ops),
@@ -102,17 +125,20 @@ class BatchApplier:
         """Take ready messages until the batch holds `batch_max` ops or `batch_wait_ms` passed.
 
         Messages carry one op or hundreds, so they are counted by their ops (`_TAKE`): a
-        batch holds at most `batch_max` ops plus the rest of its last message.
+        batch holds at most `batch_max` ops plus the rest of its last message, and stops
+        taking after `BATCH_MAX_BYTES` of messages.
         """
         deadline = time.monotonic() + self._settings.batch_wait_ms / 1000
+        room = BATCH_MAX_BYTES
         try:
             while True:
                 missing = self._settings.batch_max - len(batch.ops) - len(batch.dead)
-                if missing <= 0:
+                if missing <= 0 or room <= 0:
                     return
-                got = self._take(keys=[wire.QUEUE], args=[missing])
+                got = self._take(keys=[wire.QUEUE], args=[missing, room])
                 if got:
                     for raw in got:
+                        room -= len(raw)
                         self._add_raw(batch, raw)
                     continue
                 remaining = deadline - time.monotonic()
@@ -164,7 +190,17 @@ class BatchApplier:
         stack = [_Part(batch.ops)] if batch.ops else []
         while stack:
             part = stack.pop()
-            error, transient = self._apply_with_retry(part)
+            try:
+                error, transient = self._apply_with_retry(part)
+            except StoreUnavailableError as exc:
+                batch.unavailable = True
+                log.warning(
+                    "store unavailable after %d tries (%s); %d message(s) left for redelivery",
+                    part.attempts,
+                    str(exc).split("\n", 1)[0][:300],
+                    len(batch.message_ids),
+                )
+                return
             if error is None:
                 continue
             if len(part.ops) > 1 and not transient:
@@ -181,21 +217,24 @@ class BatchApplier:
         for attempt in range(1, s.retry_tries + 1):
             part.attempts += 1
             try:
-                self.store.apply(ops)
+                self.store().apply(ops)
                 return None, False
             except TRANSIENT as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 part.first_failure = part.first_failure or time.time()
                 delay = min(0.05 * 2**attempt, 5.0) * random.uniform(0.5, 1.5)
                 if attempt == s.retry_tries or time.monotonic() - started + delay > s.retry_max_s:
+                    if isinstance(exc, StoreUnavailableError):
+                        raise
                     return f"gave up after {attempt} tries: {error}", True
+                # One line, no traceback: an outage must not flood the log.
                 log.warning(
                     "transient failure applying %d ops (try %d/%d), retrying in %.2fs: %s",
                     len(ops),
                     attempt,
                     s.retry_tries,
                     delay,
-                    type(exc).__name__,
+                    error.split("\n", 1)[0][:300],
                 )
                 self._sleep(delay)
             except Exception as exc:

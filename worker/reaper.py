@@ -5,7 +5,8 @@ Celery's Redis transport loses a message taken by a worker killed before it reac
 `pending`. Every message is published with a sequence number, in queue order, so the
 oldest message still queued (`LINDEX agentstore -1`) tells which pending messages have
 left the queue: those with a smaller sequence. One still pending `recovery_after_s` after
-it was first seen out of the queue is pushed back to the consuming end.
+it was first seen out of the queue, or after the last heartbeat of the worker applying it
+(`worker.lease`), is pushed back to the consuming end.
 """
 
 from __future__ import annotations
@@ -23,20 +24,25 @@ from producer import wire
 log = logging.getLogger(__name__)
 _SCAN_TAIL = 100
 
-# Pushes back only what is still pending (a worker may have just confirmed it), oldest last,
-# so the oldest is consumed first and the queue's tail stays its smallest sequence.
+# Pushes back only what is still pending (a worker may have just confirmed it) and not
+# heartbeaten since ARGV[1] (a worker may still be applying it), oldest last, so the oldest
+# is consumed first and the queue's tail stays its smallest sequence.
 _REPUBLISH = """
+local cutoff = tonumber(ARGV[1])
 local n = 0
-for i = 1, #ARGV do
+for i = 2, #ARGV do
   local id = ARGV[i]
-  if redis.call('ZSCORE', KEYS[1], id) then
-    local m = redis.call('HGET', KEYS[2], id)
-    if m then
-      redis.call('RPUSH', KEYS[3], m)
-      n = n + 1
+  local since = redis.call('HGET', KEYS[4], id)
+  if not since or tonumber(since) <= cutoff then
+    if redis.call('ZSCORE', KEYS[1], id) then
+      local m = redis.call('HGET', KEYS[2], id)
+      if m then
+        redis.call('RPUSH', KEYS[3], m)
+        n = n + 1
+      end
     end
+    redis.call('HDEL', KEYS[4], id)
   end
-  redis.call('HDEL', KEYS[4], id)
 end
 return n
 """
@@ -144,7 +150,8 @@ class Reaper:
             return 0
         due.sort(key=lambda item: item[1], reverse=True)
         keys = [wire.PENDING_KEY, wire.MESSAGES_KEY, wire.QUEUE, wire.OUT_SINCE_KEY]
-        pushed = int(self._republish(keys=keys, args=[mid for mid, _ in due]))
+        cutoff = f"{now - self._after:.6f}"
+        pushed = int(self._republish(keys=keys, args=[cutoff, *(mid for mid, _ in due)]))
         if pushed:
             log.warning("republished %d message(s) lost out of the queue", pushed)
         return pushed

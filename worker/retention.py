@@ -11,6 +11,7 @@ from collections.abc import Callable
 import redis
 
 from storage.base import StorageBackend
+from storage.errors import TransientStorageError
 from storage.retention import RetentionPolicy
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class PrunerThread(threading.Thread):
                 self.run_once()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.debug("pruner: broker unavailable (%s)", type(exc).__name__)
+            except TransientStorageError as exc:
+                log.warning("retention round skipped: %s", str(exc).split("\n", 1)[0][:300])
             except Exception:
                 log.exception("retention round failed")
 

@@ -45,7 +45,9 @@ def test_many_single_save_messages_are_applied_in_one_call_and_confirmed_after_i
 ) -> None:
     ids = _publish_single_saves(50)
     store = WatchingStore(rds)
-    applier = BatchApplier(store, rds, WorkerSettings(batch_wait_ms=0), sleep=lambda s: None)
+    applier = BatchApplier(
+        lambda: store, rds, WorkerSettings(batch_wait_ms=0), sleep=lambda s: None
+    )
     first = wire.parse_message(rds.rpop(wire.QUEUE))
     batch = applier.run(first.id, first.ops)
     assert store.calls == [ids], "one apply call for all 50 messages"
@@ -66,7 +68,7 @@ def test_a_failed_apply_confirms_nothing(rds: redis.Redis) -> None:
     def confirm(batch: object) -> None:
         raise Broken
 
-    applier = BatchApplier(store, rds, settings, sleep=lambda s: None)
+    applier = BatchApplier(lambda: store, rds, settings, sleep=lambda s: None)
     applier._confirm = confirm  # type: ignore[method-assign]
     first = wire.parse_message(rds.rpop(wire.QUEUE))
     with pytest.raises(Broken):
@@ -106,10 +108,10 @@ def test_messages_are_never_deduped_and_keep_their_send_order() -> None:
     assert [r.data["v"] for r in sorted(conv, key=lambda r: r.position)] == list(range(20))
 
 
-def _publish_message(n_ops: int) -> str:
+def _publish_message(n_ops: int, state: dict[str, str] | None = None) -> str:
     pub = Publisher("redis://127.0.0.1:6379/0")
     texts = [
-        encode_op("save_state", {"agent_id": "a", "state_id": f"s{i}", "state": {}})[1]
+        encode_op("save_state", {"agent_id": "a", "state_id": f"s{i}", "state": state or {}})[1]
         for i in range(n_ops)
     ]
     mid = wire.new_message_id()
@@ -123,9 +125,22 @@ def test_a_batch_is_bounded_by_ops_not_by_messages(rds: redis.Redis) -> None:
         _publish_message(300)
     store = FakeStore()
     settings = WorkerSettings(batch_max=500, batch_wait_ms=0)
-    applier = BatchApplier(store, rds, settings, sleep=lambda s: None)
+    applier = BatchApplier(lambda: store, rds, settings, sleep=lambda s: None)
     first = wire.parse_message(rds.rpop(wire.QUEUE))
     batch = applier.run(first.id, first.ops)
     assert len(batch.message_ids) == 3, "1 + 300 + 300 ops: the message that reached 500 is last"
     assert len(store.calls[0]) == 601
     assert rds.llen(wire.QUEUE) == 8 and rds.zcard(wire.PENDING_KEY) == 8
+
+
+def test_a_batch_of_large_saves_is_bounded_by_bytes_too(rds: redis.Redis) -> None:
+    for _ in range(30):
+        _publish_message(1, {"b": "x" * 1_900_000})
+    store = FakeStore()
+    settings = WorkerSettings(batch_wait_ms=0)
+    applier = BatchApplier(lambda: store, rds, settings, sleep=lambda s: None)
+    first = wire.parse_message(rds.rpop(wire.QUEUE))
+    batch = applier.run(first.id, first.ops)
+    # ~2.5 MB per message as base64: 32 MB of them, plus the delivered one and the last.
+    assert 10 <= len(batch.message_ids) <= 15, len(batch.message_ids)
+    assert rds.llen(wire.QUEUE) == 30 - len(batch.message_ids)

@@ -238,3 +238,26 @@ def test_apply_bounds_message_size(prod: Producer, fake: fakeredis.FakeRedis) ->
     ]
     prod.apply(ops)
     assert [len(m.ops) for m in _queued(fake)] == [2, 1]
+
+
+def _transactions(n: int) -> list[dict[str, Any]]:
+    # Each well under the 2,000,000-byte payload limit; 8 of them fit in one save, 9 do not.
+    return [{"id": f"t{i}", "blob": "x" * 1_900_000} for i in range(n)]
+
+
+@pytest.mark.parametrize("linger_ms", [0.0, 5.0])
+def test_a_save_over_the_size_limit_is_refused_at_the_call_and_publishes_nothing(
+    fake: fakeredis.FakeRedis, linger_ms: float
+) -> None:
+    with Producer(broker_url="redis://127.0.0.1:6379/0", linger_ms=linger_ms) as p:
+        with pytest.raises(ValidationError, match="16,000,000 bytes"):
+            p.save_transactions("case", _transactions(9))
+        assert p.buffered == 0
+        p.flush()
+        assert fake.llen(wire.QUEUE) == 0 and fake.zcard(wire.PENDING_KEY) == 0
+        p.save_transactions("case", _transactions(8))
+        p.save_transactions("case", _transactions(2))
+        p.flush()
+    raw = fake.lrange(wire.QUEUE, 0, -1)
+    assert len(raw) == 2, "the two saves do not share a message"
+    assert all(len(wire.parse_message(m).ops) == 1 for m in raw)

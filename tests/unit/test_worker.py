@@ -39,7 +39,7 @@ def _deliver(applier: BatchApplier, rds: redis.Redis) -> Any:
 
 def _applier(store: FakeStore, rds: redis.Redis, **kw: Any) -> BatchApplier:
     settings = WorkerSettings(batch_wait_ms=0, retry_max_s=5, **kw)
-    return BatchApplier(store, rds, settings, sleep=lambda s: None)
+    return BatchApplier(lambda: store, rds, settings, sleep=lambda s: None)
 
 
 def test_one_task_applies_other_ready_messages_in_one_call_and_confirms(
