@@ -343,8 +343,10 @@ def target_settings(env_file: str | os.PathLike[str]) -> Settings:
 
 def store_identity(settings: Settings) -> tuple[str, ...]:
     """What makes two configurations the same store; holds no secret."""
+    if settings.agentstore_backend == "memory":
+        return ("memory",)
     secret = settings.postgres_connection_string
-    if secret is not None:
+    if secret is not None and settings.agentstore_backend != "cosmos":
         import psycopg2.extensions
 
         try:
@@ -369,8 +371,10 @@ def store_identity(settings: Settings) -> tuple[str, ...]:
 
 def describe(settings: Settings) -> str:
     """The configured store for humans, secrets masked."""
+    if settings.agentstore_backend == "memory":
+        return "in-memory store (this process only)"
     secret = settings.postgres_connection_string
-    if secret is not None:
+    if secret is not None and settings.agentstore_backend != "cosmos":
         dsn = secret.get_secret_value()
         if "://" in dsn:
             return f"PostgreSQL {mask_url(dsn)}"

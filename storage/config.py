@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import SecretStr, field_validator
@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     """Every setting agentstore reads; names are the environment variables, case-insensitive."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_ignore_empty=True)
+
+    # None: PostgreSQL if its connection string is set, else Cosmos DB (storage.factory).
+    agentstore_backend: Literal["postgres", "cosmos", "memory"] | None = None
 
     postgres_connection_string: SecretStr | None = None
     postgres_pool_min: int = 1

@@ -449,6 +449,8 @@ def test_three_processes_start_at_once_on_an_empty_store(backend: Backend) -> No
     for n, (proc, (out, err)) in enumerate(zip(procs, outputs, strict=True)):
         assert proc.returncode == 0, err[-2000:]
         assert out.strip() == str(n)
+    if backend.name == "memory":
+        return  # each process had a store of its own: there is nothing shared to read back
     with backend.client(
         env={k: v for k, v in env.items() if k.startswith(("POSTGRES_", "COSMOS_"))}
     ) as client:
