@@ -12,7 +12,7 @@ from producer import wire
 from producer.publisher import Publisher
 from storage.ops import Op, encode_op, make_op, parse_op
 from storage.records import records
-from tests.unit.fakes import FakeStore
+from tests.unit.flaky import FlakyStore
 from worker.apply import BatchApplier
 from worker.settings import WorkerSettings
 
@@ -24,7 +24,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[fakeredis.FakeRedis]:
     yield client
 
 
-class WatchingStore(FakeStore):
+class WatchingStore(FlakyStore):
     """Records, at each apply, how many messages were still pending (not yet confirmed)."""
 
     def __init__(self, client: fakeredis.FakeRedis) -> None:
@@ -63,7 +63,7 @@ def test_many_single_save_messages_are_applied_in_one_call_and_confirmed_after_i
 
 def test_a_failed_apply_confirms_nothing(fake: fakeredis.FakeRedis) -> None:
     _publish_single_saves(5)
-    store = FakeStore()
+    store = FlakyStore()
     store.transient_failures = 100
     settings = WorkerSettings(batch_wait_ms=0, retry_tries=2, retry_max_s=0.5)
 
@@ -128,7 +128,7 @@ def test_a_batch_is_bounded_by_ops_not_by_messages(fake: fakeredis.FakeRedis) ->
     _publish_message(1)
     for _ in range(10):
         _publish_message(300)
-    store = FakeStore()
+    store = FlakyStore()
     settings = WorkerSettings(batch_max=500, batch_wait_ms=0)
     applier = BatchApplier(store, fake, settings, sleep=lambda s: None)
     first = wire.parse_message(fake.rpop(wire.QUEUE))

@@ -13,7 +13,7 @@ import pytest
 from producer import wire
 from producer.publisher import Publisher
 from storage.ops import make_op
-from tests.unit.fakes import FakeStore
+from tests.unit.flaky import FlakyStore
 from worker import deadletters
 from worker.apply import BatchApplier
 from worker.reaper import Reaper
@@ -46,7 +46,7 @@ def _deliver(applier: BatchApplier, fake: fakeredis.FakeRedis) -> Any:
     return applier.run(message.id, message.ops)
 
 
-def _applier(store: FakeStore, fake: fakeredis.FakeRedis, **kw: Any) -> BatchApplier:
+def _applier(store: FlakyStore, fake: fakeredis.FakeRedis, **kw: Any) -> BatchApplier:
     settings = WorkerSettings(batch_wait_ms=0, retry_max_s=5, **kw)
     return BatchApplier(store, fake, settings, sleep=lambda s: None)
 
@@ -55,7 +55,7 @@ def test_one_task_applies_other_ready_messages_in_one_call_and_confirms(
     fake: fakeredis.FakeRedis,
 ) -> None:
     ids = _publish(fake, 30)
-    store = FakeStore()
+    store = FlakyStore()
     batch = _deliver(_applier(store, fake, batch_max=20), fake)
     assert len(store.calls) == 1 and store.calls[0] == ids[:20]
     assert batch.message_ids == ids[:20]
@@ -65,7 +65,7 @@ def test_one_task_applies_other_ready_messages_in_one_call_and_confirms(
 
 def test_invalid_op_is_dead_lettered_and_the_rest_applied(fake: fakeredis.FakeRedis) -> None:
     ids = _publish(fake, 5, poison=2)
-    store = FakeStore()
+    store = FlakyStore()
     _deliver(_applier(store, fake), fake)
     assert store.calls == [[i for n, i in enumerate(ids) if n != 2]]
     record = deadletters.DeadLetters(client=fake).get(ids[2])
@@ -75,11 +75,10 @@ def test_invalid_op_is_dead_lettered_and_the_rest_applied(fake: fakeredis.FakeRe
 
 def test_a_permanently_failing_op_is_isolated_by_halving(fake: fakeredis.FakeRedis) -> None:
     ids = _publish(fake, 16)
-    store = FakeStore()
+    store = FlakyStore()
     store.poison = {ids[5]}
     _deliver(_applier(store, fake), fake)
-    applied = {rec.sub_id for (kind, _), rec in store.rows.items()}
-    assert applied == {f"s{i}" for i in range(16) if i != 5}
+    assert store.list_states("a") == sorted(f"s{i}" for i in range(16) if i != 5)
     dlq = deadletters.DeadLetters(client=fake)
     assert dlq.count() == 1 and f"cannot store {ids[5]}" in dlq.get(ids[5])["error"]  # type: ignore[index]
     assert fake.zcard(wire.PENDING_KEY) == 0
@@ -87,11 +86,11 @@ def test_a_permanently_failing_op_is_isolated_by_halving(fake: fakeredis.FakeRed
 
 def test_transient_failures_are_retried_then_dead_lettered(fake: fakeredis.FakeRedis) -> None:
     ids = _publish(fake, 3)
-    store = FakeStore()
+    store = FlakyStore()
     store.transient_failures = 2
     applier = _applier(store, fake, batch_max=1)
     _deliver(applier, fake)
-    assert len(store.calls) == 3 and ("state", "a|s0") in store.rows
+    assert len(store.calls) == 3 and store.get_state("a", "s0") == {"i": 0}
     store.transient_failures = 100
     _deliver(applier, fake)
     record = deadletters.DeadLetters(client=fake).get(ids[1])
@@ -109,7 +108,7 @@ def test_pickle_and_foreign_messages_are_refused_never_decoded(
         b"c__builtin__\nopen\n(V" + str(tmp_path / "pwned").encode() + b"\nVw\ntR."
     ).decode()
     fake.lpush(wire.QUEUE, json.dumps(evil), b"\x80not json", json.dumps({"headers": {}}))
-    store = FakeStore()
+    store = FlakyStore()
     batch = _deliver(_applier(store, fake), fake)
     assert not (tmp_path / "pwned").exists()
     assert len(batch.dead) == 3 and store.calls == [ids]
@@ -148,7 +147,7 @@ def test_reaper_rounds_are_serialized_by_the_lock(fake: fakeredis.FakeRedis) -> 
 
 def test_dead_letters_replay_and_purge(fake: fakeredis.FakeRedis) -> None:
     ids = _publish(fake, 4)
-    store = FakeStore()
+    store = FlakyStore()
     store.poison = {ids[1], ids[2]}
     _deliver(_applier(store, fake), fake)
     dlq = deadletters.DeadLetters(client=fake)
@@ -162,5 +161,5 @@ def test_dead_letters_replay_and_purge(fake: fakeredis.FakeRedis) -> None:
     assert message.ops == [original["op"]] and message.id == ids[1]
     store.poison.clear()
     _deliver(_applier(store, fake), fake)
-    assert ("state", "a|s1") in store.rows
+    assert store.get_state("a", "s1") == {"i": 1}
     assert dlq.purge("all") == 1 and dlq.count() == 0
