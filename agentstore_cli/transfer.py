@@ -163,7 +163,7 @@ def count_records(store: StorageBackend, kind: Kind, page_size: int = 1000) -> i
 def quick_count(settings: Settings, kind: Kind) -> int | None:
     """A cheap record count for progress totals: PostgreSQL's `count(*)`, else None."""
     secret = settings.postgres_connection_string
-    if secret is None:
+    if secret is None or settings.agentstore_backend not in (None, "postgres"):
         return None
     import psycopg2
 
