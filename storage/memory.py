@@ -92,7 +92,8 @@ class InMemoryStorageClient(StorageBackend):
         self._closed = False
 
     def __repr__(self) -> str:
-        count = sum(len(rows) for parts in self._rows.values() for rows in parts.values())
+        with self._lock:
+            count = sum(len(rows) for parts in self._rows.values() for rows in parts.values())
         return f"InMemoryStorageClient({count} rows)"
 
     # -- writes -----------------------------------------------------------------------------
