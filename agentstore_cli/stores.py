@@ -27,7 +27,7 @@ _PG_TABLES: dict[StreamKind, str] = {
 def quick_count(settings: Settings, kind: StreamKind) -> int | None:
     """A cheap record count for progress totals: PostgreSQL's `count(*)`, else None."""
     secret = settings.postgres_connection_string
-    if secret is None:
+    if secret is None or settings.agentstore_backend not in (None, "postgres"):
         return None
     import psycopg2
 
@@ -68,8 +68,10 @@ def target_settings(env_file: str | os.PathLike[str]) -> Settings:
 
 def store_identity(settings: Settings) -> tuple[str, ...]:
     """What makes two configurations the same store; holds no secret."""
+    if settings.agentstore_backend == "memory":
+        return ("memory",)
     secret = settings.postgres_connection_string
-    if secret is not None:
+    if secret is not None and settings.agentstore_backend != "cosmos":
         import psycopg2.extensions
 
         try:
@@ -94,8 +96,10 @@ def store_identity(settings: Settings) -> tuple[str, ...]:
 
 def describe(settings: Settings) -> str:
     """The configured store for humans, secrets masked."""
+    if settings.agentstore_backend == "memory":
+        return "in-memory store (this process only)"
     secret = settings.postgres_connection_string
-    if secret is not None:
+    if secret is not None and settings.agentstore_backend != "cosmos":
         dsn = secret.get_secret_value()
         if "://" in dsn:
             return f"PostgreSQL {mask_url(dsn)}"

@@ -1,4 +1,4 @@
-"""agentstore storage: the `StorageClient` contract and its PostgreSQL and Cosmos DB backends."""
+"""agentstore storage: the `StorageClient` contract; PostgreSQL, Cosmos DB, in-memory backends."""
 
 from typing import TYPE_CHECKING, Any
 
@@ -16,11 +16,13 @@ from .ops import Op, make_op, parse_op
 
 if TYPE_CHECKING:
     from .cosmos import CosmosDBClient
+    from .memory import InMemoryStorageClient
     from .postgres import PostgreSQLClient
 
 __all__ = [
     "ConfigError",
     "CosmosDBClient",
+    "InMemoryStorageClient",
     "Op",
     "PostgreSQLClient",
     "Settings",
@@ -47,4 +49,8 @@ def __getattr__(name: str) -> Any:
         from .cosmos import CosmosDBClient
 
         return CosmosDBClient
+    if name == "InMemoryStorageClient":
+        from .memory import InMemoryStorageClient
+
+        return InMemoryStorageClient
     raise AttributeError(f"module 'storage' has no attribute {name!r}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from pydantic import SecretStr, field_validator
@@ -67,6 +67,9 @@ class Settings(BaseSettings):
     """Every setting agentstore reads; names are the environment variables, case-insensitive."""
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_ignore_empty=True)
+
+    # None: PostgreSQL if its connection string is set, else Cosmos DB (storage.factory).
+    agentstore_backend: Literal["postgres", "cosmos", "memory"] | None = None
 
     postgres_connection_string: SecretStr | None = None
     postgres_pool_min: int = 1

@@ -19,6 +19,7 @@ from producer import wire
 from producer.publisher import connect
 from storage.base import StorageBackend
 from storage.config import load_settings
+from storage.errors import ConfigError
 from storage.factory import create_storage_client
 from storage.retention import RetentionPolicy
 
@@ -32,6 +33,11 @@ from .settings import load_worker_settings
 log = logging.getLogger(__name__)
 
 _settings = load_settings()
+if _settings.agentstore_backend == "memory":
+    # The worker's memory is no one else's store: it would confirm every save, then lose it.
+    raise ConfigError(
+        "AGENTSTORE_BACKEND=memory is for tests in one process; a worker needs postgres or cosmos"
+    )
 _worker_settings = load_worker_settings()
 BROKER_URL = _settings.celery_broker_url.get_secret_value()
 

@@ -14,11 +14,11 @@ import pytest
 import agentstore_cli.migrate as migrate_module
 from agentstore_cli.migrate import CHECKPOINT_DIR, KindCheck, migrate_stores, plan_migration
 from agentstore_cli.progress import LineProgress
-from agentstore_cli.stores import store_identity, target_settings
+from agentstore_cli.stores import describe, quick_count, store_identity, target_settings
 from agentstore_cli.transfer import kind_of
 from agentstore_cli.transfer import write_page as real_write_page
 from storage.base import StorageBackend
-from storage.config import load_settings
+from storage.config import Settings, load_settings
 from storage.errors import StorageError
 from storage.records import Record, Tombstone
 from tests.cli.conftest import (
@@ -317,6 +317,31 @@ def test_the_target_reads_only_its_file(monkeypatch: pytest.MonkeyPatch, tmp_pat
         "443",
         "transaction_review",
     )
+
+
+def test_the_backend_named_decides_what_is_described_identified_and_counted(
+    pg_url: str,
+) -> None:
+    with open_store({"POSTGRES_CONNECTION_STRING": pg_url}) as store:
+        store.save_state("a", "s", {})
+
+    def settings(backend: str | None) -> Settings:
+        return load_settings(
+            _env_file=None,
+            agentstore_backend=backend,
+            postgres_connection_string=pg_url,
+            cosmos_endpoint="https://acct.documents.azure.com:443/",
+            cosmos_key="a2V5",
+        )
+
+    assert describe(settings(None)).startswith("PostgreSQL")
+    assert quick_count(settings(None), "state") == 1
+    assert describe(settings("cosmos")).startswith("Cosmos DB https://acct.documents")
+    assert store_identity(settings("cosmos"))[0] == "cosmos"
+    assert quick_count(settings("cosmos"), "state") is None, "not PostgreSQL's count"
+    assert describe(settings("memory")) == "in-memory store (this process only)"
+    assert store_identity(settings("memory")) == ("memory",)
+    assert quick_count(settings("memory"), "state") is None
 
 
 def test_checkpoint_of_another_migration_is_refused_unless_restarted(

@@ -1,13 +1,22 @@
-"""`agentstore export` and `agentstore import` against real PostgreSQL databases."""
+"""`agentstore export` and `agentstore import` against real PostgreSQL databases (and memory)."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import psycopg2
 
-from agentstore_cli.transfer import FIELDS, TOMBSTONE_FIELDS, BadLine, parse_line
+from agentstore_cli.transfer import (
+    FIELDS,
+    TOMBSTONE_FIELDS,
+    BadLine,
+    export_records,
+    import_records,
+    parse_line,
+)
+from storage import InMemoryStorageClient
 from storage.records import Tombstone
 from tests.cli.conftest import (
     DELETE_VERSION,
@@ -104,6 +113,32 @@ def test_export_help_names_every_field_it_writes(run: Cli) -> None:
     text = " ".join(result.stdout.split())
     assert "{" + ", ".join(FIELDS) + "}" in text
     assert "{" + ", ".join(TOMBSTONE_FIELDS) + "}" in text
+
+
+def test_an_in_memory_store_exports_to_postgresql_and_imports_from_it(
+    run: Cli, pg_url: str, tmp_path: Path
+) -> None:
+    memory = InMemoryStorageClient()
+    seed(memory)
+    memory.save_state("gone", "s", {"x": 1})
+    memory.delete_state("gone", "s")
+    dump = io.BytesIO()
+    assert sum(export_records(memory, dump, page_size=100).values()) == 1_591
+    path = tmp_path / "memory.jsonl"
+    path.write_bytes(dump.getvalue())
+    config = {"POSTGRES_CONNECTION_STRING": pg_url}
+    result = run(["import", str(path), "--page-size", "64"], config)
+    assert result.exit_code == 0, result.stderr
+    assert "imported 1,591 records" in result.stderr
+    with open_store(config) as store:
+        assert snapshot(store) == snapshot(memory)
+        same_reads(memory, store)
+        assert store.get_state("gone", "s") is None
+    back = InMemoryStorageClient()
+    exported = run(["export"], config).stdout_bytes
+    assert import_records(back, exported.splitlines(), page_size=100).records == 1_591
+    assert snapshot(back) == snapshot(memory)
+    assert back.list_states("gone") == []
 
 
 def test_export_streams_selected_kinds_to_stdout(run: Cli, pg_url: str) -> None:

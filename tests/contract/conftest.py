@@ -1,4 +1,4 @@
-"""Backends for the contract suite: every test runs once per real server."""
+"""Backends for the contract suite: every test runs once per real server, and in memory."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from tests.services import fresh_pg_database, unavailable
 
 
 class Backend:
-    """Makes fresh, isolated stores on one real server."""
+    """Makes fresh, isolated stores on one real server (or in this process's memory)."""
 
     def __init__(self, name: str, stack: ExitStack) -> None:
         self.name = name
@@ -23,6 +23,8 @@ class Backend:
 
     def fresh_env(self) -> dict[str, str]:
         """Environment variables that point `create_storage_client()` at a new empty store."""
+        if self.name == "memory":
+            return {"AGENTSTORE_BACKEND": "memory"}  # every client is a store of its own
         if self.name == "postgres":
             url = self._stack.enter_context(fresh_pg_database())
             return {"POSTGRES_CONNECTION_STRING": url}
@@ -49,7 +51,7 @@ class Backend:
         return client
 
 
-@pytest.fixture(scope="session", params=["postgres", "cosmos"])
+@pytest.fixture(scope="session", params=["postgres", "cosmos", "memory"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     with ExitStack() as stack:
         yield Backend(request.param, stack)

@@ -106,6 +106,7 @@ def test_each_setting_is_read_from_its_variable(name: str, monkeypatch: pytest.M
         "POSTGRES_CONNECTION_STRING": "postgresql://u@h:5432/d",
         "COSMOS_ENDPOINT": "https://h:443/",
         "CELERY_BROKER_URL": "redis://h:6379/3",
+        "AGENTSTORE_BACKEND": "memory",
     }
     field = name.lower()
     annotation = str(Settings.model_fields[field].annotation)

@@ -22,9 +22,9 @@ settings.register_profile(
 settings.load_profile("agentstore")
 
 
-@pytest.fixture(scope="module", params=["postgres", "cosmos"])
+@pytest.fixture(scope="module", params=["postgres", "cosmos", "memory"])
 def store(request: pytest.FixtureRequest) -> Iterator[StorageBackend]:
-    """One store per backend for the module, on the real server."""
+    """One store per backend for the module, on the real server (or in memory)."""
     with ExitStack() as stack:
         client = Backend(request.param, stack).client()
         assert isinstance(client, StorageBackend)

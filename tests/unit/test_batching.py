@@ -12,12 +12,12 @@ from producer import wire
 from producer.publisher import Publisher
 from storage.ops import Op, encode_op, make_op, parse_op
 from storage.records import records
-from tests.unit.fakes import FakeStore
+from tests.unit.flaky import FlakyStore
 from worker.apply import BatchApplier
 from worker.settings import WorkerSettings
 
 
-class WatchingStore(FakeStore):
+class WatchingStore(FlakyStore):
     """Records, at each apply, how many messages were still pending (not yet confirmed)."""
 
     def __init__(self, client: redis.Redis) -> None:
@@ -58,7 +58,7 @@ def test_many_single_save_messages_are_applied_in_one_call_and_confirmed_after_i
 
 def test_a_failed_apply_confirms_nothing(rds: redis.Redis) -> None:
     _publish_single_saves(5)
-    store = FakeStore()
+    store = FlakyStore()
     store.transient_failures = 100
     settings = WorkerSettings(batch_wait_ms=0, retry_tries=2, retry_max_s=0.5)
 
@@ -123,7 +123,7 @@ def test_a_batch_is_bounded_by_ops_not_by_messages(rds: redis.Redis) -> None:
     _publish_message(1)
     for _ in range(10):
         _publish_message(300)
-    store = FakeStore()
+    store = FlakyStore()
     settings = WorkerSettings(batch_max=500, batch_wait_ms=0)
     applier = BatchApplier(lambda: store, rds, settings, sleep=lambda s: None)
     first = wire.parse_message(rds.rpop(wire.QUEUE))
@@ -136,7 +136,7 @@ def test_a_batch_is_bounded_by_ops_not_by_messages(rds: redis.Redis) -> None:
 def test_a_batch_of_large_saves_is_bounded_by_bytes_too(rds: redis.Redis) -> None:
     for _ in range(30):
         _publish_message(1, {"b": "x" * 1_900_000})
-    store = FakeStore()
+    store = FlakyStore()
     settings = WorkerSettings(batch_wait_ms=0)
     applier = BatchApplier(lambda: store, rds, settings, sleep=lambda s: None)
     first = wire.parse_message(rds.rpop(wire.QUEUE))

@@ -17,6 +17,7 @@ ALL_VARS = (
     "COSMOS_KEY",
     "COSMOS_DATABASE_NAME",
     "CELERY_BROKER_URL",
+    "AGENTSTORE_BACKEND",
 )
 
 
@@ -34,6 +35,32 @@ def test_nothing_configured_names_the_variables() -> None:
     assert isinstance(info.value, ValueError)
     for name in ("POSTGRES_CONNECTION_STRING", "COSMOS_ENDPOINT", "COSMOS_KEY"):
         assert name in message
+
+
+def test_memory_backend_is_chosen_by_name_over_a_configured_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from storage import InMemoryStorageClient
+
+    monkeypatch.setenv("POSTGRES_CONNECTION_STRING", "postgresql://u:p@127.0.0.1:1/db")
+    monkeypatch.setenv("AGENTSTORE_BACKEND", "memory")
+    with create_storage_client() as first, create_storage_client() as second:
+        assert isinstance(first, InMemoryStorageClient)
+        first.save_state("a", "s", {"x": 1})
+        assert second.get_state("a", "s") is None, "each client is a store of its own"
+
+
+def test_named_backend_without_its_settings_says_what_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COSMOS_ENDPOINT", "https://acct.documents.azure.com:443/")
+    monkeypatch.setenv("COSMOS_KEY", "a2V5")
+    monkeypatch.setenv("AGENTSTORE_BACKEND", "postgres")
+    with pytest.raises(ConfigError, match="POSTGRES_CONNECTION_STRING is not set"):
+        create_storage_client()
+    monkeypatch.setenv("AGENTSTORE_BACKEND", "sqlite")
+    with pytest.raises(ConfigError, match="AGENTSTORE_BACKEND: Input should be 'postgres'"):
+        create_storage_client()
 
 
 def test_cosmos_endpoint_without_key_is_not_enough(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,10 +15,9 @@ import pytest
 import producer.client
 import producer.publisher
 from producer import DeadLetteredError, LostOpsError, Producer, PublishError, wire
-from storage import ValidationError
+from storage import InMemoryStorageClient, StorageError, ValidationError
 from storage.ops import make_op
 from tests.services import free_port
-from tests.unit.fakes import FakeStore
 from worker.deadletters import DeadLetters, settle
 
 
@@ -196,10 +195,10 @@ def test_unreachable_broker_raises_publish_error_fast_with_the_password_masked()
 def test_reads_open_a_store_lazily_and_close_closes_it(
     fake: fakeredis.FakeRedis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    stores: list[FakeStore] = []
+    stores: list[InMemoryStorageClient] = []
 
-    def create(settings: Any) -> FakeStore:
-        stores.append(FakeStore())
+    def create(settings: Any) -> InMemoryStorageClient:
+        stores.append(InMemoryStorageClient())
         return stores[-1]
 
     monkeypatch.setattr(producer.client, "create_storage_client", create)
@@ -210,7 +209,8 @@ def test_reads_open_a_store_lazily_and_close_closes_it(
     assert p.get_task("a", "t") is None
     assert len(stores) == 1
     p.close()
-    assert stores[0].closed
+    with pytest.raises(StorageError, match="closed"):
+        stores[0].get_state("a", "s")
     p.close()
 
 

@@ -11,7 +11,7 @@ import redis
 from producer import wire
 from producer.publisher import Publisher
 from storage.ops import make_op
-from tests.unit.fakes import FakeStore
+from tests.unit.flaky import FlakyStore
 from worker import deadletters
 from worker.apply import BatchApplier
 from worker.reaper import Reaper
@@ -37,7 +37,7 @@ def _deliver(applier: BatchApplier, rds: redis.Redis) -> Any:
     return applier.run(message.id, message.ops)
 
 
-def _applier(store: FakeStore, rds: redis.Redis, **kw: Any) -> BatchApplier:
+def _applier(store: FlakyStore, rds: redis.Redis, **kw: Any) -> BatchApplier:
     settings = WorkerSettings(batch_wait_ms=0, retry_max_s=5, **kw)
     return BatchApplier(lambda: store, rds, settings, sleep=lambda s: None)
 
@@ -46,7 +46,7 @@ def test_one_task_applies_other_ready_messages_in_one_call_and_confirms(
     rds: redis.Redis,
 ) -> None:
     ids = _publish(rds, 30)
-    store = FakeStore()
+    store = FlakyStore()
     batch = _deliver(_applier(store, rds, batch_max=20), rds)
     assert len(store.calls) == 1 and store.calls[0] == ids[:20]
     assert batch.message_ids == ids[:20]
@@ -56,7 +56,7 @@ def test_one_task_applies_other_ready_messages_in_one_call_and_confirms(
 
 def test_invalid_op_is_dead_lettered_and_the_rest_applied(rds: redis.Redis) -> None:
     ids = _publish(rds, 5, poison=2)
-    store = FakeStore()
+    store = FlakyStore()
     _deliver(_applier(store, rds), rds)
     assert store.calls == [[i for n, i in enumerate(ids) if n != 2]]
     record = deadletters.DeadLetters(client=rds).get(ids[2])
@@ -66,11 +66,10 @@ def test_invalid_op_is_dead_lettered_and_the_rest_applied(rds: redis.Redis) -> N
 
 def test_a_permanently_failing_op_is_isolated_by_halving(rds: redis.Redis) -> None:
     ids = _publish(rds, 16)
-    store = FakeStore()
+    store = FlakyStore()
     store.poison = {ids[5]}
     _deliver(_applier(store, rds), rds)
-    applied = {rec.sub_id for (kind, _), rec in store.rows.items()}
-    assert applied == {f"s{i}" for i in range(16) if i != 5}
+    assert store.list_states("a") == sorted(f"s{i}" for i in range(16) if i != 5)
     dlq = deadletters.DeadLetters(client=rds)
     assert dlq.count() == 1 and f"cannot store {ids[5]}" in dlq.get(ids[5])["error"]  # type: ignore[index]
     assert rds.zcard(wire.PENDING_KEY) == 0
@@ -78,11 +77,11 @@ def test_a_permanently_failing_op_is_isolated_by_halving(rds: redis.Redis) -> No
 
 def test_transient_failures_are_retried_then_dead_lettered(rds: redis.Redis) -> None:
     ids = _publish(rds, 3)
-    store = FakeStore()
+    store = FlakyStore()
     store.transient_failures = 2
     applier = _applier(store, rds, batch_max=1)
     _deliver(applier, rds)
-    assert len(store.calls) == 3 and ("state", "a|s0") in store.rows
+    assert len(store.calls) == 3 and store.get_state("a", "s0") is not None
     store.transient_failures = 100
     _deliver(applier, rds)
     record = deadletters.DeadLetters(client=rds).get(ids[1])
@@ -100,7 +99,7 @@ def test_pickle_and_foreign_messages_are_refused_never_decoded(
         b"c__builtin__\nopen\n(V" + str(tmp_path / "pwned").encode() + b"\nVw\ntR."
     ).decode()
     rds.lpush(wire.QUEUE, json.dumps(evil), b"\x80not json", json.dumps({"headers": {}}))
-    store = FakeStore()
+    store = FlakyStore()
     batch = _deliver(_applier(store, rds), rds)
     assert not (tmp_path / "pwned").exists()
     assert len(batch.dead) == 3 and store.calls == [ids]
@@ -139,7 +138,7 @@ def test_reaper_rounds_are_serialized_by_the_lock(rds: redis.Redis) -> None:
 
 def test_dead_letters_replay_and_purge(rds: redis.Redis) -> None:
     ids = _publish(rds, 4)
-    store = FakeStore()
+    store = FlakyStore()
     store.poison = {ids[1], ids[2]}
     _deliver(_applier(store, rds), rds)
     dlq = deadletters.DeadLetters(client=rds)
@@ -153,5 +152,5 @@ def test_dead_letters_replay_and_purge(rds: redis.Redis) -> None:
     assert message.ops == [original["op"]] and message.id == ids[1]
     store.poison.clear()
     _deliver(_applier(store, rds), rds)
-    assert ("state", "a|s1") in store.rows
+    assert store.get_state("a", "s1") is not None
     assert dlq.purge("all") == 1 and dlq.count() == 0

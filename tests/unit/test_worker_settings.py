@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from storage.errors import ConfigError
@@ -27,3 +32,18 @@ def test_overrides_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGENTSTORE_BATCH_MAX", "0")
     with pytest.raises(ConfigError, match="at least 1"):
         load_worker_settings()
+
+
+def test_a_worker_refuses_the_memory_store(tmp_path: Path) -> None:
+    # It would confirm every save into a store no one else can read, and lose it at exit.
+    env = {**os.environ, "AGENTSTORE_BACKEND": "memory"}
+    proc = subprocess.run(
+        [sys.executable, "-c", "import worker.app"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "AGENTSTORE_BACKEND=memory is for tests in one process" in proc.stderr
