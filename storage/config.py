@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from pydantic import SecretStr, field_validator
@@ -61,6 +61,9 @@ def check_broker_url(name: str, value: str) -> None:
     for db in parse_qs(parts.query).get("db", []):
         if not db.isdigit():
             raise ConfigError(f"{name} has a db= that is not a number, got {shown!r}")
+
+
+S = TypeVar("S", bound=BaseSettings)
 
 
 class Settings(BaseSettings):
@@ -136,15 +139,23 @@ class Settings(BaseSettings):
         return value
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Read settings; a malformed value raises `ConfigError` naming the variable, not its secret."""
+def read_settings(cls: type[S], **overrides: Any) -> S:
+    """`cls(**overrides)` (plus the environment and `.env`); a malformed value raises
+    `ConfigError` naming its variable, never its value (it may be a secret)."""
     import pydantic
 
     try:
-        return Settings(**overrides)
+        return cls(**overrides)
     except pydantic.ValidationError as exc:
+        prefix = str(cls.model_config.get("env_prefix") or "")
         reasons = "; ".join(
-            f"{'.'.join(map(str, e['loc'])).upper()}: {e['msg'].removeprefix('Value error, ')}"
+            f"{prefix.upper()}{'.'.join(map(str, e['loc'])).upper()}: "
+            f"{e['msg'].removeprefix('Value error, ')}"
             for e in exc.errors(include_url=False, include_input=False)
         )
         raise ConfigError(f"invalid configuration: {reasons}") from None
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings; a malformed value raises `ConfigError` naming the variable, not its secret."""
+    return read_settings(Settings, **overrides)

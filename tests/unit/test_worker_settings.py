@@ -30,8 +30,18 @@ def test_overrides_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="AGENTSTORE_BATCH_MAX"):
         load_worker_settings()
     monkeypatch.setenv("AGENTSTORE_BATCH_MAX", "0")
-    with pytest.raises(ConfigError, match="at least 1"):
+    with pytest.raises(ConfigError, match=r"AGENTSTORE_BATCH_MAX: .*greater than or equal to 1"):
         load_worker_settings()
+
+
+def test_settings_come_from_dotenv_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AGENTSTORE_RETRY_TRIES", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("AGENTSTORE_RETRY_TRIES=9\nAGENTSTORE_REAPER_BATCH=x\n")
+    with pytest.raises(ConfigError, match="AGENTSTORE_REAPER_BATCH"):
+        load_worker_settings()
+    (tmp_path / ".env").write_text("AGENTSTORE_RETRY_TRIES=9\n")
+    assert load_worker_settings().retry_tries == 9
 
 
 def test_a_worker_refuses_the_memory_store(tmp_path: Path) -> None:
