@@ -71,6 +71,16 @@ class Batch:
     unavailable: bool = False
 
 
+def backoff(attempt: int, tries: int, budget_s: float) -> float:
+    """The pause after failed try `attempt` (1-based), doubling, so that `tries` tries span
+    about `budget_s`: an outage shorter than AGENTSTORE_RETRY_MAX_S is waited out by
+    AGENTSTORE_RETRY_TRIES tries, however fast each one fails. Jitter keeps workers apart."""
+    if tries < 2:
+        return 0.0
+    planned = budget_s * 2 ** (attempt - 1) / (2 ** (tries - 1) - 1)
+    return planned * random.uniform(0.8, 1.0)
+
+
 class BatchApplier:
     """Applies a task's ops together with up to `batch_max` ops of other ready messages.
 
@@ -222,8 +232,9 @@ class BatchApplier:
             except TRANSIENT as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 part.first_failure = part.first_failure or time.time()
-                delay = min(0.05 * 2**attempt, 5.0) * random.uniform(0.5, 1.5)
-                if attempt == s.retry_tries or time.monotonic() - started + delay > s.retry_max_s:
+                left = s.retry_max_s - (time.monotonic() - started)
+                delay = min(backoff(attempt, s.retry_tries, s.retry_max_s), left)
+                if attempt == s.retry_tries or delay <= 0:
                     if isinstance(exc, StoreUnavailableError):
                         raise
                     return f"gave up after {attempt} tries: {error}", True

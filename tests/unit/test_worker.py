@@ -154,3 +154,19 @@ def test_dead_letters_replay_and_purge(rds: redis.Redis) -> None:
     _deliver(_applier(store, rds), rds)
     assert store.get_state("a", "s1") is not None
     assert dlq.purge("all") == 1 and dlq.count() == 0
+
+
+def test_transient_retries_span_the_retry_budget(rds: redis.Redis) -> None:
+    # Each try fails at once (connection refused); the pauses between them, not the tries,
+    # must take AGENTSTORE_RETRY_MAX_S, or a 30 s outage dead-letters after 3 s.
+    _publish(rds, 1)
+    store = FlakyStore()
+    store.transient_failures = 100
+    pauses: list[float] = []
+    settings = WorkerSettings(batch_wait_ms=0, retry_tries=6, retry_max_s=30)
+    applier = BatchApplier(lambda: store, rds, settings, sleep=pauses.append)
+    _deliver(applier, rds)
+    assert len(store.calls) == 6, "every try was made"
+    assert len(pauses) == 5 and pauses == sorted(pauses)
+    assert 0.8 * 30 <= sum(pauses) <= 30, pauses
+    assert deadletters.DeadLetters(client=rds).count() == 1, "dead-lettered once spent"
