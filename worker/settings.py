@@ -9,7 +9,8 @@ from storage.config import read_settings
 
 
 class WorkerSettings(BaseSettings):
-    """Batching, retry and recovery settings; field `x` is read from `AGENTSTORE_X`."""
+    """Batching, retry and recovery settings; each field is read from `AGENTSTORE_` + its
+    name in capitals."""
 
     model_config = SettingsConfigDict(
         env_prefix="AGENTSTORE_",

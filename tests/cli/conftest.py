@@ -28,6 +28,7 @@ from storage import StorageBackend, create_storage_client
 from storage.ops import Op, make_op
 from storage.pg_url import options, with_credentials
 from storage.records import KINDS
+from storage.versions import normalize_version
 from tests.services import fresh_pg_database, unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -218,7 +219,7 @@ def same_reads(a: StorageBackend, b: StorageBackend, tag: str = "") -> None:
 
 
 # The scenario: saves with an old version, then the deletes of whole partitions.
-OLD_VERSION, DELETE_VERSION = "0001.old", "0002.deleted"
+OLD_VERSION, DELETE_VERSION = normalize_version(1), normalize_version(2)
 
 
 def old_saves() -> list[Op]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from typing import Any
 
@@ -17,7 +16,7 @@ from .files import ROOT, env_example, load_compose, our_services, referenced_var
 # Read by docker compose itself (the postgres image), never by agentstore.
 COMPOSE_ONLY = {"POSTGRES_PASSWORD"}
 SETTINGS = {name.upper() for name in Settings.model_fields}
-WORKER = {f"AGENTSTORE_{f.name.upper()}" for f in dataclasses.fields(WorkerSettings)}
+WORKER = {f"AGENTSTORE_{name.upper()}" for name in WorkerSettings.model_fields}
 PACKAGES = ("storage", "producer", "worker", "agentstore_cli")
 
 
@@ -36,14 +35,18 @@ def _defaults() -> dict[str, Any]:
     for name, info in Settings.model_fields.items():
         value = info.default
         defaults[name.upper()] = getattr(value, "get_secret_value", lambda v=value: v)()
-    for f in dataclasses.fields(WorkerSettings):
-        defaults[f"AGENTSTORE_{f.name.upper()}"] = f.default
+    for name, info in WorkerSettings.model_fields.items():
+        defaults[f"AGENTSTORE_{name.upper()}"] = info.default
     return defaults
 
 
-def test_worker_field_names_are_its_environment_variables() -> None:
-    # WorkerSettings documents AGENTSTORE_<FIELD> per field; the worker must read those.
-    assert _names_in_code("worker") >= WORKER
+def test_worker_field_names_are_its_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    # .env.example documents AGENTSTORE_<FIELD> per field; the worker must read those.
+    for name, info in WorkerSettings.model_fields.items():
+        monkeypatch.setenv(f"AGENTSTORE_{name.upper()}", str(info.default * 2))
+    loaded = WorkerSettings()
+    for name, info in WorkerSettings.model_fields.items():
+        assert getattr(loaded, name) == info.default * 2, name
 
 
 def test_env_example_documents_every_setting_and_nothing_else() -> None:

@@ -160,7 +160,7 @@ class _FakeCosmos:
 def test_cosmos_client_leaves_verification_on_for_a_real_account(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("storage.cosmos.CosmosClient", _FakeCosmos)
+    monkeypatch.setattr("storage.cosmos_sdk.CosmosClient", _FakeCosmos)
     before = list(warnings.filters)
     endpoint = "https://myaccount.documents.azure.com:443/"
     client = CosmosDBClient(cosmos_endpoint=endpoint, cosmos_key=EMULATOR_KEY)
