@@ -220,6 +220,11 @@ class SendBuffer:
                 break
             self._cond.wait(remaining)
         limit = self._max_batch * MAX_MESSAGES_PER_PUBLISH
+        lingering = time.monotonic() < deadline and self._flush_to <= self._sent
+        if lingering and not self._stopping and len(self._ids) > self._max_batch:
+            # Woken by a full batch: whole batches go now, the rest keeps lingering (and may
+            # fill up too) instead of going out as a small message of its own.
+            limit = min(limit, len(self._ids) // self._max_batch * self._max_batch)
         if self._size > MAX_PUBLISH_CHARS:  # large payloads: bound one publish's size too
             chars = 0
             for n, text in enumerate(self._texts[:limit]):
