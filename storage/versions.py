@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import threading
 import time
+
+from . import forks
 
 # 15 digits of milliseconds, 6 of logical counter, 8 hex of node: plain string order is time order.
 VERSION_RE = re.compile(r"^[0-9A-Za-z._:-]{1,64}$")
@@ -26,7 +27,7 @@ class HybridLogicalClock:
         self._last_ms = 0
         self._counter = 0
 
-    def _reset_after_fork(self) -> None:
+    def _after_fork_in_child(self) -> None:
         # A forked child must not issue the same versions as its parent.
         self._node = secrets.token_hex(4)
         self._lock = threading.Lock()
@@ -44,7 +45,7 @@ class HybridLogicalClock:
 
 
 _clock = HybridLogicalClock()
-os.register_at_fork(after_in_child=_clock._reset_after_fork)
+forks.watch(_clock)
 
 
 def new_version() -> str:
