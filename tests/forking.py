@@ -76,3 +76,20 @@ class Child:
         if "error" in reply:
             raise AssertionError(f"in the forked child:\n{reply['error']}")
         return reply["ok"]
+
+
+class Started:
+    """The child says when its work starts, so the parent's work overlaps it."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+
+    def tell(self) -> None:
+        """In the child: the work starts now."""
+        os.write(self._write, b".")
+
+    def wait(self, timeout: float = 60.0) -> None:
+        """In the parent: until the child has started, at most `timeout` s."""
+        if not select.select([self._read], [], [], timeout)[0]:
+            raise AssertionError(f"the forked child did not start within {timeout:g} s")
+        os.read(self._read, 1)

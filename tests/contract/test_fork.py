@@ -16,7 +16,7 @@ import pytest
 from storage import StorageClient, create_storage_client
 from storage.ops import make_op
 from tests.contract.conftest import Backend
-from tests.forking import HOWS, Child, How
+from tests.forking import HOWS, Child, How, Started
 from tests.services import fresh_pg_database, pg_admin
 
 ROUNDS = 200
@@ -59,12 +59,15 @@ def _parent_and_child(env: dict[str, str], uid: str, how: How) -> dict[str, Any]
     _several_partitions(client, uid, "before")  # and the write threads started
 
     def in_child() -> list[Any]:
+        started.tell()
         _several_partitions(client, uid, "child")
         wrong = _busy(client, uid, "child")
         client.close()  # the child's own connections only
         return wrong
 
+    started = Started()
     child = Child(in_child, how)
+    started.wait()
     parent_wrong = _busy(client, uid, "parent")
     child_wrong = child.result()
     _several_partitions(client, uid, "after")  # the parent's client still works
