@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import threading
 import time
 import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from storage import forks
 from storage.base import StorageClient
 from storage.config import Settings, check_broker_url, load_settings
 from storage.factory import create_storage_client
@@ -90,7 +90,7 @@ class Producer(StorageClient):
                 buffer_timeout=buffer_timeout,
             )
             _buffered.add(self)
-        _live.add(self)
+        forks.watch(self)
 
     def __repr__(self) -> str:
         return f"Producer(broker={self._publisher.masked_url!r})"
@@ -229,7 +229,6 @@ class Producer(StorageClient):
             self._closed = True
             reader, self._reader = self._reader, None
         _buffered.discard(self)
-        _live.discard(self)
         left, error = 0, None
         if self._buffer is not None:
             error = self._buffer.error
@@ -246,20 +245,16 @@ class Producer(StorageClient):
 
     def _after_fork_in_child(self) -> None:
         # The child tracks and buffers only its own saves; the parent sends its own buffer.
+        # (The reader, a storage client, opens its own connections in the child by itself.)
+        self._reader_lock = threading.Lock()
         self._tracker = Tracker(self._publisher.redis, self._max_tracked)
         if self._buffer is not None:
             self._buffer.after_fork_in_child()
 
 
-# Producers alive in this process, for the fork hook; buffered ones, for the exit flush.
-_live: weakref.WeakSet[Producer] = weakref.WeakSet()
+# Buffered producers alive in this process, for the exit flush.
 _buffered: weakref.WeakSet[Producer] = weakref.WeakSet()
 EXIT_TIMEOUT_S = 10.0
-
-
-def _after_fork_in_child() -> None:
-    for producer in list(_live):
-        producer._after_fork_in_child()
 
 
 def _flush_at_exit() -> None:
@@ -270,5 +265,4 @@ def _flush_at_exit() -> None:
             log.error("agentstore: at exit, %s", exc)
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(_flush_at_exit)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import logging
@@ -13,7 +14,7 @@ from typing import Any, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 from azure.core.exceptions import AzureError
-from azure.cosmos import PartitionKey, exceptions
+from azure.cosmos import CosmosClient, PartitionKey, exceptions
 
 from . import cosmos_batch
 from .base import StorageBackend, check_limit
@@ -39,6 +40,7 @@ from .errors import (
     TransientStorageError,
     ValidationError,
 )
+from .forks import PerProcess
 from .ids import check_id, row_id
 from .records import KINDS, SCOPE_KINDS, SCOPE_OF, Kind, Record, Scope, Tombstone, tombstone_cursor
 from .retention import RetentionPolicy
@@ -98,24 +100,56 @@ class CosmosDBClient(StorageBackend):
             # The SDK skips certificate checks for these two hosts only (its emulator rule) and
             # urllib3 then warns on every request; re-adding the same filter replaces it.
             warnings.filterwarnings("ignore", message=LOOPBACK_TLS_WARNING)
-        secret, http_log = self._key.get_secret_value(), settings.agentstore_cosmos_http_log
-        self._client = self._call(lambda: connect(self._endpoint, secret, http_log))
+        self._threads = settings.cosmos_max_concurrency
+        self._http_log = settings.agentstore_cosmos_http_log
+        client = self._call(self._connect)
         try:
-            self._containers, self._tombstones = self._call(self._open_containers)
+            opened = self._call(functools.partial(self._open_containers, client))
         except BaseException:
-            self._client.close()
+            client.close()
             raise
-        self._executor = ThreadPoolExecutor(
-            max_workers=settings.cosmos_max_concurrency, thread_name_prefix="agentstore-cosmos"
+        # A forked child makes its own client and threads on first use; the containers
+        # exist by then, so it needs only new proxies for them, which cost no request.
+        self._io = PerProcess(
+            functools.partial(self._reconnect, *opened), self._handles(client, *opened)
         )
-        self._remover = Remover(self._containers, self._tombstones, self._run_all)
 
     def __repr__(self) -> str:
         return f"CosmosDBClient(endpoint={self._endpoint!r}, database={self._database_name!r})"
 
-    def _open_containers(self) -> tuple[dict[Kind, Container], Container]:
+    def _connect(self) -> CosmosClient:
+        return connect(self._endpoint, self._key.get_secret_value(), self._http_log)
+
+    def _handles(
+        self, client: CosmosClient, containers: dict[Kind, Container], tombstones: Container
+    ) -> _Handles:
+        executor = ThreadPoolExecutor(
+            max_workers=self._threads, thread_name_prefix="agentstore-cosmos"
+        )
+        remover = Remover(containers, tombstones, self._run_all)
+        return _Handles(client, containers, tombstones, executor, remover)
+
+    def _reconnect(self, containers: dict[Kind, Container], tombstones: Container) -> _Handles:
+        client = self._call(self._connect)
+        database = client.get_database_client(self._database_name)
+
+        def reopen(c: Container) -> Container:
+            return dataclasses.replace(c, proxy=database.get_container_client(c.layout.container))
+
+        mine = {kind: reopen(c) for kind, c in containers.items()}
+        return self._handles(client, mine, reopen(tombstones))
+
+    @property
+    def _containers(self) -> dict[Kind, Container]:
+        return self._io.get().containers
+
+    @property
+    def _remover(self) -> Remover:
+        return self._io.get().remover
+
+    def _open_containers(self, client: CosmosClient) -> tuple[dict[Kind, Container], Container]:
         database = _if_exists_race(
-            functools.partial(self._client.create_database_if_not_exists, self._database_name)
+            functools.partial(client.create_database_if_not_exists, self._database_name)
         )
 
         def open_container(layout: Layout, usable: tuple[str, ...] | None = None) -> Container:
@@ -232,7 +266,8 @@ class CosmosDBClient(StorageBackend):
         """Results of `tasks`, run on the write threads (inline when there is only one)."""
         if len(tasks) <= 1:
             return [self._call(task) for task in tasks]
-        futures = [self._executor.submit(self._call, task) for task in tasks]
+        executor = self._io.get().executor
+        futures = [executor.submit(self._call, task) for task in tasks]
         wait(futures, return_when=FIRST_EXCEPTION)
         # One failure fails the apply, which is retried whole: tasks not started yet would
         # only spend the retry budget (each waiting on the same unreachable store).
@@ -365,8 +400,11 @@ class CosmosDBClient(StorageBackend):
             if self._closed:
                 return
             self._closed = True
-        self._executor.shutdown(wait=True)
-        self._client.close()
+        # Only this process's own: a forked child never made the parent's threads or sockets.
+        handles = self._io.made()
+        if handles is not None:
+            handles.executor.shutdown(wait=True)
+            handles.client.close()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -391,6 +429,17 @@ class CosmosDBClient(StorageBackend):
             ) from exc
         hint = ": check COSMOS_KEY" if status in (401, 403) else ""
         raise StorageError(f"{where} answered {status}{hint}: {reason}") from exc
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Handles:
+    """What one process talks to Cosmos DB with: never used by a forked child."""
+
+    client: CosmosClient
+    containers: dict[Kind, Container]
+    tombstones: Container
+    executor: ThreadPoolExecutor
+    remover: Remover
 
 
 def _if_exists_race(create: Callable[[], T]) -> T:

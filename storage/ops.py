@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, TypeAlias, get_args
 import pydantic
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from . import forks
 from .errors import ValidationError
 from .ids import check_id, row_id, state_row_id, task_row_id, transaction_row_id
 from .payload import encode_payload
@@ -34,9 +35,9 @@ class _OpIds:
     """
 
     def __init__(self) -> None:
-        self.reset()
+        self._after_fork_in_child()
 
-    def reset(self) -> None:
+    def _after_fork_in_child(self) -> None:
         self.prefix = os.urandom(8).hex()
         self.counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
 
@@ -45,7 +46,7 @@ class _OpIds:
 
 
 _op_ids = _OpIds()
-os.register_at_fork(after_in_child=_op_ids.reset)
+forks.watch(_op_ids)
 
 
 def new_op_id() -> str:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import select
 import threading
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg2
@@ -25,6 +27,7 @@ from .errors import (
     StoreUnavailableError,
     TransientStorageError,
 )
+from .forks import PerProcess
 from .ids import check_id
 from .postgres_schema import MIGRATIONS, migrate, schema_version
 from .postgres_sql import (
@@ -91,24 +94,13 @@ class PostgreSQLClient(StorageBackend):
         secret = self._settings.postgres_connection_string
         if secret is None:
             raise ConfigError("POSTGRES_CONNECTION_STRING is not set")
+        self._dsn = secret
         dsn = secret.get_secret_value()
         self._where = mask_url(dsn) if "://" in dsn else "<libpq connection string>"
-        size = self._settings.postgres_pool_max
-        self._slots = threading.BoundedSemaphore(size)
-        try:
-            self._pool = psycopg2.pool.ThreadedConnectionPool(
-                min(self._settings.postgres_pool_min, size),
-                size,
-                dsn,
-                connect_timeout=self._settings.postgres_connect_timeout_s,
-                application_name="agentstore",
-            )
-        except psycopg2.OperationalError as exc:
-            raise StoreUnavailableError(
-                f"cannot connect to PostgreSQL at {self._where}: {exc}".strip()
-            ) from None
-        except psycopg2.Error as exc:
-            raise StorageError(f"cannot connect to PostgreSQL at {self._where}: {exc}") from None
+        # A forked child opens its own connections, on first use (no I/O in the fork hook).
+        self._conns = PerProcess(
+            functools.partial(self._open, 0), self._open(self._settings.postgres_pool_min)
+        )
         if not create_schema:
             self._check_schema()
             return
@@ -128,13 +120,32 @@ class PostgreSQLClient(StorageBackend):
     def __repr__(self) -> str:
         return f"PostgreSQLClient({self._where})"
 
+    def _open(self, minconn: int) -> _Connections:
+        size = self._settings.postgres_pool_max
+        try:
+            pool = psycopg2.pool.ThreadedConnectionPool(
+                min(minconn, size),
+                size,
+                self._dsn.get_secret_value(),
+                connect_timeout=self._settings.postgres_connect_timeout_s,
+                application_name="agentstore",
+            )
+        except psycopg2.OperationalError as exc:
+            raise StoreUnavailableError(
+                f"cannot connect to PostgreSQL at {self._where}: {exc}".strip()
+            ) from None
+        except psycopg2.Error as exc:
+            raise StorageError(f"cannot connect to PostgreSQL at {self._where}: {exc}") from None
+        return _Connections(pool, threading.BoundedSemaphore(size))
+
     def _with_connection(self, action: Callable[[Any], T]) -> T:
         """`action(conn)` on a pooled autocommit connection known not to be broken.
 
         Written out rather than as a context manager: reads are a few tens of microseconds,
         and the generator machinery was a measurable part of their overhead.
         """
-        if not self._slots.acquire(timeout=self._settings.postgres_connect_timeout_s):
+        conns = self._conns.get()
+        if not conns.slots.acquire(timeout=self._settings.postgres_connect_timeout_s):
             raise TransientStorageError(
                 f"no free PostgreSQL connection within {self._settings.postgres_connect_timeout_s}"
                 f" s (pool max {self._settings.postgres_pool_max})"
@@ -142,7 +153,7 @@ class PostgreSQLClient(StorageBackend):
         conn = None
         broken = False
         try:
-            conn = self._checkout()
+            conn = _checkout(conns.pool, self._where)
             if not conn.autocommit:  # new connections only: setting it is not free
                 conn.autocommit = True
             return action(conn)
@@ -151,22 +162,8 @@ class PostgreSQLClient(StorageBackend):
             raise
         finally:
             if conn is not None:
-                self._pool.putconn(conn, close=broken or bool(conn.closed))
-            self._slots.release()
-
-    def _checkout(self) -> Any:
-        # A failure to connect is not retried by _run (each try could take the whole connect
-        # timeout): it is reported at once, as transient.
-        try:
-            conn = self._pool.getconn()
-            while _is_broken(conn):
-                self._pool.putconn(conn, close=True)
-                conn = self._pool.getconn()
-        except psycopg2.OperationalError as exc:
-            raise StoreUnavailableError(
-                f"cannot connect to PostgreSQL at {self._where}: {exc}".strip()
-            ) from None
-        return conn
+                conns.pool.putconn(conn, close=broken or bool(conn.closed))
+            conns.slots.release()
 
     def _run(self, action: Callable[[Any], T]) -> T:
         # A connection killed between check and use (pg_terminate_backend returns before the
@@ -337,8 +334,33 @@ class PostgreSQLClient(StorageBackend):
         return self._run(action)
 
     def close(self) -> None:
-        if not self._pool.closed:
-            self._pool.closeall()
+        # Only this process's own connections: a child's close() must not end its parent's.
+        conns = self._conns.made()
+        if conns is not None and not conns.pool.closed:
+            conns.pool.closeall()
+
+
+@dataclass(frozen=True, slots=True)
+class _Connections:
+    """One process's pool, and the semaphore bounding how many threads use it at once."""
+
+    pool: psycopg2.pool.ThreadedConnectionPool
+    slots: threading.BoundedSemaphore
+
+
+def _checkout(pool: psycopg2.pool.ThreadedConnectionPool, where: str) -> Any:
+    # A failure to connect is not retried by _run (each try could take the whole connect
+    # timeout): it is reported at once, as transient.
+    try:
+        conn = pool.getconn()
+        while _is_broken(conn):
+            pool.putconn(conn, close=True)
+            conn = pool.getconn()
+    except psycopg2.OperationalError as exc:
+        raise StoreUnavailableError(
+            f"cannot connect to PostgreSQL at {where}: {exc}".strip()
+        ) from None
+    return conn
 
 
 def _write_tombstones(cur: Any, tombstones: Sequence[Tombstone]) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import numbers
-import os
 import re
 import secrets
 import threading
 import time
 
+from . import forks
 from .errors import ValidationError
 
 # What a stored or queued version may look like: also versions written before integer
@@ -35,7 +35,7 @@ class HybridLogicalClock:
         self._last_ms = 0
         self._counter = 0
 
-    def _reset_after_fork(self) -> None:
+    def _after_fork_in_child(self) -> None:
         # A forked child must not issue the same versions as its parent.
         self._node = secrets.token_hex(4)
         self._lock = threading.Lock()
@@ -53,7 +53,7 @@ class HybridLogicalClock:
 
 
 _clock = HybridLogicalClock()
-os.register_at_fork(after_in_child=_clock._reset_after_fork)
+forks.watch(_clock)
 
 
 def new_version() -> str:

@@ -77,7 +77,7 @@ def backoff(attempt: int, tries: int, budget_s: float) -> float:
     AGENTSTORE_RETRY_TRIES tries, however fast each one fails. Jitter keeps workers apart."""
     if tries < 2:
         return 0.0
-    planned = budget_s * 2 ** (attempt - 1) / (2 ** (tries - 1) - 1)
+    planned = budget_s * 2.0 ** (attempt - 1) / (2.0 ** (tries - 1) - 1)
     return planned * random.uniform(0.8, 1.0)
 
 
