@@ -35,6 +35,9 @@ class Results:
     figures: list[Figure] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
 
+    def missed(self) -> list[Figure]:
+        return [f for f in self.figures if f.met is False]
+
 
 @dataclass
 class Run:
@@ -105,7 +108,8 @@ def table(figures: list[Figure]) -> str:
 
 
 def summary(run: Run, out: Path, plotted: bool) -> str:
-    """What a run prints: the table, CPU per save, the run's conditions, the files written."""
+    """What a run prints: the table, CPU per save, the run's conditions, the files written,
+    and the targets it missed."""
     parts = [table(run.results.figures)]
     for f in run.results.figures:
         if "cpu_us_per_save" in f.extra:
@@ -123,6 +127,10 @@ def summary(run: Run, out: Path, plotted: bool) -> str:
     parts.append(f"wrote {out}" + (f" and {out.with_suffix('.png')}" if plotted else ""))
     if "sweep" in run.results.raw and not plotted:
         parts.append("no plot: matplotlib is not installed (pip install matplotlib)")
+    missed = run.results.missed()
+    if missed:
+        names = "; ".join(f"{f.name} ({f.target})" for f in missed)
+        parts.append(f"\nmissed {len(missed)} target(s): {names}")
     return "\n".join(parts)
 
 

@@ -5,7 +5,8 @@
 
 Starts its own redis-server on a free port, fresh PostgreSQL databases (on --pg) and the
 Cosmos DB test server, runs workers as subprocesses, and stops all of it. Prints a table and
-writes bench/results/<timestamp>.json and a PNG plot of throughput vs batch size.
+writes bench/results/<timestamp>.json and a PNG plot of throughput vs batch size. Exits with
+status 1 when any figure misses its target.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def main() -> None:
     )
     out, plotted = write(run)
     print(summary(run, out, plotted))
+    if results.missed():
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The benchmark's report: its table format and its JSON file; `--only`'s names."""
+"""The benchmark's report: its table format, its JSON file, and its exit status on a miss."""
 
 from __future__ import annotations
 
@@ -38,6 +38,16 @@ def test_a_run_that_meets_its_targets_writes_its_json_and_exits_normally(
     assert list(document) == ["command", "mode", "sizes", "machine", "seconds", "figures", "raw"]
     assert document["command"] == "python -m bench.run --quick --only reads"
     assert document["figures"][0]["met"] is True
+
+
+def test_a_missed_target_makes_the_run_exit_non_zero_and_say_which(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missed = Figure("get_state p50", 200.0, "µs", 100.0, "raw", 2.0, "<= 1.3x", False)
+    with pytest.raises(SystemExit) as exit_:
+        _main(monkeypatch, tmp_path, Results([missed]))
+    assert exit_.value.code == 1
+    assert "missed 1 target(s): get_state p50 (<= 1.3x)" in capsys.readouterr().out
 
 
 def test_only_refuses_a_scenario_it_does_not_have(
