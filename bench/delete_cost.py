@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 
-from bench.services import database
+from bench.services import database, start_cosmos_server
 from storage import CosmosDBClient, PostgreSQLClient, StorageBackend
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -47,8 +47,6 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {}
     with database(PG_ADMIN) as url, PostgreSQLClient(postgres_connection_string=url) as pg:
         results["postgres"] = measure(pg, args.calls)
-    from tests.cosmos_server import start_cosmos_server
-
     server = start_cosmos_server()
     try:
         with CosmosDBClient(

@@ -19,6 +19,7 @@ import psycopg2
 import redis
 
 from storage.pg_url import with_database
+from tests.cosmos_server import start_cosmos_server as start_cosmos_server  # re-export
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,0 +1,26 @@
+"""Every benchmark scenario, by the name `--only` takes, in the order a run measures them."""
+
+from __future__ import annotations
+
+from .context import Context, Scenario
+from .cosmos import cosmos
+from .e2e import buffered, unbuffered
+from .naive import naive
+from .publish import publish
+from .reads import reads
+from .sweep import sweep
+
+SCENARIOS: dict[str, Scenario] = {
+    "e2e": Scenario(
+        buffered,
+        "drain of buffered saves vs raw execute_values upserts, worker RSS, vs naive",
+    ),
+    "naive": Scenario(naive, "drain of one plain Celery task per save (the naive baseline)"),
+    "unbuffered": Scenario(unbuffered, "drain of durable single-save messages vs naive"),
+    "publish": Scenario(publish, "durable publish vs raw LPUSH; buffered save_state calls"),
+    "reads": Scenario(reads, "get_state and a 1,000-message history vs raw psycopg2"),
+    "cosmos": Scenario(cosmos, "Cosmos DB apply vs the SDK's upsert_item loop (test server)"),
+    "sweep": Scenario(sweep, "throughput vs batch size, agentstore and raw (the plot)"),
+}
+
+__all__ = ["SCENARIOS", "Context", "Scenario"]

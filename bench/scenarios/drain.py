@@ -1,0 +1,158 @@
+"""Draining a filled queue into PostgreSQL, and the raw upsert loop it is measured against."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import redis
+from psycopg2.extras import execute_values
+
+from producer import Producer, wire
+from storage import PostgreSQLClient
+from storage.ids import row_id
+from storage.pg_url import options
+from storage.postgres_schema import MIGRATIONS
+
+from ..services import WorkerBox, database
+from .workload import key, state
+
+
+def raw_upsert(admin: str, n: int, page: int = 1000) -> float:
+    """Rows/s of plain `execute_values` upserts into the seed's exact table, page per commit."""
+    rows = []
+    for i in range(n):
+        agent, sid = key(i)
+        rows.append((row_id(("a", agent), ("s", sid)), agent, sid, json.dumps(state(i))))
+    with database(admin, "agentstore_raw") as url:
+        conn = psycopg2.connect(url)
+        try:
+            with conn, conn.cursor() as cur:
+                cur.execute(MIGRATIONS[0][1])
+            sql = (
+                "INSERT INTO agent_states (id, agent_id, state_id, state) VALUES %s "
+                "ON CONFLICT (agent_id, state_id) DO UPDATE SET state = EXCLUDED.state, "
+                "timestamp = CURRENT_TIMESTAMP"
+            )
+            with conn.cursor() as cur:
+                started = time.perf_counter()
+                for start in range(0, n, page):
+                    execute_values(cur, sql, rows[start : start + page], page_size=page)
+                    conn.commit()
+                elapsed = time.perf_counter() - started
+        finally:
+            conn.close()
+    return n / elapsed
+
+
+def worker_env(broker: str, db: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTSTORE_", "COSMOS_"))}
+    env.update(CELERY_BROKER_URL=broker, POSTGRES_CONNECTION_STRING=db, **extra)
+    return env
+
+
+def _count(db: str, table: str = "agent_states") -> int:
+    with contextlib.closing(psycopg2.connect(db)) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {table}")
+        row = cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def drain_until(
+    box: WorkerBox, done: Callable[[], bool], timeout: float = 600, every: float = 0.005
+) -> float:
+    """Resume the paused workers; seconds until `done()`, checked `every` seconds."""
+    started = time.perf_counter()
+    box.resume()
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline or box.proc.poll() is not None:
+            raise RuntimeError(f"drain did not finish; see {box.log_path}")
+        time.sleep(every)
+    return time.perf_counter() - started
+
+
+@dataclass
+class Drain:
+    saves: int
+    fill_s: float
+    drain_s: float
+    peak_rss_mb: dict[int, float]
+    cpu_us_per_save: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.saves / self.drain_s
+
+
+def agentstore_drain(
+    broker: str, admin: str, n: int, ops_per_message: int | None, **env: str
+) -> Drain:
+    """Fill the queue with `n` saves (buffered, `ops_per_message` per message, or durable
+    single-save messages if None) while the worker box is paused, then time its drain."""
+    with database(admin) as db:
+        PostgreSQLClient(postgres_connection_string=db).close()  # schema before the clock
+        client = redis.Redis.from_url(broker)
+        client.flushall()
+        with WorkerBox("worker", worker_env(broker, db, **env)) as box:
+            box.wait_ready()
+            box.pause()
+            started = time.perf_counter()
+            if ops_per_message is None:
+                with Producer(broker_url=broker) as prod:
+                    for i in range(n):
+                        prod.save_state(*key(i), state(i))
+            else:
+                with Producer(broker_url=broker, linger_ms=5, max_batch=ops_per_message) as prod:
+                    for i in range(n):
+                        prod.save_state(*key(i), state(i))
+            fill = time.perf_counter() - started
+            assert client.zcard(wire.PENDING_KEY) > 0
+            processes = _processes(box, client, admin, db)
+            before = {name: _cpu_seconds(pids) for name, pids in processes.items()}
+            drain = drain_until(box, lambda: client.zcard(wire.PENDING_KEY) == 0)
+            cpu = {
+                name: (_cpu_seconds(pids) - before[name]) / n * 1e6
+                for name, pids in processes.items()
+            }
+            peaks = box.peak_rss_mb()
+        rows = _count(db)
+        client.close()
+        if rows != n:
+            raise RuntimeError(f"{rows} rows for {n} saves")
+    return Drain(n, fill, drain, peaks, cpu)
+
+
+def _processes(box: WorkerBox, client: redis.Redis, admin: str, db: str) -> dict[str, list[int]]:
+    """Who works during a drain: the worker's main process and children, the database's
+    backends for this database, and redis-server."""
+    with contextlib.closing(psycopg2.connect(admin)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (options(db)["dbname"],))
+        backends = [int(row[0]) for row in cur.fetchall()]
+    info: dict[str, Any] = client.info("server")
+    pids = box.pids()
+    return {
+        "worker main process": pids[:1],
+        "worker children": pids[1:],
+        "postgres backends": backends,
+        "redis-server": [int(info["process_id"])],
+    }
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total

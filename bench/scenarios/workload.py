@@ -1,0 +1,36 @@
+"""What the scenarios measure with: the sizes of a run, the saved states and their keys."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Sizes:
+    saves: int  # end-to-end, buffered
+    unbuffered: int  # end-to-end, single-save messages
+    naive: int  # one Celery task per save
+    sweep: int  # saves per point of the batch-size sweep
+    publishes: int  # durable publish latency samples
+    buffered_calls: int  # buffered save_state calls in one thread
+    reads: int  # read latency samples
+    cosmos: int  # records per Cosmos DB apply
+    rounds: int  # the main end-to-end figure and its baseline: best of this many
+
+
+FULL = Sizes(100_000, 20_000, 10_000, 20_000, 5_000, 100_000, 1_000, 400, 2)
+QUICK = Sizes(10_000, 5_000, 2_000, 5_000, 2_000, 30_000, 300, 150, 1)
+
+
+def state(i: int) -> dict[str, Any]:
+    return {"step": i, "status": "thinking", "notes": "x" * 120, "scores": [0.1, 0.2, 0.3]}
+
+
+def key(i: int) -> tuple[str, str]:
+    return f"agent-{i % 100}", f"state-{i}"
+
+
+def percentile(samples: list[float], q: int) -> float:
+    return statistics.quantiles(samples, n=100)[q - 1]

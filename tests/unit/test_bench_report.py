@@ -1,0 +1,60 @@
+"""The benchmark's report: its table format, its JSON file, and its exit status on a miss."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import report, run
+from bench.report import Figure, Results
+
+
+def test_table_rows_keep_the_format_docs_performance_shows() -> None:
+    figure = Figure(
+        "get_state p50", 87.3, "µs", 101.0, "raw psycopg2 select", 0.864, "<= 1.3x", True
+    )
+    assert report.table([figure]).splitlines()[2] == (
+        "| get_state p50 | 87.3 µs | 101.0 µs (raw psycopg2 select) | 0.86 | <= 1.3x | yes |"
+    )
+
+
+def _main(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, results: Results) -> None:
+    monkeypatch.setattr(run, "measure", lambda *_: results)
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["bench.run", "--quick", "--only", "reads"])
+    run.main()
+
+
+def test_a_run_that_meets_its_targets_writes_its_json_and_exits_normally(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    met = Figure("buffered save_state p50", 5.0, "µs", target="<= 20 µs", met=True)
+    _main(monkeypatch, tmp_path, Results([met], {"reads": {"x": 1.0}}))
+    (written,) = tmp_path.glob("*.json")
+    document = json.loads(written.read_text())
+    assert list(document) == ["command", "mode", "sizes", "machine", "seconds", "figures", "raw"]
+    assert document["command"] == "python -m bench.run --quick --only reads"
+    assert document["figures"][0]["met"] is True
+
+
+def test_a_missed_target_makes_the_run_exit_non_zero_and_say_which(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missed = Figure("get_state p50", 200.0, "µs", 100.0, "raw", 2.0, "<= 1.3x", False)
+    with pytest.raises(SystemExit) as exit_:
+        _main(monkeypatch, tmp_path, Results([missed]))
+    assert exit_.value.code == 1
+    assert "missed 1 target(s): get_state p50 (<= 1.3x)" in capsys.readouterr().out
+
+
+def test_only_refuses_a_scenario_it_does_not_have(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["bench.run", "--only", "reads,bogus"])
+    with pytest.raises(SystemExit) as exit_:
+        run.main()
+    assert exit_.value.code == 2
+    assert "no scenario bogus" in capsys.readouterr().err
