@@ -11,9 +11,9 @@ from typing import Any, NoReturn
 import click
 import redis
 
+from storage import backends
 from storage.config import Settings, load_settings
 from storage.errors import StorageError
-from storage.pg_url import options
 
 from .transfer import TransferError
 
@@ -21,13 +21,7 @@ from .transfer import TransferError
 def secrets_of(settings: Settings) -> list[str]:
     from urllib.parse import urlsplit
 
-    found = []
-    if settings.cosmos_key is not None:
-        found.append(settings.cosmos_key.get_secret_value())
-    if settings.postgres_connection_string is not None:
-        with contextlib.suppress(Exception):
-            dsn = settings.postgres_connection_string.get_secret_value()
-            found.append(options(dsn).get("password") or "")
+    found = backends.secrets(settings)
     with contextlib.suppress(ValueError):
         found.append(urlsplit(settings.celery_broker_url.get_secret_value()).password or "")
     return [s for s in found if len(s) >= 4]

@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from storage import backends
 from storage.records import STREAM_KINDS, StreamKind
 
 from . import operate
@@ -25,7 +26,7 @@ from .dlq import dlq
 from .lifecycle import erase, prune
 from .migrate import migrate_stores, plan_migration
 from .progress import LineProgress, NoProgress, Progress
-from .stores import open_store, quick_count, target_settings
+from .stores import open_store, target_settings
 from .transfer import (
     DEFAULT_PAGE_SIZE,
     FIELDS,
@@ -45,13 +46,16 @@ _PAGE_SIZE = click.option(
 )
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+# The help names what configures each backend from the registry, so it stays true.
+@click.group(
+    cls=Group,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="agentstore: move, check and operate agent data stores.\n\n"
+    f"The store: {backends.how_to_configure()} (environment or .env). The broker: "
+    "CELERY_BROKER_URL.",
+)
 def cli() -> None:
-    """agentstore: move, check and operate agent data stores.
-
-    The store comes from POSTGRES_CONNECTION_STRING, else COSMOS_ENDPOINT and COSMOS_KEY
-    (environment or .env); the broker from CELERY_BROKER_URL.
-    """
+    pass
 
 
 def _progress() -> Progress:
@@ -121,7 +125,7 @@ def export(
             kinds,
             page_size,
             progress,
-            totals=lambda kind: quick_count(settings, kind) if tty else None,
+            totals=store.count if tty else lambda kind: None,
         )
     per_kind = ", ".join(f"{kind} {n:,}" for kind, n in counts.items())
     where = f" to {output}" if output else ""
@@ -201,7 +205,7 @@ def migrate(
                 plan,
                 page_size=page_size,
                 progress=LineProgress(sys.stderr),
-                totals=lambda kind: quick_count(source_settings, kind),
+                totals=src.count,
                 note=lambda text: click.echo(text, err=True),
             )
         except KeyboardInterrupt:

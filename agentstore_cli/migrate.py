@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from storage import backends
 from storage.base import StorageBackend
 from storage.config import Settings
 from storage.errors import ConfigError
 from storage.records import STREAM_KINDS, StreamKind
 
 from .progress import NoProgress, Progress
-from .stores import describe, store_identity
 from .transfer import (
     DEFAULT_PAGE_SIZE,
     TransferError,
@@ -125,7 +125,7 @@ class Checkpoint:
 
 def migration_id(source: Settings, target: Settings) -> str:
     """A short stable name for this source/target pair (from their identities, no secrets)."""
-    both = json.dumps([store_identity(source), store_identity(target)])
+    both = json.dumps([backends.identity(source), backends.identity(target)])
     return hashlib.sha256(both.encode()).hexdigest()[:16]
 
 
@@ -137,18 +137,13 @@ def plan_migration(
     Raises `TransferError` if source and target are the same store, and `ConfigError` if
     the target configures no store.
     """
-    if store_identity(target) == ("none",):
-        raise ConfigError(
-            "the target file configures no store: set POSTGRES_CONNECTION_STRING, or "
-            "COSMOS_ENDPOINT and COSMOS_KEY (and COSMOS_DATABASE_NAME), in it"
-        )
-    if store_identity(source) == store_identity(target):
-        raise TransferError(
-            f"source and target are the same store ({describe(source)}); refusing to migrate"
-        )
+    if backends.chosen(target) is None:
+        raise ConfigError(f"the target file configures no store: {backends.how_to_configure()}")
+    src, tgt = backends.describe(source), backends.describe(target)
+    if backends.identity(source) == backends.identity(target):
+        raise TransferError(f"source and target are the same store ({src}); refusing to migrate")
     mid = migration_id(source, target)
     path = checkpoint or CHECKPOINT_DIR / f"migrate-{mid}.json"
-    src, tgt = describe(source), describe(target)
     if not restart:
         return Checkpoint.load(path, mid, src, tgt) or Checkpoint(path, mid, src, tgt)
     fresh = Checkpoint(path, mid, src, tgt)

@@ -11,11 +11,10 @@ from typing import Any
 import redis
 
 from producer import wire
+from storage import backends
 from storage.config import Settings, mask_url
 from storage.errors import SchemaNotReadyError, StorageError
 from storage.factory import create_storage_client
-
-from .stores import describe
 
 # kombu's Redis transport keeps delivered, unacknowledged messages in this hash.
 KOMBU_UNACKED_KEY = "unacked"
@@ -71,11 +70,11 @@ def check_store(settings: Settings) -> Check:
         with create_storage_client(settings, create_schema=False) as store:
             store.get_state(HEALTH_PROBE_ID, HEALTH_PROBE_ID)
     except SchemaNotReadyError as exc:
-        return Check("store", True, f"{describe(settings)} ({exc})")
+        return Check("store", True, f"{backends.describe(settings)} ({exc})")
     except StorageError as exc:
         return Check("store", False, str(exc).splitlines()[0][:500])
     elapsed = 1000 * (time.monotonic() - began)
-    return Check("store", True, f"{describe(settings)} (read {elapsed:.0f} ms)")
+    return Check("store", True, f"{backends.describe(settings)} (read {elapsed:.0f} ms)")
 
 
 def ping_workers(url: str, timeout: float) -> dict[str, list[str]]:

@@ -2,6 +2,7 @@
 
 from typing import TYPE_CHECKING, Any
 
+from .backends import BACKENDS
 from .base import StorageBackend, StorageClient
 from .config import Settings, load_settings
 from .errors import (
@@ -41,16 +42,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     # Backends import their drivers lazily, so `import storage` needs neither installed.
-    if name == "PostgreSQLClient":
-        from .postgres import PostgreSQLClient
-
-        return PostgreSQLClient
-    if name == "CosmosDBClient":
-        from .cosmos import CosmosDBClient
-
-        return CosmosDBClient
-    if name == "InMemoryStorageClient":
-        from .memory import InMemoryStorageClient
-
-        return InMemoryStorageClient
+    for backend in BACKENDS.values():
+        if backend.path.endswith(f":{name}"):
+            return backend.load()
     raise AttributeError(f"module 'storage' has no attribute {name!r}")

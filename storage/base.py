@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
 
+from .config import Settings
 from .errors import ValidationError
 from .ops import Op, OpName, make_op
-from .records import Kind, Record, Tombstone, plan
+from .records import Kind, Record, StreamKind, Tombstone, plan
 from .retention import RetentionPolicy
 
 # No store holds more rows than this (PostgreSQL's bigint): a larger limit means all of them.
@@ -164,7 +165,37 @@ class StorageClient(ABC):
 
 
 class StorageBackend(StorageClient):
-    """A `StorageClient` that writes to a store itself; what the worker and migrations use."""
+    """A `StorageClient` that writes to a store itself; what the worker and migrations use.
+
+    Each backend is registered once in `storage.backends`, which selects it from settings and
+    asks its class to describe and identify the store those settings configure.
+    """
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, create_schema: bool = True) -> Self:
+        """A client of the store `settings` configure (see `storage.create_storage_client`)."""
+        raise NotImplementedError
+
+    @classmethod
+    def describe(cls, settings: Settings) -> str:
+        """The store `settings` configure for this backend, for humans, every secret masked."""
+        raise NotImplementedError
+
+    @classmethod
+    def identity(cls, settings: Settings) -> tuple[str, ...]:
+        """What makes two configurations the same store, holding no secret: equal tuples are
+        one store (a server reached by loopback name, address or socket is one server)."""
+        raise NotImplementedError
+
+    @classmethod
+    def secrets(cls, settings: Settings) -> list[str]:
+        """The secrets `settings` hold for this backend, for error messages to scrub."""
+        return []
+
+    def count(self, kind: StreamKind) -> int | None:
+        """A cheap count of the stored records of `kind` (or tombstones), for progress totals;
+        None when the store has no cheap count. Exact counts go through `scan_records`."""
+        return None
 
     def apply(self, ops: Sequence[Op]) -> None:
         """Write `ops` of any kinds together, idempotently; the newest version per key wins.

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from pydantic import SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .backends import BACKENDS
 from .errors import ConfigError
 
 
@@ -71,8 +72,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", env_ignore_empty=True)
 
-    # None: PostgreSQL if its connection string is set, else Cosmos DB (storage.factory).
-    agentstore_backend: Literal["postgres", "cosmos", "memory"] | None = None
+    # A name in `storage.backends.BACKENDS`; None: chosen from the settings below.
+    agentstore_backend: str | None = None
 
     postgres_connection_string: SecretStr | None = None
     postgres_pool_min: int = 1
@@ -94,6 +95,13 @@ class Settings(BaseSettings):
     agentstore_finished_task_statuses: str = "done,completed,finished,failed,cancelled"
     agentstore_retain_transactions_days: float | None = None
     agentstore_tombstone_grace_days: float = 7.0
+
+    @field_validator("agentstore_backend")
+    @classmethod
+    def _backend(cls, value: str | None) -> str | None:
+        if value is not None and value not in BACKENDS:
+            raise ConfigError(f"must be one of {', '.join(BACKENDS)}, got {value!r}")
+        return value
 
     @field_validator("postgres_connection_string")
     @classmethod

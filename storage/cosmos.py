@@ -10,7 +10,7 @@ import threading
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, Self, TypeVar
 from urllib.parse import urlsplit
 
 from azure.core.exceptions import AzureError
@@ -18,7 +18,7 @@ from azure.cosmos import CosmosClient, PartitionKey, exceptions
 
 from . import cosmos_batch
 from .base import StorageBackend, check_limit
-from .config import Settings, load_settings
+from .config import Settings, load_settings, mask_url
 from .cosmos_items import (
     INDEXING_POLICY,
     LAYOUTS,
@@ -32,7 +32,7 @@ from .cosmos_items import (
     write,
 )
 from .cosmos_retention import TOMBSTONES, Remover
-from .cosmos_sdk import connect
+from .cosmos_sdk import account, connect, host_and_port
 from .errors import (
     ConfigError,
     StorageError,
@@ -42,7 +42,17 @@ from .errors import (
 )
 from .forks import PerProcess
 from .ids import check_id, row_id
-from .records import KINDS, SCOPE_KINDS, SCOPE_OF, Kind, Record, Scope, Tombstone, tombstone_cursor
+from .records import (
+    KINDS,
+    SCOPE_KINDS,
+    SCOPE_OF,
+    Kind,
+    Record,
+    Scope,
+    StreamKind,
+    Tombstone,
+    tombstone_cursor,
+)
 from .retention import RetentionPolicy
 
 log = logging.getLogger(__name__)
@@ -81,19 +91,14 @@ class CosmosDBClient(StorageBackend):
 
     def __init__(self, settings: Settings | None = None, **overrides: Any) -> None:
         settings = settings or load_settings(**overrides)
-        if not settings.cosmos_endpoint or settings.cosmos_key is None:
-            raise ConfigError(
-                "COSMOS_ENDPOINT and COSMOS_KEY must both be set to use Cosmos DB "
-                "(e.g. COSMOS_ENDPOINT=https://<account>.documents.azure.com:443/)"
-            )
-        self._endpoint = settings.cosmos_endpoint
+        # The key is kept as SecretStr: masked in any dump of the object.
+        self._endpoint, self._key = account(settings)
         self._database_name = name = settings.cosmos_database_name
         if not 0 < len(name) <= 255 or name[-1] == " " or not _BAD_NAME_CHARS.isdisjoint(name):
             raise ConfigError(
                 "COSMOS_DATABASE_NAME must be 1-255 characters, without / \\ ? # tab or newline, "
                 f"and not end with a space; got {name[:40]!r}"
             )
-        self._key = settings.cosmos_key  # kept as SecretStr: masked in any dump of the object
         self._closed = False
         self._lock = threading.Lock()
         if urlsplit(self._endpoint).hostname in ("127.0.0.1", "localhost"):
@@ -146,6 +151,34 @@ class CosmosDBClient(StorageBackend):
     @property
     def _remover(self) -> Remover:
         return self._io.get().remover
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, create_schema: bool = True) -> Self:
+        return cls(settings)  # the containers are created whatever `create_schema` says
+
+    @classmethod
+    def describe(cls, settings: Settings) -> str:
+        endpoint = mask_url(account(settings)[0])
+        return f"Cosmos DB {endpoint} database {settings.cosmos_database_name}"
+
+    @classmethod
+    def identity(cls, settings: Settings) -> tuple[str, ...]:
+        host_port = host_and_port(account(settings)[0])
+        return ("cosmos", *host_port, settings.cosmos_database_name)
+
+    @classmethod
+    def secrets(cls, settings: Settings) -> list[str]:
+        return [settings.cosmos_key.get_secret_value()] if settings.cosmos_key else []
+
+    def count(self, kind: StreamKind) -> int:
+        """Items of `kind` (deleted ones included) or tombstones: one aggregate query."""
+        self._check_open()
+        io = self._io.get()
+        container = io.tombstones if kind == "tombstone" else io.containers[kind]
+        # Over the index only: `c.data` is not indexed, so unlike a scan this skips no item
+        # that has a version but no payload (none of ours).
+        sql = "SELECT VALUE COUNT(1) FROM c WHERE IS_DEFINED(c.version)"
+        return sum(self._call(lambda: container.query(sql, {}, None)))
 
     def _open_containers(self, client: CosmosClient) -> tuple[dict[Kind, Container], Container]:
         database = _if_exists_race(

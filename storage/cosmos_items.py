@@ -11,7 +11,7 @@ from azure.core import MatchConditions
 from azure.cosmos import ContainerProxy, exceptions
 
 from .errors import ConfigError, TransientStorageError
-from .records import Kind, Record
+from .records import KIND_SPECS, Kind, Record
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,10 +22,7 @@ class Layout:
 
 
 LAYOUTS: dict[Kind, Layout] = {
-    "state": Layout("agent_states", "agent_id", "state_id"),
-    "task": Layout("agent_tasks", "agent_id", "task_id"),
-    "conversation": Layout("conversations", "conversation_id", "message_id"),
-    "transaction": Layout("transactions", "case_id", "transaction_id"),
+    kind: Layout(spec.name, spec.partition, spec.sub_id) for kind, spec in KIND_SPECS.items()
 }
 # Payloads are stored as JSON text, not as a nested document: Cosmos DB parses JSON numbers
 # as doubles and returns 1.0 as 1, so only text gives back exactly what was saved. Reads

@@ -14,8 +14,8 @@ from azure.cosmos import exceptions
 from .cosmos_batch import BATCH, delete_unchanged_items
 from .cosmos_items import MAX_WRITE_ATTEMPTS, Container, Layout, delete_unchanged, read
 from .errors import TransientStorageError
-from .records import SCOPE_KINDS, Kind, Scope, Tombstone
-from .retention import RetentionPolicy, prune_limits
+from .records import SCOPE_KINDS, TOMBSTONE_TABLE, Kind, Scope, Tombstone
+from .retention import ROW_DELETED_KINDS, RetentionPolicy, category, prune_limits
 
 T = TypeVar("T")
 
@@ -25,7 +25,7 @@ T = TypeVar("T")
 # containers: an `agent` tombstone covers two of them; under the seed's `/id` layout it could
 # not share a logical partition (nor a transactional batch) with the items it covers anyway;
 # and the data containers' reads, scans and migration would all have to step around it.
-TOMBSTONES = Layout("agentstore_tombstones", "key", "scope")
+TOMBSTONES = Layout(TOMBSTONE_TABLE, "key", "scope")
 
 _CHUNK = 16  # deletes per executor task
 _ERASE_PAGE = 1_000
@@ -34,14 +34,14 @@ _AGED = "c._ts < @cut"  # `_ts`: seconds since the epoch of the item's last writ
 _OURS = "IS_DEFINED(c.version)"  # not items someone else (e.g. the seed) wrote
 # Per category (see `retention.prune_limits`) but over_count: which items it removes.
 _PRUNE_WHERE: dict[str, str] = {
-    "conversations:expired": f"{_OURS} AND {_AGED}",
-    "agent_tasks:expired": f"{_OURS} AND ARRAY_CONTAINS(@statuses, c.status) AND {_AGED}",
-    "transactions:expired": f"{_OURS} AND {_AGED}",
+    category("conversation", "expired"): f"{_OURS} AND {_AGED}",
+    category("task", "expired"): f"{_OURS} AND ARRAY_CONTAINS(@statuses, c.status) AND {_AGED}",
+    category("transaction", "expired"): f"{_OURS} AND {_AGED}",
     **{
-        f"{table}:tombstones": f"{_OURS} AND c.deleted = true AND {_AGED}"
-        for table in ("agent_states", "agent_tasks", "transactions")
+        category(kind, "tombstones"): f"{_OURS} AND c.deleted = true AND {_AGED}"
+        for kind in ROW_DELETED_KINDS
     },
-    f"{TOMBSTONES.container}:expired": _AGED,
+    category("tombstone", "expired"): _AGED,
 }
 
 
@@ -173,20 +173,20 @@ class Remover:
     def prune(self, policy: RetentionPolicy, dry_run: bool) -> dict[str, int]:
         """Counts per category of what `policy` removes; see `StorageBackend.prune`."""
         counts: dict[str, int] = {}
-        for category, limit in prune_limits(policy).items():
-            if category == "conversations:over_count":
-                counts[category] = self._over_count(int(limit), policy.batch_size, dry_run)
+        for name, limit in prune_limits(policy).items():
+            if name == category("conversation", "over_count"):
+                counts[name] = self._over_count(int(limit), policy.batch_size, dry_run)
                 continue
-            container = self._by_name[category.split(":")[0]]
-            where = _PRUNE_WHERE[category]
+            container = self._by_name[name.split(":")[0]]
+            where = _PRUNE_WHERE[name]
             params: dict[str, object] = {"@cut": time.time() - limit}
             if "@statuses" in where:
                 params["@statuses"] = list(policy.finished_statuses)
             if dry_run:
                 sql = f"SELECT VALUE COUNT(1) FROM c WHERE {where}"
-                counts[category] = sum(container.query(sql, params, None))
+                counts[name] = sum(container.query(sql, params, None))
             else:
-                counts[category] = self._delete_where(
+                counts[name] = self._delete_where(
                     container, where, params, None, policy.batch_size, _MAX_PRUNE_BATCHES
                 )
         return counts

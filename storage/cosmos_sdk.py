@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlsplit
 
 from azure.cosmos import CosmosClient
+from pydantic import SecretStr
 
+from .config import Settings
 from .errors import ConfigError
 
 # The SDK logs every request and response with its headers at INFO (~10 lines a request).
@@ -13,6 +16,23 @@ _HTTP_LOGGERS = (
     "azure.core.pipeline.policies.http_logging_policy",
     "azure.cosmos._cosmos_http_logging_policy",
 )
+
+
+def account(settings: Settings) -> tuple[str, SecretStr]:
+    """The endpoint and key `settings` name, or `ConfigError` saying what to set."""
+    if not settings.cosmos_endpoint or settings.cosmos_key is None:
+        raise ConfigError(
+            "COSMOS_ENDPOINT and COSMOS_KEY must both be set to use Cosmos DB "
+            "(e.g. COSMOS_ENDPOINT=https://<account>.documents.azure.com:443/)"
+        )
+    return settings.cosmos_endpoint, settings.cosmos_key
+
+
+def host_and_port(endpoint: str) -> tuple[str, str]:
+    """The account's host (loopback by name or address: `localhost`) and port."""
+    parts = urlsplit(endpoint)
+    host = (parts.hostname or "").lower()
+    return ("localhost" if host in ("127.0.0.1", "::1") else host), str(parts.port or 443)
 
 
 def connect(endpoint: str, key: str, http_log: bool = False) -> CosmosClient:

@@ -7,32 +7,31 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, TypeAlias
+from typing import Any, Self, TypeAlias
 
 import pydantic_core
 
 from .base import StorageBackend, check_limit
+from .config import Settings
 from .errors import StorageError, ValidationError
 from .ids import check_id, state_row_id, task_row_id
 from .records import (
+    KIND_SPECS,
     KINDS,
     SCOPE_KINDS,
     SCOPE_OF,
+    TOMBSTONE_TABLE,
     Kind,
     Record,
     Scope,
+    StreamKind,
     Tombstone,
     tombstone_cursor,
 )
 from .retention import RetentionPolicy, prune_limits
 
-# The prune categories (`retention.prune_limits`) name PostgreSQL's tables.
-_TABLES: dict[str, Kind] = {
-    "agent_states": "state",
-    "agent_tasks": "task",
-    "conversations": "conversation",
-    "transactions": "transaction",
-}
+# The prune categories (`retention.prune_limits`) name the kinds' tables.
+_KIND_NAMED: dict[str, Kind] = {spec.name: kind for kind, spec in KIND_SPECS.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +103,19 @@ class InMemoryStorageClient(StorageBackend):
         with self._lock:
             count = sum(len(rows) for parts in self._rows.values() for rows in parts.values())
         return f"InMemoryStorageClient({count} rows)"
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, create_schema: bool = True) -> Self:
+        """A new, empty store: `settings` configure nothing of it."""
+        return cls()
+
+    @classmethod
+    def describe(cls, settings: Settings) -> str:
+        return "in-memory store (this process only)"
+
+    @classmethod
+    def identity(cls, settings: Settings) -> tuple[str, ...]:
+        return ("memory",)
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -224,6 +236,14 @@ class InMemoryStorageClient(StorageBackend):
         for rows in self._rows[kind].values():
             yield from rows.values()
 
+    def count(self, kind: StreamKind) -> int:
+        """The exact number of stored records of `kind` (deleted rows included), or tombstones."""
+        with self._lock:
+            self._check_open()
+            if kind == "tombstone":
+                return len(self._tombstones)
+            return sum(len(rows) for rows in self._rows[kind].values())
+
     # -- retention --------------------------------------------------------------------------
 
     def prune(self, policy: RetentionPolicy, *, dry_run: bool = False) -> dict[str, int]:
@@ -234,13 +254,13 @@ class InMemoryStorageClient(StorageBackend):
             self._check_open()
             for category, limit in prune_limits(policy).items():
                 table, what = category.split(":")
-                if table == "agentstore_tombstones":
+                if table == TOMBSTONE_TABLE:
                     doomed = [k for k, s in self._tombstones.items() if s.written < now - limit]
                     for key in doomed if not dry_run else ():
                         del self._tombstones[key]
                     counts[category] = len(doomed)
                     continue
-                kind = _TABLES[table]
+                kind = _KIND_NAMED[table]
                 if what == "over_count":
                     picked = self._over_count(int(limit))
                 else:

@@ -25,6 +25,17 @@ def options(dsn: str) -> dict[str, str]:
     return parsed
 
 
+def server(dsn: str) -> tuple[str, str, str]:
+    """`(host, port, database)` that `dsn` reaches; loopback by name, by address or through
+    a socket directory is one server, `localhost`. Raises psycopg2's `ProgrammingError`."""
+    found = options(dsn)
+    host = (found.get("host") or found.get("hostaddr") or "").split(",")[0].lower()
+    if host in ("", "localhost", "127.0.0.1", "::1") or host.startswith("/"):
+        host = "localhost"
+    port = (found.get("port") or "5432").split(",")[0]
+    return host, port, found.get("dbname") or found.get("user") or ""
+
+
 def with_options(dsn: str, **changes: str) -> str:
     """`dsn` with libpq options set or replaced; a URL stays a URL, keywords stay keywords."""
     if not is_url(dsn):

@@ -10,7 +10,7 @@ import threading
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import psycopg2
 import psycopg2.errors
@@ -29,8 +29,10 @@ from .errors import (
 )
 from .forks import PerProcess
 from .ids import check_id
+from .pg_url import options, server
 from .postgres_schema import MIGRATIONS, migrate, schema_version
 from .postgres_sql import (
+    COUNTS,
     SCANS,
     TOMBSTONE_DELETES,
     TOMBSTONE_UPSERT,
@@ -40,7 +42,7 @@ from .postgres_sql import (
     prune_delete,
     prune_statements,
 )
-from .records import SCOPE_OF, Kind, Record, Tombstone, tombstone_cursor
+from .records import SCOPE_OF, Kind, Record, StreamKind, Tombstone, tombstone_cursor
 from .retention import RetentionPolicy
 
 log = logging.getLogger(__name__)
@@ -91,11 +93,7 @@ class PostgreSQLClient(StorageBackend):
         self, settings: Settings | None = None, *, create_schema: bool = True, **overrides: Any
     ) -> None:
         self._settings = settings or load_settings(**overrides)
-        secret = self._settings.postgres_connection_string
-        if secret is None:
-            raise ConfigError("POSTGRES_CONNECTION_STRING is not set")
-        self._dsn = secret
-        dsn = secret.get_secret_value()
+        dsn = _connection_string(self._settings)
         self._where = mask_url(dsn) if "://" in dsn else "<libpq connection string>"
         # A forked child opens its own connections, on first use (no I/O in the fork hook).
         self._conns = PerProcess(
@@ -126,7 +124,7 @@ class PostgreSQLClient(StorageBackend):
             pool = psycopg2.pool.ThreadedConnectionPool(
                 min(minconn, size),
                 size,
-                self._dsn.get_secret_value(),
+                _connection_string(self._settings),
                 connect_timeout=self._settings.postgres_connect_timeout_s,
                 application_name="agentstore",
             )
@@ -137,6 +135,37 @@ class PostgreSQLClient(StorageBackend):
         except psycopg2.Error as exc:
             raise StorageError(f"cannot connect to PostgreSQL at {self._where}: {exc}") from None
         return _Connections(pool, threading.BoundedSemaphore(size))
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, create_schema: bool = True) -> Self:
+        return cls(settings, create_schema=create_schema)
+
+    @classmethod
+    def describe(cls, settings: Settings) -> str:
+        dsn = _connection_string(settings)
+        if "://" in dsn:
+            return f"PostgreSQL {mask_url(dsn)}"
+        _, host, port, db = cls.identity(settings)
+        return f"PostgreSQL host={host} port={port} dbname={db}"
+
+    @classmethod
+    def identity(cls, settings: Settings) -> tuple[str, ...]:
+        try:
+            return ("postgres", *server(_connection_string(settings)))
+        except psycopg2.ProgrammingError:
+            raise ConfigError("POSTGRES_CONNECTION_STRING cannot be parsed") from None
+
+    @classmethod
+    def secrets(cls, settings: Settings) -> list[str]:
+        try:
+            password = options(_connection_string(settings)).get("password")
+        except (ConfigError, psycopg2.ProgrammingError):
+            return []
+        return [password] if password else []
+
+    def count(self, kind: StreamKind) -> int:
+        """The exact number of rows of `kind` (deleted rows included), or of tombstones."""
+        return int(self._fetch(COUNTS[kind], ())[0][0])
 
     def _with_connection(self, action: Callable[[Any], T]) -> T:
         """`action(conn)` on a pooled autocommit connection known not to be broken.
@@ -361,6 +390,12 @@ def _checkout(pool: psycopg2.pool.ThreadedConnectionPool, where: str) -> Any:
             f"cannot connect to PostgreSQL at {where}: {exc}".strip()
         ) from None
     return conn
+
+
+def _connection_string(settings: Settings) -> str:
+    if settings.postgres_connection_string is None:
+        raise ConfigError("POSTGRES_CONNECTION_STRING is not set")
+    return settings.postgres_connection_string.get_secret_value()
 
 
 def _write_tombstones(cur: Any, tombstones: Sequence[Tombstone]) -> None:

@@ -8,8 +8,8 @@ from typing import Any
 
 import pydantic_core
 
-from .records import Kind, Record, Scope
-from .retention import RetentionPolicy, prune_limits
+from .records import KIND_SPECS, SCOPE_KINDS, STORED_AS, TOMBSTONE_TABLE, Kind, Record, StreamKind
+from .retention import ROW_DELETED_KINDS, RetentionPolicy, category, prune_limits
 
 _RECORDSET = (
     "jsonb_to_recordset(%s::jsonb) AS r(id text, part text, sub_id text, data jsonb, "
@@ -17,56 +17,56 @@ _RECORDSET = (
 )
 
 
-def _guarded(table: str, columns: str, values: str, scope: Scope, on_conflict: str) -> str:
+def _guarded(kind: Kind, columns: tuple[str, ...], on_conflict: str) -> str:
     # A page of rows travels as one JSON array parameter expanded by jsonb_to_recordset:
     # PostgreSQL parses one short statement instead of a VALUES list of thousands of
     # parameters (~1.5x the rows per second of execute_values). Rows go in row id order, so
     # concurrent batches lock rows in one order and never deadlock. Rows older than a
     # tombstone of their partition (erase, whole-history delete) are skipped, so a late
     # redelivered save cannot bring back what was deleted after it.
+    spec = KIND_SPECS[kind]
+    # Every row has an id, a partition, a payload and a version; `columns` names the rest,
+    # each read from the recordset column of the same name (the sub id from `sub_id`).
+    names = ", ".join(("id", spec.partition, spec.payload, "version", *columns))
+    extra = "".join(", r.sub_id" if c == spec.sub_id else f", r.{c}" for c in columns)
     return (
-        f"INSERT INTO {table} AS t ({columns}) SELECT {values} FROM {_RECORDSET} "
-        "WHERE NOT EXISTS (SELECT 1 FROM agentstore_tombstones tb "
-        f"WHERE tb.scope = '{scope}' AND tb.key = r.part "
+        f"INSERT INTO {spec.name} AS t ({names}) "
+        f"SELECT r.id, r.part, r.data, r.version{extra} FROM {_RECORDSET} "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {TOMBSTONE_TABLE} tb "
+        f"WHERE tb.scope = '{spec.scope}' AND tb.key = r.part "
         'AND tb.version >= r.version COLLATE "C") '
         f'ORDER BY r.id COLLATE "C" ON CONFLICT {on_conflict}'
     )
 
 
-def _keyed(table: str, sub_id: str, payload: str) -> str:
+def _keyed(kind: Kind) -> str:
+    # One row per (partition, sub id): states and tasks.
+    spec = KIND_SPECS[kind]
     return _guarded(
-        table,
-        f"id, agent_id, {sub_id}, {payload}, version, deleted",
-        "r.id, r.part, r.sub_id, r.data, r.version, r.deleted",
-        "agent",
-        f"(agent_id, {sub_id}) DO UPDATE SET {payload} = EXCLUDED.{payload}, "
+        kind,
+        (spec.sub_id, "deleted"),
+        f"({spec.partition}, {spec.sub_id}) DO UPDATE SET "
+        f"{spec.payload} = EXCLUDED.{spec.payload}, "
         "version = EXCLUDED.version, deleted = EXCLUDED.deleted, "
         "timestamp = CURRENT_TIMESTAMP WHERE t.version < EXCLUDED.version",
     )
 
 
+_TXN = KIND_SPECS["transaction"].payload
 # Each upsert writes only when the incoming version is newer, so redelivered and reordered
 # ops converge on the newest version.
 UPSERTS: dict[Kind, str] = {
-    "state": _keyed("agent_states", "state_id", "state"),
-    "task": _keyed("agent_tasks", "task_id", "task_data"),
+    "state": _keyed("state"),
+    "task": _keyed("task"),
     # Messages are immutable: the first copy of a message id stays.
-    "conversation": _guarded(
-        "conversations",
-        "id, conversation_id, message, version, position",
-        "r.id, r.part, r.data, r.version, r.position",
-        "conversation",
-        "(id) DO NOTHING",
-    ),
+    "conversation": _guarded("conversation", ("position",), "(id) DO NOTHING"),
     # A re-saved transaction takes the newer content but keeps its first position.
     "transaction": _guarded(
-        "transactions",
-        "id, case_id, transaction, version, position, deleted",
-        "r.id, r.part, r.data, r.version, r.position, r.deleted",
-        "case",
+        "transaction",
+        ("position", "deleted"),
         "(id) DO UPDATE SET "
-        "transaction = CASE WHEN t.version < EXCLUDED.version "
-        "THEN EXCLUDED.transaction ELSE t.transaction END, "
+        f"{_TXN} = CASE WHEN t.version < EXCLUDED.version "
+        f"THEN EXCLUDED.{_TXN} ELSE t.{_TXN} END, "
         "deleted = CASE WHEN t.version < EXCLUDED.version "
         "THEN EXCLUDED.deleted ELSE t.deleted END, "
         "version = GREATEST(t.version, EXCLUDED.version), "
@@ -107,51 +107,61 @@ def pages(recs: list[Record]) -> Iterator[str]:
 
 
 TOMBSTONE_UPSERT = (
-    "INSERT INTO agentstore_tombstones AS t (scope, key, version) VALUES %s "
+    f"INSERT INTO {TOMBSTONE_TABLE} AS t (scope, key, version) VALUES %s "
     "ON CONFLICT (scope, key) DO UPDATE SET version = EXCLUDED.version, created_at = now() "
     "WHERE t.version < EXCLUDED.version"
 )
 
 
 # What a tombstone of each scope removes at once: its partition's rows not newer than it.
-def _erase(table: str, column: str) -> str:
+def _erase(kind: Kind) -> str:
+    spec = KIND_SPECS[kind]
     return (
-        f"DELETE FROM {table} d USING (VALUES %s) AS tb(key, version) "
-        f'WHERE d.{column} = tb.key AND d.version <= tb.version COLLATE "C"'
+        f"DELETE FROM {spec.name} d USING (VALUES %s) AS tb(key, version) "
+        f'WHERE d.{spec.partition} = tb.key AND d.version <= tb.version COLLATE "C"'
     )
 
 
-TOMBSTONE_DELETES: dict[Scope, tuple[str, ...]] = {
-    "agent": (_erase("agent_states", "agent_id"), _erase("agent_tasks", "agent_id")),
-    "conversation": (_erase("conversations", "conversation_id"),),
-    "case": (_erase("transactions", "case_id"),),
-}
+TOMBSTONE_DELETES = {scope: tuple(map(_erase, kinds)) for scope, kinds in SCOPE_KINDS.items()}
+
+
+def _scan(kind: Kind, sub_id: str, position: str, deleted: str) -> str:
+    spec = KIND_SPECS[kind]
+    return (
+        f"id, {spec.partition}, {sub_id}, {spec.payload}, version, {position}, {deleted} "
+        f"FROM {spec.name}"
+    )
+
 
 # Columns read back as Records: row id, partition, sub id, payload, version, position, deleted.
 SCANS: dict[Kind, str] = {
-    "state": "id, agent_id, state_id, state, version, version, deleted FROM agent_states",
-    "task": "id, agent_id, task_id, task_data, version, version, deleted FROM agent_tasks",
-    "conversation": "id, conversation_id, id, message, version, position, false FROM conversations",
-    "transaction": "id, case_id, transaction->>'id', transaction, version, position, deleted "
-    "FROM transactions",
+    "state": _scan("state", KIND_SPECS["state"].sub_id, "version", "deleted"),
+    "task": _scan("task", KIND_SPECS["task"].sub_id, "version", "deleted"),
+    # A message's id is its row id; a transaction's is the "id" of its payload.
+    "conversation": _scan("conversation", "id", "position", "false"),
+    "transaction": _scan("transaction", f"{_TXN}->>'id'", "position", "deleted"),
+}
+# Exact counts, for progress totals (`StorageBackend.count`).
+COUNTS: dict[StreamKind, str] = {
+    kind: f"SELECT count(*) FROM {table}" for kind, table in STORED_AS.items()
 }
 
-
 _AGE = "timestamp < CURRENT_TIMESTAMP - make_interval(secs => %s)"
+_CONV, _TASKS = KIND_SPECS["conversation"], KIND_SPECS["task"]
 # Per category (see `retention.prune_limits`): a query selecting ids of rows to remove.
 _PRUNE_SELECTS: dict[str, str] = {
-    "conversations:over_count": "SELECT id FROM (SELECT id, row_number() OVER "
-    "(PARTITION BY conversation_id ORDER BY position DESC) AS newest FROM conversations) "
+    category("conversation", "over_count"): "SELECT id FROM (SELECT id, row_number() OVER "
+    f"(PARTITION BY {_CONV.partition} ORDER BY position DESC) AS newest FROM {_CONV.name}) "
     "ranked WHERE newest > %s",
-    "conversations:expired": f"SELECT id FROM conversations WHERE {_AGE}",
-    "agent_tasks:expired": "SELECT id FROM agent_tasks "
-    f"WHERE task_data->>'status' = ANY(%s) AND {_AGE}",
-    "transactions:expired": f"SELECT id FROM transactions WHERE {_AGE}",
+    category("conversation", "expired"): f"SELECT id FROM {_CONV.name} WHERE {_AGE}",
+    category("task", "expired"): f"SELECT id FROM {_TASKS.name} "
+    f"WHERE {_TASKS.payload}->>'status' = ANY(%s) AND {_AGE}",
+    category("transaction", "expired"): f"SELECT id FROM {STORED_AS['transaction']} WHERE {_AGE}",
     **{
-        f"{table}:tombstones": f"SELECT id FROM {table} WHERE deleted AND {_AGE}"
-        for table in ("agent_states", "agent_tasks", "transactions")
+        category(kind, "tombstones"): f"SELECT id FROM {STORED_AS[kind]} WHERE deleted AND {_AGE}"
+        for kind in ROW_DELETED_KINDS
     },
-    "agentstore_tombstones:expired": "SELECT ctid AS id FROM agentstore_tombstones "
+    category("tombstone", "expired"): f"SELECT ctid AS id FROM {TOMBSTONE_TABLE} "
     "WHERE created_at < now() - make_interval(secs => %s)",
 }
 
@@ -162,17 +172,17 @@ def prune_statements(policy: RetentionPolicy) -> dict[str, tuple[str, tuple[Any,
     Each is run as `DELETE ... WHERE id IN (<query> LIMIT n)` in short transactions.
     """
     found: dict[str, tuple[str, tuple[Any, ...]]] = {}
-    for category, limit in prune_limits(policy).items():
+    for name, limit in prune_limits(policy).items():
         params: tuple[Any, ...] = (limit,)
-        if category == "agent_tasks:expired":
+        if name == category("task", "expired"):
             params = (list(policy.finished_statuses), limit)
-        found[category] = (_PRUNE_SELECTS[category], params)
+        found[name] = (_PRUNE_SELECTS[name], params)
     return found
 
 
-def prune_delete(category: str, select: str) -> str:
-    table = category.split(":")[0]
-    key = "ctid" if table == "agentstore_tombstones" else "id"
+def prune_delete(name: str, select: str) -> str:
+    table = name.split(":")[0]
+    key = "ctid" if table == TOMBSTONE_TABLE else "id"
     return f"DELETE FROM {table} WHERE {key} IN ({select} LIMIT %s)"
 
 

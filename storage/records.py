@@ -24,6 +24,35 @@ KINDS: tuple[Kind, ...] = ("state", "task", "conversation", "transaction")
 # What export, import and migration carry: partition tombstones first, then every kind.
 StreamKind: TypeAlias = Literal["tombstone", "state", "task", "conversation", "transaction"]
 STREAM_KINDS: tuple[StreamKind, ...] = ("tombstone", "state", "task", "conversation", "transaction")
+Scope: TypeAlias = Literal["agent", "conversation", "case"]
+
+
+@dataclass(frozen=True, slots=True)
+class KindSpec:
+    """Where every backend keeps one kind of record, and what its fields are called."""
+
+    name: str  # PostgreSQL table, Cosmos DB container, prefix of its retention categories
+    partition: str  # the field of its partition: the agent, conversation or case id
+    sub_id: str  # the field of its id within the partition (on Cosmos DB items)
+    payload: str  # PostgreSQL's payload column (Cosmos DB items keep the payload in `data`)
+    scope: Scope  # the partition tombstones that cover it
+
+
+KIND_SPECS: dict[Kind, KindSpec] = {
+    "state": KindSpec("agent_states", "agent_id", "state_id", "state", "agent"),
+    "task": KindSpec("agent_tasks", "agent_id", "task_id", "task_data", "agent"),
+    "conversation": KindSpec(
+        "conversations", "conversation_id", "message_id", "message", "conversation"
+    ),
+    "transaction": KindSpec("transactions", "case_id", "transaction_id", "transaction", "case"),
+}
+# Partition tombstones have a table (container) of their own on every backend.
+TOMBSTONE_TABLE = "agentstore_tombstones"
+# The table (container) of each stream kind: what stores count and retention categories name.
+STORED_AS: dict[StreamKind, str] = {
+    "tombstone": TOMBSTONE_TABLE,
+    **{kind: spec.name for kind, spec in KIND_SPECS.items()},
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,14 +75,12 @@ class Record:
     deleted: bool = False
 
 
-Scope: TypeAlias = Literal["agent", "conversation", "case"]
 # Which kinds a partition-wide tombstone covers.
 SCOPE_KINDS: dict[Scope, tuple[Kind, ...]] = {
-    "agent": ("state", "task"),
-    "conversation": ("conversation",),
-    "case": ("transaction",),
+    scope: tuple(kind for kind, spec in KIND_SPECS.items() if spec.scope == scope)
+    for scope in ("agent", "conversation", "case")
 }
-SCOPE_OF: dict[Kind, Scope] = {k: scope for scope, kinds in SCOPE_KINDS.items() for k in kinds}
+SCOPE_OF: dict[Kind, Scope] = {kind: spec.scope for kind, spec in KIND_SPECS.items()}
 # Deleted transactions sort last, so a later save takes the position it is saved at.
 _DELETED_POSITION = "~"
 

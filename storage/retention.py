@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import Settings
+from .records import STORED_AS, Kind, StreamKind
 
 DAY_S = 86_400.0
 
@@ -45,22 +46,31 @@ class RetentionPolicy:
         )
 
 
+def category(kind: StreamKind, what: str) -> str:
+    """The prune category `"<table or container>:<what>"`, e.g. `"conversations:expired"`."""
+    return f"{STORED_AS[kind]}:{what}"
+
+
+# Kinds whose deletes leave a deleted row (a tombstone row) that retention later drops.
+ROW_DELETED_KINDS: tuple[Kind, ...] = ("state", "task", "transaction")
+
+
 def prune_limits(policy: RetentionPolicy) -> dict[str, float]:
     """Per prune category `policy` enables, in the order stores prune them: its limit.
 
-    A category is "<table or container>:<what>"; its limit is a message count for
-    `conversations:over_count` and an age in seconds for every other one.
+    A category is "<table or container>:<what>" (`category`); its limit is a message count
+    for `conversations:over_count` and an age in seconds for every other one.
     """
     limits: dict[str, float] = {}
     if policy.keep_messages is not None:
-        limits["conversations:over_count"] = policy.keep_messages
+        limits[category("conversation", "over_count")] = policy.keep_messages
     if policy.message_max_age_s is not None:
-        limits["conversations:expired"] = policy.message_max_age_s
+        limits[category("conversation", "expired")] = policy.message_max_age_s
     if policy.finished_task_max_age_s is not None:
-        limits["agent_tasks:expired"] = policy.finished_task_max_age_s
+        limits[category("task", "expired")] = policy.finished_task_max_age_s
     if policy.transaction_max_age_s is not None:
-        limits["transactions:expired"] = policy.transaction_max_age_s
-    for table in ("agent_states", "agent_tasks", "transactions"):
-        limits[f"{table}:tombstones"] = policy.tombstone_grace_s
-    limits["agentstore_tombstones:expired"] = policy.tombstone_grace_s
+        limits[category("transaction", "expired")] = policy.transaction_max_age_s
+    for kind in ROW_DELETED_KINDS:
+        limits[category(kind, "tombstones")] = policy.tombstone_grace_s
+    limits[category("tombstone", "expired")] = policy.tombstone_grace_s
     return limits

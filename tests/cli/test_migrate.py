@@ -14,12 +14,14 @@ import pytest
 import agentstore_cli.migrate as migrate_module
 from agentstore_cli.migrate import CHECKPOINT_DIR, KindCheck, migrate_stores, plan_migration
 from agentstore_cli.progress import LineProgress
-from agentstore_cli.stores import describe, quick_count, store_identity, target_settings
+from agentstore_cli.stores import target_settings
 from agentstore_cli.transfer import kind_of
 from agentstore_cli.transfer import write_page as real_write_page
+from storage.backends import describe, identity
 from storage.base import StorageBackend
 from storage.config import Settings, load_settings
 from storage.errors import StorageError
+from storage.factory import create_storage_client
 from storage.records import Record, Tombstone
 from tests.cli.conftest import (
     Cli,
@@ -311,7 +313,7 @@ def test_the_target_reads_only_its_file(monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert settings.cosmos_key is not None and settings.cosmos_key.get_secret_value() == "a2V5"
     assert settings.cosmos_database_name == "transaction_review"
     assert settings.cosmos_max_concurrency == 8
-    assert store_identity(settings) == (
+    assert identity(settings) == (
         "cosmos",
         "acct.documents.azure.com",
         "443",
@@ -335,13 +337,14 @@ def test_the_backend_named_decides_what_is_described_identified_and_counted(
         )
 
     assert describe(settings(None)).startswith("PostgreSQL")
-    assert quick_count(settings(None), "state") == 1
+    with create_storage_client(settings(None)) as store:
+        assert store.count("state") == 1
     assert describe(settings("cosmos")).startswith("Cosmos DB https://acct.documents")
-    assert store_identity(settings("cosmos"))[0] == "cosmos"
-    assert quick_count(settings("cosmos"), "state") is None, "not PostgreSQL's count"
+    assert identity(settings("cosmos"))[0] == "cosmos"
     assert describe(settings("memory")) == "in-memory store (this process only)"
-    assert store_identity(settings("memory")) == ("memory",)
-    assert quick_count(settings("memory"), "state") is None
+    assert identity(settings("memory")) == ("memory",)
+    with create_storage_client(settings("memory")) as store:
+        assert store.count("state") == 0, "a store of its own, not PostgreSQL's"
 
 
 def test_checkpoint_of_another_migration_is_refused_unless_restarted(

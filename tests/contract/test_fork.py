@@ -84,7 +84,9 @@ def test_parent_and_child_each_read_and_write_their_own_after_fork(
     report = Child(lambda: _parent_and_child(env, uid, how), "os.fork").result(timeout=240)
     assert report["parent"] == [], "the parent read another process's answers"
     assert report["child"] == [], "the child read another process's answers"
-    assert report["tasks"] == 2 * ROUNDS, "every write of both processes is stored"
+    # A memory store is per process: a forked child's writes stay in the child.
+    writers = 1 if backend.name == "memory" else 2
+    assert report["tasks"] == writers * ROUNDS, "every write of both processes is stored"
 
 
 def _sessions(database: str) -> set[int]:

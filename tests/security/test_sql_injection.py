@@ -30,14 +30,33 @@ _SQL = re.compile(
 _CONSTANT = {
     "storage/postgres.py": {"SCANS[kind]": "a column list from the constant SCANS"},
     "storage/postgres_sql.py": {
-        # Statements built once, at import, by _guarded/_keyed/_erase from literal table,
-        # column and conflict clauses; scope is a Scope literal; rows travel as %s::jsonb.
+        # Statements built once, at import, by _guarded/_keyed/_erase/_scan from the kinds
+        # table (storage.records: literal table, column and scope names) and literal column
+        # and conflict clauses; rows travel as %s::jsonb.
         **dict.fromkeys(
-            ("table", "columns", "values", "on_conflict", "sub_id", "payload", "column"),
-            "a literal from the module's own statement tables",
+            (
+                "spec.name",
+                "spec.partition",
+                "spec.sub_id",
+                "spec.payload",
+                "_CONV.name",
+                "_CONV.partition",
+                "_TASKS.name",
+                "_TASKS.payload",
+                "_TXN",
+                "STORED_AS[kind]",
+                "STORED_AS['transaction']",
+                "TOMBSTONE_TABLE",
+                "table",
+            ),
+            "a name from the kinds table in storage.records",
+        ),
+        **dict.fromkeys(
+            ("names", "extra", "sub_id", "position", "deleted", "on_conflict"),
+            "column lists and clauses assembled from those names and literals",
         ),
         "_RECORDSET": "a constant",
-        "scope": "a Scope literal ('agent', 'conversation', 'case') from the same tables",
+        "spec.scope": "a Scope literal ('agent', 'conversation', 'case') from the kinds table",
         "_AGE": "a constant with a %s parameter",
         "key": "'id' or 'ctid'",
         "select": "a query from the constant _PRUNE_SELECTS",
@@ -74,7 +93,6 @@ _CONSTANT = {
         ),
         "import-time DDL from literals",
     ),
-    "agentstore_cli/stores.py": {"_PG_TABLES[kind]": "a table name from a constant"},
 }
 ALLOWED = {(file, expr): why for file, exprs in _CONSTANT.items() for expr, why in exprs.items()}
 

@@ -59,7 +59,10 @@ def test_named_backend_without_its_settings_says_what_is_missing(
     with pytest.raises(ConfigError, match="POSTGRES_CONNECTION_STRING is not set"):
         create_storage_client()
     monkeypatch.setenv("AGENTSTORE_BACKEND", "sqlite")
-    with pytest.raises(ConfigError, match="AGENTSTORE_BACKEND: Input should be 'postgres'"):
+    with pytest.raises(
+        ConfigError,
+        match="AGENTSTORE_BACKEND: must be one of postgres, cosmos, memory, got 'sqlite'",
+    ):
         create_storage_client()
 
 
