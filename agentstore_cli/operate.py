@@ -10,15 +10,13 @@ from typing import Any
 
 import redis
 
-from producer import wire
+from broker import keys
 from storage.config import Settings, mask_url
 from storage.errors import SchemaNotReadyError, StorageError
 from storage.factory import create_storage_client
 
 from .stores import describe
 
-# kombu's Redis transport keeps delivered, unacknowledged messages in this hash.
-KOMBU_UNACKED_KEY = "unacked"
 HEALTH_PROBE_ID = "__health__"
 
 
@@ -104,11 +102,11 @@ def check_workers(url: str, timeout: float) -> Check:
         workers = ping_workers(url, timeout)
     except Exception as exc:  # kombu and celery raise many types for an unreachable broker
         return Check("workers", False, f"{mask_url(url)}: {_short(exc)}")
-    ours = [name for name, queues in workers.items() if wire.QUEUE in queues]
+    ours = [name for name, queues in workers.items() if keys.QUEUE in queues]
     if ours:
-        return Check("workers", True, f"{len(ours)} consuming {wire.QUEUE!r}: {', '.join(ours)}")
+        return Check("workers", True, f"{len(ours)} consuming {keys.QUEUE!r}: {', '.join(ours)}")
     if workers:
-        return Check("workers", False, f"{len(workers)} answered but none consumes {wire.QUEUE!r}")
+        return Check("workers", False, f"{len(workers)} answered but none consumes {keys.QUEUE!r}")
     return Check("workers", False, f"no worker answered a ping within {timeout:g} s")
 
 
@@ -168,10 +166,10 @@ def run_health(settings: Settings, workers: bool = True, timeout: float = 8.0) -
 def queue_stats(client: redis.Redis) -> dict[str, int]:
     """Queue depth, messages published but not yet confirmed, in flight, dead letters."""
     pipe = client.pipeline(transaction=False)
-    pipe.llen(wire.QUEUE)
-    pipe.zcard(wire.PENDING_KEY)
-    pipe.hlen(KOMBU_UNACKED_KEY)
-    pipe.hlen(wire.DLQ_KEY)
+    pipe.llen(keys.QUEUE)
+    pipe.zcard(keys.PENDING_KEY)
+    pipe.hlen(keys.KOMBU_UNACKED_KEY)
+    pipe.hlen(keys.DLQ_KEY)
     queued, pending, unacked, dead = pipe.execute()
     return {
         "queued": int(queued),
@@ -187,10 +185,10 @@ class WorkerPingError(Exception):
 
 def applied_per_s(client: redis.Redis, sample_s: float) -> float:
     """Ops the workers applied per second, from their counter sampled `sample_s` apart."""
-    before = int(client.get(wire.APPLIED_KEY) or 0)
+    before = int(client.get(keys.APPLIED_KEY) or 0)
     started = time.monotonic()
     time.sleep(sample_s)
-    after = int(client.get(wire.APPLIED_KEY) or 0)
+    after = int(client.get(keys.APPLIED_KEY) or 0)
     return (after - before) / (time.monotonic() - started)
 
 
@@ -209,7 +207,7 @@ def collect_stats(url: str, workers: bool = True, sample_s: float = 1.0) -> dict
             answered = ping_workers(url, 2.0)
         except Exception as exc:  # kombu and celery raise many types for a broker problem
             raise WorkerPingError(f"worker ping failed: {_short(exc)}") from None
-        names = [name for name, queues in answered.items() if wire.QUEUE in queues]
+        names = [name for name, queues in answered.items() if keys.QUEUE in queues]
     numbers["workers"] = None if names is None else len(names)
     numbers["worker_names"] = names
     return numbers
@@ -219,7 +217,7 @@ def stats_lines(numbers: dict[str, Any]) -> list[str]:
     """`collect_stats` for humans: name, value, what it means."""
     names = numbers["worker_names"]
     rows = [
-        ("queue depth", numbers["queued"], f"LLEN {wire.QUEUE}"),
+        ("queue depth", numbers["queued"], f"LLEN {keys.QUEUE}"),
         ("pending", numbers["pending"], "published, not yet applied or dead-lettered"),
         ("in flight", numbers["unacked"], "delivered to a worker, not yet acknowledged"),
         ("dead letters", numbers["dead_letters"], "agentstore dlq list"),
