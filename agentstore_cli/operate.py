@@ -11,6 +11,7 @@ from typing import Any
 import redis
 
 from broker import keys
+from broker.connection import connect
 from storage.config import Settings, mask_url
 from storage.errors import SchemaNotReadyError, StorageError
 from storage.factory import create_storage_client
@@ -32,13 +33,6 @@ class Check:
         return f"{self.name:<8} {'OK' if self.ok else 'FAIL':<4}  {self.detail}"
 
 
-def redis_client(url: str, timeout: float) -> redis.Redis:
-    """A Redis client that gives up after `timeout` seconds instead of retrying."""
-    return redis.Redis.from_url(
-        url, socket_connect_timeout=timeout, socket_timeout=timeout, retry_on_timeout=False
-    )
-
-
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:300] if text else ''}".rstrip(": ")
@@ -48,7 +42,7 @@ def check_broker(url: str, timeout: float) -> Check:
     """Redis PING at the broker URL."""
     where = mask_url(url)
     began = time.monotonic()
-    client = redis_client(url, timeout)
+    client = connect(url, timeout)
     try:
         client.ping()
     except redis.RedisError as exc:
@@ -195,7 +189,7 @@ def applied_per_s(client: redis.Redis, sample_s: float) -> float:
 def collect_stats(url: str, workers: bool = True, sample_s: float = 1.0) -> dict[str, Any]:
     """`queue_stats`, applied ops/s over `sample_s`, and the workers consuming the queue
     (None when not asked)."""
-    client = redis_client(url, 5.0)
+    client = connect(url, 5.0)
     try:
         numbers: dict[str, Any] = dict(queue_stats(client))
         numbers["applied_per_s"] = round(applied_per_s(client, sample_s), 1)
