@@ -241,6 +241,23 @@ def test_apply_bounds_message_size(prod: Producer, fake: fakeredis.FakeRedis) ->
     assert [len(m.ops) for m in _queued(fake)] == [2, 1]
 
 
+def test_messages_are_bounded_by_ops_and_characters_in_order() -> None:
+    # The one chunking both the durable batch path and the send buffer use.
+    def text(chars: int) -> str:  # a JSON string of exactly `chars` characters
+        return '"' + "x" * (chars - 2) + '"'
+
+    half = wire.MAX_MESSAGE_CHARS // 2
+    texts = [text(half), text(half), text(wire.MAX_MESSAGE_CHARS + 1), "4", "5", "6"]
+    ids = [f"o{i}" for i in range(len(texts))]
+    batch = wire.build_messages(ids, texts, max_ops=2)
+    assert [op_ids for _, _, op_ids in batch] == [["o0", "o1"], ["o2"], ["o3", "o4"], ["o5"]]
+    assert len({mid for mid, _, _ in batch}) == 4
+    for mid, message, op_ids in batch:
+        parsed = wire.parse_message(message)
+        assert parsed.id == mid and len(parsed.ops) == len(op_ids)
+    assert wire.build_messages([], []) == []
+
+
 def _transactions(n: int) -> list[dict[str, Any]]:
     # Each well under the 2,000,000-byte payload limit; 8 of them fit in one save, 9 do not.
     return [{"id": f"t{i}", "blob": "x" * 1_900_000} for i in range(n)]
