@@ -28,6 +28,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 # Then the code, package by package. README.md is left out on purpose: setuptools only warns
 # without it, and a docs edit should not rebuild this layer. `--no-deps`: all is installed above.
 COPY storage ./storage
+COPY broker ./broker
 COPY producer ./producer
 COPY worker ./worker
 COPY agentstore_cli ./agentstore_cli

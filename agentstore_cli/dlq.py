@@ -11,16 +11,16 @@ from . import operate
 from .context import fail, read_settings
 
 if TYPE_CHECKING:
-    from worker.deadletters import DeadLetters
+    from broker.deadletters import DeadLetters
 
 
 @click.group()
 def dlq() -> None:
-    """Dead letters: ops (and messages) the worker could not apply."""
+    """Dead letters: ops (and messages) that could not be applied."""
 
 
 def _dead_letters(ctx: click.Context) -> DeadLetters:
-    from worker.deadletters import DeadLetters
+    from broker.deadletters import DeadLetters
 
     dead = DeadLetters(read_settings(ctx).celery_broker_url.get_secret_value())
     ctx.call_on_close(dead.close)

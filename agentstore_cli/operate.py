@@ -10,14 +10,13 @@ from typing import Any
 
 import redis
 
-from producer import wire
+from broker import keys
+from broker.connection import connect
 from storage import backends
 from storage.config import Settings, mask_url
 from storage.errors import SchemaNotReadyError, StorageError
 from storage.factory import create_storage_client
 
-# kombu's Redis transport keeps delivered, unacknowledged messages in this hash.
-KOMBU_UNACKED_KEY = "unacked"
 HEALTH_PROBE_ID = "__health__"
 
 
@@ -33,13 +32,6 @@ class Check:
         return f"{self.name:<8} {'OK' if self.ok else 'FAIL':<4}  {self.detail}"
 
 
-def redis_client(url: str, timeout: float) -> redis.Redis:
-    """A Redis client that gives up after `timeout` seconds instead of retrying."""
-    return redis.Redis.from_url(
-        url, socket_connect_timeout=timeout, socket_timeout=timeout, retry_on_timeout=False
-    )
-
-
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0][:300] if text else ''}".rstrip(": ")
@@ -49,7 +41,7 @@ def check_broker(url: str, timeout: float) -> Check:
     """Redis PING at the broker URL."""
     where = mask_url(url)
     began = time.monotonic()
-    client = redis_client(url, timeout)
+    client = connect(url, timeout)
     try:
         client.ping()
     except redis.RedisError as exc:
@@ -103,11 +95,11 @@ def check_workers(url: str, timeout: float) -> Check:
         workers = ping_workers(url, timeout)
     except Exception as exc:  # kombu and celery raise many types for an unreachable broker
         return Check("workers", False, f"{mask_url(url)}: {_short(exc)}")
-    ours = [name for name, queues in workers.items() if wire.QUEUE in queues]
+    ours = [name for name, queues in workers.items() if keys.QUEUE in queues]
     if ours:
-        return Check("workers", True, f"{len(ours)} consuming {wire.QUEUE!r}: {', '.join(ours)}")
+        return Check("workers", True, f"{len(ours)} consuming {keys.QUEUE!r}: {', '.join(ours)}")
     if workers:
-        return Check("workers", False, f"{len(workers)} answered but none consumes {wire.QUEUE!r}")
+        return Check("workers", False, f"{len(workers)} answered but none consumes {keys.QUEUE!r}")
     return Check("workers", False, f"no worker answered a ping within {timeout:g} s")
 
 
@@ -167,10 +159,10 @@ def run_health(settings: Settings, workers: bool = True, timeout: float = 8.0) -
 def queue_stats(client: redis.Redis) -> dict[str, int]:
     """Queue depth, messages published but not yet confirmed, in flight, dead letters."""
     pipe = client.pipeline(transaction=False)
-    pipe.llen(wire.QUEUE)
-    pipe.zcard(wire.PENDING_KEY)
-    pipe.hlen(KOMBU_UNACKED_KEY)
-    pipe.hlen(wire.DLQ_KEY)
+    pipe.llen(keys.QUEUE)
+    pipe.zcard(keys.PENDING_KEY)
+    pipe.hlen(keys.KOMBU_UNACKED_KEY)
+    pipe.hlen(keys.DLQ_KEY)
     queued, pending, unacked, dead = pipe.execute()
     return {
         "queued": int(queued),
@@ -186,17 +178,17 @@ class WorkerPingError(Exception):
 
 def applied_per_s(client: redis.Redis, sample_s: float) -> float:
     """Ops the workers applied per second, from their counter sampled `sample_s` apart."""
-    before = int(client.get(wire.APPLIED_KEY) or 0)
+    before = int(client.get(keys.APPLIED_KEY) or 0)
     started = time.monotonic()
     time.sleep(sample_s)
-    after = int(client.get(wire.APPLIED_KEY) or 0)
+    after = int(client.get(keys.APPLIED_KEY) or 0)
     return (after - before) / (time.monotonic() - started)
 
 
 def collect_stats(url: str, workers: bool = True, sample_s: float = 1.0) -> dict[str, Any]:
     """`queue_stats`, applied ops/s over `sample_s`, and the workers consuming the queue
     (None when not asked)."""
-    client = redis_client(url, 5.0)
+    client = connect(url, 5.0)
     try:
         numbers: dict[str, Any] = dict(queue_stats(client))
         numbers["applied_per_s"] = round(applied_per_s(client, sample_s), 1)
@@ -208,7 +200,7 @@ def collect_stats(url: str, workers: bool = True, sample_s: float = 1.0) -> dict
             answered = ping_workers(url, 2.0)
         except Exception as exc:  # kombu and celery raise many types for a broker problem
             raise WorkerPingError(f"worker ping failed: {_short(exc)}") from None
-        names = [name for name, queues in answered.items() if wire.QUEUE in queues]
+        names = [name for name, queues in answered.items() if keys.QUEUE in queues]
     numbers["workers"] = None if names is None else len(names)
     numbers["worker_names"] = names
     return numbers
@@ -218,7 +210,7 @@ def stats_lines(numbers: dict[str, Any]) -> list[str]:
     """`collect_stats` for humans: name, value, what it means."""
     names = numbers["worker_names"]
     rows = [
-        ("queue depth", numbers["queued"], f"LLEN {wire.QUEUE}"),
+        ("queue depth", numbers["queued"], f"LLEN {keys.QUEUE}"),
         ("pending", numbers["pending"], "published, not yet applied or dead-lettered"),
         ("in flight", numbers["unacked"], "delivered to a worker, not yet acknowledged"),
         ("dead letters", numbers["dead_letters"], "agentstore dlq list"),

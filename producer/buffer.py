@@ -15,10 +15,11 @@ import threading
 import time
 from collections.abc import Callable
 
-from storage.ops import MAX_SAVE_BYTES
+from broker import wire
+from broker.errors import PublishError
+from broker.wire import MAX_MESSAGE_CHARS, Batch
 
-from . import wire
-from .errors import BufferFullError, PublishError
+from .errors import BufferFullError
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +27,7 @@ log = logging.getLogger(__name__)
 # amortised, and Redis is never blocked for long by one script.
 MAX_MESSAGES_PER_PUBLISH = 8
 MAX_PUBLISH_CHARS = 8_000_000
-# Several ops share a message only up to this; at 4 UTF-8 bytes per character at most, such
-# a message is never larger than the largest single save (`MAX_SAVE_BYTES`).
-MAX_MESSAGE_CHARS = MAX_SAVE_BYTES // 4
 _BACKOFF_MAX_S = 2.0
-
-# (message id, message, op ids)
-Batch = list[tuple[str, bytes, list[str]]]
 
 
 class SendBuffer:
@@ -177,7 +172,7 @@ class SendBuffer:
             if taken:
                 # Built outside the lock, so saves never wait for it; kept as built, so a
                 # retry republishes the same message ids.
-                self._retry = self._build(*taken)
+                self._retry = wire.build_messages(*taken, self._max_batch)
             batch = self._retry
             assert batch is not None
             try:
@@ -239,23 +234,6 @@ class SendBuffer:
             del self._ids[:limit], self._texts[:limit]
             self._size -= sum(map(len, texts))
         return ids, texts
-
-    def _build(self, ids: list[str], texts: list[str]) -> Batch:
-        """Messages of at most `max_batch` ops and `MAX_MESSAGE_CHARS` characters each."""
-        batch: Batch = []
-        start = 0
-        while start < len(ids):
-            end, size = start, 0
-            while end < len(ids) and end - start < self._max_batch:
-                length = len(texts[end])
-                if end > start and size + length > MAX_MESSAGE_CHARS:
-                    break
-                size += length
-                end += 1
-            mid = wire.new_message_id()
-            batch.append((mid, wire.build_message(mid, texts[start:end]), ids[start:end]))
-            start = end
-        return batch
 
     def _failed(self, batch: Batch, exc: PublishError) -> None:
         with self._lock:

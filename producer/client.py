@@ -10,22 +10,20 @@ import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from broker import wire
+from broker.errors import PublishError
+from broker.publisher import Publisher
+from broker.wire import MAX_OPS_PER_MESSAGE, Batch
 from storage import forks
 from storage.base import StorageClient
 from storage.config import Settings, check_broker_url, load_settings
 from storage.factory import create_storage_client
 from storage.ops import Op, OpName, encode_op
 
-from . import wire
-from .buffer import MAX_MESSAGE_CHARS, Batch, SendBuffer
-from .errors import PublishError
-from .publisher import Publisher
+from .buffer import SendBuffer
 from .tracker import Tracker
 
 log = logging.getLogger(__name__)
-
-# Ops per message on the batch path: one message is one task, and bounded in size.
-MAX_OPS_PER_MESSAGE = 500
 
 
 class Producer(StorageClient):
@@ -134,31 +132,11 @@ class Producer(StorageClient):
 
     def apply(self, ops: Sequence[Op]) -> None:
         """Publish already validated ops, many per message, all in one atomic publish."""
-        batch = []
-        chunk: list[Op] = []
-        texts: list[str] = []
-        size = 0
-        for op in ops:
-            text = op.model_dump_json()
-            if chunk and (
-                len(chunk) >= MAX_OPS_PER_MESSAGE or size + len(text) > MAX_MESSAGE_CHARS
-            ):
-                batch.append(self._message(chunk, texts))
-                chunk, texts, size = [], [], 0
-            chunk.append(op)
-            texts.append(text)
-            size += len(text)
-        if chunk:
-            batch.append(self._message(chunk, texts))
+        batch = wire.build_messages([op.id for op in ops], [op.model_dump_json() for op in ops])
         if batch:
             self._publish(batch)
 
-    @staticmethod
-    def _message(chunk: list[Op], texts: list[str]) -> tuple[str, bytes, list[str]]:
-        mid = wire.new_message_id()
-        return mid, wire.build_message(mid, texts), [op.id for op in chunk]
-
-    def _publish(self, batch: list[tuple[str, bytes, list[str]]]) -> None:
+    def _publish(self, batch: Batch) -> None:
         if self._closed:
             raise RuntimeError("Producer is closed")
         self._publisher.publish([(mid, message) for mid, message, _ in batch])

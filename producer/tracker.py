@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 import redis
 
-from . import wire
+from broker import keys
+
 from .errors import BrokerUnavailableError, DeadLetteredError, LostOpsError
 
 log = logging.getLogger(__name__)
@@ -71,11 +72,11 @@ class Tracker:
         message_ids = list(dict.fromkeys(mid for _, mid in items))
         # One MULTI: a consistent view of what the worker's settle script changes at once.
         pipe = self._redis.pipeline(transaction=True)
-        pipe.zmscore(wire.PENDING_KEY, message_ids)
-        pipe.zmscore(wire.DONE_KEY, message_ids)
-        pipe.hmget(wire.DLQ_KEY, [op_id for op_id, _ in items])
+        pipe.zmscore(keys.PENDING_KEY, message_ids)
+        pipe.zmscore(keys.DONE_KEY, message_ids)
+        pipe.hmget(keys.DLQ_KEY, [op_id for op_id, _ in items])
         # A message refused as a whole (malformed) is dead-lettered by its message id.
-        pipe.hmget(wire.DLQ_KEY, message_ids)
+        pipe.hmget(keys.DLQ_KEY, message_ids)
         queued, done, dead, dead_messages = pipe.execute()
         still = {m for m, score in zip(message_ids, queued, strict=True) if score is not None}
         confirmed = {m for m, score in zip(message_ids, done, strict=True) if score is not None}

@@ -1,7 +1,7 @@
 """The agentstore worker: `celery -A worker worker` applies queued saves to the store.
 
-The Celery `app` is imported on first access, so `worker.deadletters` and the other
-modules can be used without configuring (or starting) a worker.
+The Celery `app` is imported on first access, so the other modules can be used without
+configuring (or starting) a worker.
 """
 
 from typing import Any

@@ -15,15 +15,14 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu import serialization
 from kombu.utils import json as kombu_json
 
-from producer import wire
-from producer.publisher import connect
+from broker import deadletters, keys, wire
+from broker.connection import connect
 from storage.base import StorageBackend
 from storage.config import load_settings
 from storage.errors import ConfigError
 from storage.factory import create_storage_client
 from storage.retention import RetentionPolicy
 
-from . import deadletters
 from .apply import BatchApplier
 from .lease import Heartbeat
 from .reaper import Reaper, ReaperThread
@@ -51,7 +50,7 @@ app.conf.update(
     result_serializer="json",
     result_backend=None,
     task_ignore_result=True,
-    task_default_queue=wire.QUEUE,
+    task_default_queue=keys.QUEUE,
     broker_connection_retry_on_startup=True,
     # Recovery does not depend on it (the reaper does that); it only bounds how long a
     # message stranded in kombu's `unacked` hash waits for kombu's own redelivery.

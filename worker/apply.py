@@ -12,12 +12,11 @@ from typing import Any
 
 import redis
 
-from producer import wire
+from broker import deadletters, keys, wire
 from storage.base import StorageClient
 from storage.errors import StoreUnavailableError, TransientStorageError, ValidationError
 from storage.ops import MAX_SAVE_BYTES, Op, parse_op
 
-from . import deadletters
 from .lease import Heartbeat
 from .settings import WorkerSettings
 
@@ -145,7 +144,7 @@ class BatchApplier:
                 missing = self._settings.batch_max - len(batch.ops) - len(batch.dead)
                 if missing <= 0 or room <= 0:
                     return
-                got = self._take(keys=[wire.QUEUE], args=[missing, room])
+                got = self._take(keys=[keys.QUEUE], args=[missing, room])
                 if got:
                     for raw in got:
                         room -= len(raw)

@@ -15,7 +15,7 @@ import time
 
 import redis
 
-from producer import wire
+from broker import keys
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class Heartbeat(threading.Thread):
 
     def _beat(self, ids: list[str]) -> None:
         try:
-            self._refresh(keys=[wire.PENDING_KEY, wire.OUT_SINCE_KEY], args=ids)
+            self._refresh(keys=[keys.PENDING_KEY, keys.OUT_SINCE_KEY], args=ids)
         except redis.RedisError as exc:
             # The next beat tries again; if the broker stays away, so does the reaper.
             log.debug("heartbeat: broker unavailable (%s)", type(exc).__name__)

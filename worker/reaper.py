@@ -19,7 +19,7 @@ from typing import cast
 
 import redis
 
-from producer import wire
+from broker import keys
 
 log = logging.getLogger(__name__)
 _SCAN_TAIL = 100
@@ -100,16 +100,16 @@ class Reaper:
         token = os.urandom(8).hex()
         # Held across the round (bounded by the long expiry), then left to expire after one
         # interval: the lock both serializes rounds and spaces them out.
-        if not self._redis.set(wire.REAPER_LOCK_KEY, token, nx=True, px=60_000):
+        if not self._redis.set(keys.REAPER_LOCK_KEY, token, nx=True, px=60_000):
             return 0
         try:
             return self._round()
         finally:
-            self._extend(keys=[wire.REAPER_LOCK_KEY], args=[token, self._interval_ms])
+            self._extend(keys=[keys.REAPER_LOCK_KEY], args=[token, self._interval_ms])
 
     def _head_seq(self) -> float | None:
         """Smallest sequence still queued; +inf if the queue is empty, None if unknown."""
-        found = self._head(keys=[wire.QUEUE, wire.PENDING_KEY], args=[_SCAN_TAIL])
+        found = self._head(keys=[keys.QUEUE, keys.PENDING_KEY], args=[_SCAN_TAIL])
         # None: the tail holds only confirmed duplicates or foreign entries; workers are
         # consuming them now, so decide next round.
         return None if found is None else float(found)
@@ -121,7 +121,7 @@ class Reaper:
         out = cast(
             list[tuple[bytes, float]],
             self._redis.zrangebyscore(
-                wire.PENDING_KEY,
+                keys.PENDING_KEY,
                 "-inf",
                 "+inf" if head == math.inf else f"({head}",
                 start=0,
@@ -134,7 +134,7 @@ class Reaper:
         now_s, now_us = self._redis.time()
         now = now_s + now_us / 1e6
         ids = [mid for mid, _ in out]
-        seen = self._redis.hmget(wire.OUT_SINCE_KEY, ids)
+        seen = self._redis.hmget(keys.OUT_SINCE_KEY, ids)
         fresh = {mid: now for mid, since in zip(ids, seen, strict=True) if since is None}
         due = [
             (mid, seq)
@@ -144,14 +144,14 @@ class Reaper:
         if fresh:
             pipe = self._redis.pipeline(transaction=False)
             for mid, when in fresh.items():
-                pipe.hsetnx(wire.OUT_SINCE_KEY, mid, when)
+                pipe.hsetnx(keys.OUT_SINCE_KEY, mid, when)
             pipe.execute()
         if not due:
             return 0
         due.sort(key=lambda item: item[1], reverse=True)
-        keys = [wire.PENDING_KEY, wire.MESSAGES_KEY, wire.QUEUE, wire.OUT_SINCE_KEY]
+        names = [keys.PENDING_KEY, keys.MESSAGES_KEY, keys.QUEUE, keys.OUT_SINCE_KEY]
         cutoff = f"{now - self._after:.6f}"
-        pushed = int(self._republish(keys=keys, args=[cutoff, *(mid for mid, _ in due)]))
+        pushed = int(self._republish(keys=names, args=[cutoff, *(mid for mid, _ in due)]))
         if pushed:
             log.warning("republished %d message(s) lost out of the queue", pushed)
         return pushed

@@ -10,12 +10,12 @@ from collections.abc import Callable
 
 import redis
 
+from broker import keys
 from storage.base import StorageBackend
 from storage.errors import TransientStorageError
 from storage.retention import RetentionPolicy
 
 log = logging.getLogger(__name__)
-LOCK_KEY = "agentstore:prune:lock"
 
 
 class PrunerThread(threading.Thread):
@@ -58,7 +58,7 @@ class PrunerThread(threading.Thread):
     def run_once(self) -> dict[str, int] | None:
         """One round if no other worker holds the lock; the counts removed, or None."""
         lock_ms = max(1, int(self._interval * 1000))
-        if not self._redis.set(LOCK_KEY, self._token, nx=True, px=lock_ms):
+        if not self._redis.set(keys.PRUNE_LOCK_KEY, self._token, nx=True, px=lock_ms):
             return None
         counts = self._store().prune(self._policy)
         removed = {category: n for category, n in counts.items() if n}

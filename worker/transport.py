@@ -18,9 +18,7 @@ import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
-from producer import wire
-
-from . import deadletters
+from broker import deadletters, wire
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ import psycopg2
 import redis
 from psycopg2.extras import execute_values
 
-from producer import Producer, wire
+from broker import keys
+from producer import Producer
 from storage import PostgreSQLClient
 from storage.ids import row_id
 from storage.pg_url import options
@@ -115,10 +116,10 @@ def agentstore_drain(
                     for i in range(n):
                         prod.save_state(*key(i), state(i))
             fill = time.perf_counter() - started
-            assert client.zcard(wire.PENDING_KEY) > 0
+            assert client.zcard(keys.PENDING_KEY) > 0
             processes = _processes(box, client, admin, db)
             before = {name: _cpu_seconds(pids) for name, pids in processes.items()}
-            drain = drain_until(box, lambda: client.zcard(wire.PENDING_KEY) == 0)
+            drain = drain_until(box, lambda: client.zcard(keys.PENDING_KEY) == 0)
             cpu = {
                 name: (_cpu_seconds(pids) - before[name]) / n * 1e6
                 for name, pids in processes.items()

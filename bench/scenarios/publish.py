@@ -6,7 +6,8 @@ import time
 
 import redis
 
-from producer import Producer, wire
+from broker import wire
+from producer import Producer
 from storage.ops import encode_op
 
 from ..report import Figure

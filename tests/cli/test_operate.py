@@ -11,12 +11,11 @@ import psycopg2
 import redis
 
 from agentstore_cli import operate
-from producer import wire
-from producer.publisher import Publisher
+from broker import deadletters, keys, wire
+from broker.publisher import Publisher
 from storage.ops import make_op, op_to_message
 from tests.cli.conftest import REDIS_PASSWORD, Cli, open_store
 from tests.services import free_port
-from worker import deadletters
 
 
 def config(broker: str, pg_url: str | None = None) -> dict[str, str]:
@@ -81,7 +80,7 @@ def test_health_stats_and_replay_with_a_worker_running(
         assert store.get_state("replayed-agent", "s") == {"n": 7}
     assert run(["dlq", "list"], env).stdout == ""
     # The worker counts what it applied: the replayed op at least.
-    assert int(redis.Redis.from_url(spare_redis).get(wire.APPLIED_KEY) or 0) >= 1
+    assert int(redis.Redis.from_url(spare_redis).get(keys.APPLIED_KEY) or 0) >= 1
 
 
 def test_health_fails_on_a_closed_broker_port_without_printing_its_password(
@@ -167,7 +166,7 @@ def test_stats_samples_the_workers_applied_counter(spare_redis: str) -> None:
 
     def apply_steadily() -> None:
         while not stop.wait(0.05):
-            client.incrby(wire.APPLIED_KEY, 100)
+            client.incrby(keys.APPLIED_KEY, 100)
 
     feeder = threading.Thread(target=apply_steadily)
     feeder.start()
@@ -211,19 +210,19 @@ def test_dlq_list_show_replay_and_purge(run: Cli, spare_redis: str) -> None:
     assert result.exit_code == 1 and "replayed 1 op(s)" in result.stdout
     assert "no dead letter(s) nope" in result.stderr
     client = redis.Redis.from_url(spare_redis)
-    assert client.llen(wire.QUEUE) == 1
+    assert client.llen(keys.QUEUE) == 1
     result = run(["dlq", "replay", "--all"], env)
     assert result.exit_code == 0 and "replayed 1 op(s)" in result.stdout  # the junk stays
-    assert client.llen(wire.QUEUE) == 2 and client.hkeys(wire.DLQ_KEY) == [junk.encode()]
+    assert client.llen(keys.QUEUE) == 2 and client.hkeys(keys.DLQ_KEY) == [junk.encode()]
 
     declined = run(["dlq", "purge", "--all"], env, input="n\n")
     assert declined.exit_code == 1 and "Delete 1 dead letter(s) for good?" in declined.stderr
-    assert client.hlen(wire.DLQ_KEY) == 1
+    assert client.hlen(keys.DLQ_KEY) == 1
     accepted = run(["dlq", "purge", junk], env, input="y\n")
     assert accepted.exit_code == 0 and "purged 1 dead letter(s)" in accepted.stdout
     dead_letter(spare_redis, save_state_op("c", 3))
     assert run(["dlq", "purge", "--all", "--yes"], env).stdout == "purged 1 dead letter(s)\n"
-    assert client.hlen(wire.DLQ_KEY) == 0 and client.zcard(wire.DLQ_INDEX_KEY) == 0
+    assert client.hlen(keys.DLQ_KEY) == 0 and client.zcard(keys.DLQ_INDEX_KEY) == 0
     client.close()
 
 

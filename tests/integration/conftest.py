@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from producer import wire
+from broker import keys
 from tests.services import free_port, fresh_pg_database, unavailable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,7 +53,7 @@ class RedisServer:
             try:
                 # Loading an AOF answers LOADING errors until it is done.
                 client.ping()
-                client.llen(wire.QUEUE)
+                client.llen(keys.QUEUE)
                 break
             except (redis.ConnectionError, redis.BusyLoadingError, redis.ResponseError):
                 if time.monotonic() > deadline or self._proc.poll() is not None:

@@ -8,7 +8,8 @@ from collections.abc import Callable
 import psycopg2
 import redis
 
-from producer import Producer, wire
+from broker import keys
+from producer import Producer
 
 
 def producer(broker: str, database: str, **kw: float) -> Producer:
@@ -26,7 +27,7 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float, step: float
 
 
 def pending(client: redis.Redis) -> int:
-    return int(client.zcard(wire.PENDING_KEY))
+    return int(client.zcard(keys.PENDING_KEY))
 
 
 def rows(database: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:

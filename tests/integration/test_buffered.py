@@ -9,7 +9,8 @@ import textwrap
 
 import redis
 
-from producer import Producer, wire
+from broker import keys, wire
+from producer import Producer
 from tests.integration.conftest import ROOT, WorkerFactory
 from tests.integration.helpers import producer, rows
 
@@ -17,7 +18,7 @@ LONG = 60_000.0  # only flush/close/exit publish
 
 
 def _queued_ops(client: redis.Redis) -> list[str]:
-    raw = reversed(client.lrange(wire.QUEUE, 0, -1))
+    raw = reversed(client.lrange(keys.QUEUE, 0, -1))
     return [op["id"] for m in map(wire.parse_message, raw) for op in m.ops]
 
 

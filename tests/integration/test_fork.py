@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import redis
 
-from producer import wire
+from broker import keys, wire
 from storage import create_storage_client
 from tests.forking import HOWS, Child, How, Started
 from tests.integration.helpers import producer
@@ -30,13 +30,13 @@ def test_parent_and_child_saves_after_fork_are_distinct_and_both_queued(
     try:
         queued = [
             (op["id"], op["args"]["state"]["from"])
-            for raw in client.lrange(wire.QUEUE, 0, -1)
+            for raw in client.lrange(keys.QUEUE, 0, -1)
             for op in wire.parse_message(raw).ops
         ]
         assert sorted(queued) == sorted(
             [(before, "parent"), (parents, "parent"), (childs, "child")]
         )
-        assert client.zcard(wire.PENDING_KEY) == 3, "each message has its recovery record"
+        assert client.zcard(keys.PENDING_KEY) == 3, "each message has its recovery record"
     finally:
         client.close()
 

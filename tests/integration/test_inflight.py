@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import psycopg2
 import redis
 
-from producer import wire
+from broker import keys
 from tests.integration.conftest import WorkerFactory
 from tests.integration.helpers import pending, producer, wait_until
 
@@ -37,12 +37,12 @@ def states_locked(database: str) -> Iterator[None]:
 
 
 def _applied(client: redis.Redis) -> int:
-    return int(client.get(wire.APPLIED_KEY) or 0)
+    return int(client.get(keys.APPLIED_KEY) or 0)
 
 
 def _blocked(client: redis.Redis) -> bool:
     """The one pending message has left the queue: a worker is applying it."""
-    return client.llen(wire.QUEUE) == 0 and pending(client) == 1
+    return client.llen(keys.QUEUE) == 0 and pending(client) == 1
 
 
 def test_a_batch_slower_than_the_recovery_period_is_not_republished(

@@ -13,11 +13,11 @@ from collections.abc import Callable
 
 import redis
 
-from producer import wire
-from producer.publisher import Publisher
+from broker import keys, wire
+from broker.deadletters import DeadLetters
+from broker.publisher import Publisher
 from tests.integration.conftest import WorkerFactory
 from tests.integration.helpers import pending, producer, wait_until
-from worker.deadletters import DeadLetters
 
 
 def _op(mid: str, **fields: object) -> str:
@@ -114,8 +114,8 @@ def test_raw_garbage_on_the_queue_is_dead_lettered_and_the_worker_goes_on(
         with producer(broker, database) as prod:
             for n, raw in enumerate(GARBAGE):
                 # Pushed while the worker is idle, so its BRPOP (not our batching) takes it.
-                client.lpush(wire.QUEUE, raw)
-                wait_until("taken", lambda: client.llen(wire.QUEUE) == 0, 10)
+                client.lpush(keys.QUEUE, raw)
+                wait_until("taken", lambda: client.llen(keys.QUEUE) == 0, 10)
                 op_id = prod.save_state("agent", f"g{n}", {"n": n})
                 for _ in range(60):
                     assert worker.alive(), f"{raw!r} stopped the worker:\n{worker.log()[-2000:]}"

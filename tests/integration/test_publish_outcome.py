@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from producer import Producer, PublishError, wire
+from broker import keys
+from producer import Producer, PublishError
 from tests.integration.conftest import RedisServer
 from tests.services import free_port
 
@@ -91,8 +92,8 @@ def test_a_publish_that_landed_without_an_answer_is_a_success(
     client = redis.Redis.from_url(broker)
     with Producer(broker_url=eater.url, publish_timeout=2) as prod:
         op_id = prod.save_state("a", "s", {"x": 1})
-    assert [m for m in client.zrange(wire.PENDING_KEY, 0, -1)] == [op_id.encode()]
-    assert client.llen(wire.QUEUE) == 1, "published once, not again"
+    assert [m for m in client.zrange(keys.PENDING_KEY, 0, -1)] == [op_id.encode()]
+    assert client.llen(keys.QUEUE) == 1, "published once, not again"
 
 
 @pytest.mark.parametrize("eater", [((b"EVALSHA", b"ZMSCORE"), True)], indirect=True)
@@ -105,7 +106,7 @@ def test_an_unknown_outcome_says_the_op_may_have_been_published(
     ):
         prod.save_state("a", "s", {"x": 1})
     assert caught.value.may_be_published
-    assert redis.Redis.from_url(broker).zcard(wire.PENDING_KEY) == 1, "it had landed"
+    assert redis.Redis.from_url(broker).zcard(keys.PENDING_KEY) == 1, "it had landed"
 
 
 def test_a_refused_connection_says_nothing_was_published() -> None:

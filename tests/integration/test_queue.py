@@ -13,12 +13,13 @@ from typing import Any
 
 import redis
 
-from producer import DeadLetteredError, wire
-from producer.publisher import Publisher
+from broker import keys, wire
+from broker.deadletters import DeadLetters
+from broker.publisher import Publisher
+from producer import DeadLetteredError
 from storage import PostgreSQLClient
 from tests.integration.conftest import ROOT, WorkerFactory
 from tests.integration.helpers import execute, pending, producer, rows, wait_until
-from worker.deadletters import DeadLetters
 
 THREADS = 8
 SAVES = 10_000
@@ -180,7 +181,7 @@ def test_a_pickle_message_is_refused_and_never_unpickled(
         message["content-type"] = "application/x-python-serialize"
         message["content-encoding"] = "binary"
         message["body"] = base64.b64encode(_pickle_bomb(target)).decode()
-        r.lpush(wire.QUEUE, json.dumps(message))
+        r.lpush(keys.QUEUE, json.dumps(message))
     with producer(broker, database) as prod:
         op_id = prod.save_state("agent", "after", {"still": "running"})
         prod.wait([op_id], timeout=30)

@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from producer import Producer, PublishError, wire
+from broker import keys, wire
+from broker.deadletters import DeadLetters
+from producer import Producer, PublishError
 from storage.pg_url import options
 from tests.integration.conftest import RedisServer, WorkerFactory
 from tests.integration.helpers import pending, producer, rows, wait_until
 from tests.services import free_port
-from worker.deadletters import DeadLetters
 
 # Small batches and no batch wait: many batches in flight, so kills land mid-batch.
 SLOW = {"AGENTSTORE_BATCH_MAX": "20", "AGENTSTORE_BATCH_WAIT_MS": "0"}
@@ -55,8 +56,8 @@ class Workload:
 
 def _in_flight(client: redis.Redis) -> set[bytes]:
     """Pending messages that are not in the queue: taken by the worker, not yet confirmed."""
-    queued = {wire.message_id_of(raw) for raw in client.lrange(wire.QUEUE, 0, -1)}
-    return {mid for mid in client.zrange(wire.PENDING_KEY, 0, -1) if mid.decode() not in queued}
+    queued = {wire.message_id_of(raw) for raw in client.lrange(keys.QUEUE, 0, -1)}
+    return {mid for mid in client.zrange(keys.PENDING_KEY, 0, -1) if mid.decode() not in queued}
 
 
 class RecoveryClock:
@@ -78,7 +79,7 @@ class RecoveryClock:
         while not self._stop.wait(0.05):
             for item in list(self._open):
                 start, ids = item
-                if all(s is None for s in self._redis.zmscore(wire.PENDING_KEY, ids)):
+                if all(s is None for s in self._redis.zmscore(keys.PENDING_KEY, ids)):
                     self.times.append(time.monotonic() - start)
                     self._open.remove(item)
 

@@ -9,10 +9,10 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from broker.deadletters import DeadLetters
 from tests.integration.conftest import WorkerFactory
 from tests.integration.helpers import pending, producer, rows, wait_until
 from tests.services import pg_admin
-from worker.deadletters import DeadLetters
 
 MESSAGES = 100
 DOWN_S = 10.0

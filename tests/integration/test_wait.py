@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from broker.deadletters import DeadLetters
 from producer import BrokerUnavailableError, DeadLetteredError, LostOpsError
 from storage import PostgreSQLClient
 from tests.integration.conftest import RedisServer, WorkerFactory
 from tests.integration.helpers import execute, producer
-from worker.deadletters import DeadLetters
 
 
 def test_every_dead_lettered_op_is_reported_on_every_wait_until_replayed(

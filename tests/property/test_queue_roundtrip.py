@@ -18,7 +18,8 @@ import pytest
 import redis
 from hypothesis import given, settings
 
-from producer import Producer, wire
+from broker import keys
+from producer import Producer
 from storage import StorageClient, ValidationError
 from tests.contract.conftest import Backend
 from tests.integration.conftest import RedisServer, Worker, redis_server
@@ -34,7 +35,7 @@ class Queue:
     redis: redis.Redis
 
     def published(self) -> tuple[int, int]:
-        return int(self.redis.get(wire.SEQ_KEY) or 0), int(self.redis.llen(wire.QUEUE))
+        return int(self.redis.get(keys.SEQ_KEY) or 0), int(self.redis.llen(keys.QUEUE))
 
 
 @pytest.fixture(scope="module", params=["postgres", "cosmos"])

@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from producer import wire
+from broker import keys, wire
 from storage.pg_url import options
 from tests.integration.conftest import RedisServer, Worker
 from tests.integration.helpers import rows
@@ -51,8 +51,8 @@ class Cluster:
     def _in_flight(self) -> int:
         client = self.redis.client()
         try:
-            queued = {wire.message_id_of(raw) for raw in client.lrange(wire.QUEUE, 0, -1)}
-            pending = {m.decode() for m in client.zrange(wire.PENDING_KEY, 0, -1)}
+            queued = {wire.message_id_of(raw) for raw in client.lrange(keys.QUEUE, 0, -1)}
+            pending = {m.decode() for m in client.zrange(keys.PENDING_KEY, 0, -1)}
             return len(pending - queued)
         finally:
             client.close()

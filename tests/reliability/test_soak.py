@@ -19,13 +19,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from producer import wire
+from broker import keys
+from broker.deadletters import DeadLetters
 from tests.integration.conftest import RedisServer, WorkerFactory
 from tests.reliability import results
 from tests.reliability.audit import audit
 from tests.reliability.chaos import KILL, Chaos, Cluster
 from tests.reliability.load import ProducerThread, has_buffered_mode
-from worker.deadletters import DeadLetters
 
 SOAK_S = float(os.environ.get("SOAK_S", "75"))
 SEED = os.environ.get("SOAK_SEED") or secrets.token_hex(4)
@@ -63,7 +63,7 @@ def _drain(server: RedisServer, timeout: float) -> float:
     started = time.monotonic()
     try:
         while True:
-            left = client.zcard(wire.PENDING_KEY) + client.llen(wire.QUEUE)
+            left = client.zcard(keys.PENDING_KEY) + client.llen(keys.QUEUE)
             if left == 0:
                 return time.monotonic() - started
             if time.monotonic() - started > timeout:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import redis
 
-from producer import wire
+from broker import keys, wire
+from broker.deadletters import DeadLetters
 from tests.integration.conftest import WorkerFactory, broker, database, redis_server, start_worker
 from tests.integration.helpers import pending, producer, wait_until
-from worker.deadletters import DeadLetters
 
 __all__ = ["broker", "database", "redis_server", "start_worker"]
 
@@ -47,7 +47,7 @@ def test_every_non_json_content_type_is_refused_and_dead_lettered(
             message["content-type"] = content_type
             message["content-encoding"] = "binary"
             message["body"] = base64.b64encode(body).decode()
-            client.lpush(wire.QUEUE, json.dumps(message))
+            client.lpush(keys.QUEUE, json.dumps(message))
         with producer(broker, database) as prod:
             op_id = prod.save_state("agent", "after", {"still": "applied"})
             prod.wait([op_id], timeout=30)

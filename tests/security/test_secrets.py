@@ -20,8 +20,10 @@ from typing import Any
 import pytest
 import redis
 
-from producer import Producer, wire
-from producer.publisher import Publisher
+from broker import wire
+from broker.deadletters import DeadLetters
+from broker.publisher import Publisher
+from producer import Producer
 from storage import CosmosDBClient, PostgreSQLClient, StorageError, load_settings
 from storage.pg_url import with_database
 from tests.cosmos_server import EMULATOR_KEY, CosmosServer, start_cosmos_server
@@ -29,7 +31,6 @@ from tests.integration.conftest import ROOT, Worker
 from tests.integration.helpers import execute, rows, wait_until
 from tests.security.conftest import PG_SECRET, REDIS_SECRET, SecretRedis
 from tests.services import free_port, unavailable
-from worker.deadletters import DeadLetters
 
 SECRETS = (PG_SECRET, REDIS_SECRET, EMULATOR_KEY)
 # The console script installed with this interpreter (`pip install -e .`), wherever its venv.

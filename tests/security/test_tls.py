@@ -16,8 +16,8 @@ import psycopg2
 import pytest
 import redis
 
+from broker.publisher import Publisher
 from producer import Producer, PublishError
-from producer.publisher import Publisher
 from storage import CosmosDBClient, PostgreSQLClient, StorageError, load_settings
 from storage.pg_url import options, with_options
 from tests.cosmos_server import EMULATOR_KEY, start_cosmos_server

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import pytest
 import redis
 
-from producer import wire
-from producer.publisher import Publisher
+from broker import keys, wire
+from broker.publisher import Publisher
 from storage.ops import Op, encode_op, make_op, parse_op
 from storage.records import records
 from tests.unit.flaky import FlakyStore
@@ -26,7 +26,7 @@ class WatchingStore(FlakyStore):
         self.pending_at_apply: list[int] = []
 
     def apply(self, ops: Sequence[Op]) -> None:
-        self.pending_at_apply.append(int(self.client.zcard(wire.PENDING_KEY)))
+        self.pending_at_apply.append(int(self.client.zcard(keys.PENDING_KEY)))
         super().apply(ops)
 
 
@@ -48,12 +48,12 @@ def test_many_single_save_messages_are_applied_in_one_call_and_confirmed_after_i
     applier = BatchApplier(
         lambda: store, rds, WorkerSettings(batch_wait_ms=0), sleep=lambda s: None
     )
-    first = wire.parse_message(rds.rpop(wire.QUEUE))
+    first = wire.parse_message(rds.rpop(keys.QUEUE))
     batch = applier.run(first.id, first.ops)
     assert store.calls == [ids], "one apply call for all 50 messages"
     assert store.pending_at_apply == [50], "nothing was confirmed before the apply returned"
     assert batch.message_ids == ids
-    assert rds.zcard(wire.PENDING_KEY) == 0 and rds.hlen(wire.MESSAGES_KEY) == 0
+    assert rds.zcard(keys.PENDING_KEY) == 0 and rds.hlen(keys.MESSAGES_KEY) == 0
 
 
 def test_a_failed_apply_confirms_nothing(rds: redis.Redis) -> None:
@@ -70,10 +70,10 @@ def test_a_failed_apply_confirms_nothing(rds: redis.Redis) -> None:
 
     applier = BatchApplier(lambda: store, rds, settings, sleep=lambda s: None)
     applier._confirm = confirm  # type: ignore[method-assign]
-    first = wire.parse_message(rds.rpop(wire.QUEUE))
+    first = wire.parse_message(rds.rpop(keys.QUEUE))
     with pytest.raises(Broken):
         applier.run(first.id, first.ops)
-    assert rds.zcard(wire.PENDING_KEY) == 5, "still pending: the reaper will bring them back"
+    assert rds.zcard(keys.PENDING_KEY) == 5, "still pending: the reaper will bring them back"
 
 
 def _op(kind: str, key: str, version: str, **extra: object) -> Op:
@@ -126,11 +126,11 @@ def test_a_batch_is_bounded_by_ops_not_by_messages(rds: redis.Redis) -> None:
     store = FlakyStore()
     settings = WorkerSettings(batch_max=500, batch_wait_ms=0)
     applier = BatchApplier(lambda: store, rds, settings, sleep=lambda s: None)
-    first = wire.parse_message(rds.rpop(wire.QUEUE))
+    first = wire.parse_message(rds.rpop(keys.QUEUE))
     batch = applier.run(first.id, first.ops)
     assert len(batch.message_ids) == 3, "1 + 300 + 300 ops: the message that reached 500 is last"
     assert len(store.calls[0]) == 601
-    assert rds.llen(wire.QUEUE) == 8 and rds.zcard(wire.PENDING_KEY) == 8
+    assert rds.llen(keys.QUEUE) == 8 and rds.zcard(keys.PENDING_KEY) == 8
 
 
 def test_a_batch_of_large_saves_is_bounded_by_bytes_too(rds: redis.Redis) -> None:
@@ -139,8 +139,8 @@ def test_a_batch_of_large_saves_is_bounded_by_bytes_too(rds: redis.Redis) -> Non
     store = FlakyStore()
     settings = WorkerSettings(batch_wait_ms=0)
     applier = BatchApplier(lambda: store, rds, settings, sleep=lambda s: None)
-    first = wire.parse_message(rds.rpop(wire.QUEUE))
+    first = wire.parse_message(rds.rpop(keys.QUEUE))
     batch = applier.run(first.id, first.ops)
     # ~2.5 MB per message as base64: 32 MB of them, plus the delivered one and the last.
     assert 10 <= len(batch.message_ids) <= 15, len(batch.message_ids)
-    assert rds.llen(wire.QUEUE) == 30 - len(batch.message_ids)
+    assert rds.llen(keys.QUEUE) == 30 - len(batch.message_ids)

@@ -12,20 +12,21 @@ from typing import Any
 import fakeredis
 import pytest
 
+import broker.publisher
 import producer.client
-import producer.publisher
-from producer import DeadLetteredError, LostOpsError, Producer, PublishError, wire
+from broker import keys, wire
+from broker.deadletters import DeadLetters, settle
+from producer import DeadLetteredError, LostOpsError, Producer, PublishError
 from storage import InMemoryStorageClient, StorageError, ValidationError
 from storage.ops import make_op
 from tests.services import free_port
-from worker.deadletters import DeadLetters, settle
 
 
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[fakeredis.FakeRedis]:
     server = fakeredis.FakeServer()
     client = fakeredis.FakeRedis(server=server)
-    monkeypatch.setattr(producer.publisher, "connect", lambda url, timeout: client)
+    monkeypatch.setattr(broker.publisher, "connect", lambda url, timeout: client)
     yield client
 
 
@@ -36,7 +37,7 @@ def prod(fake: fakeredis.FakeRedis) -> Iterator[Producer]:
 
 
 def _queued(fake: fakeredis.FakeRedis) -> list[wire.Message]:
-    return [wire.parse_message(raw) for raw in reversed(fake.lrange(wire.QUEUE, 0, -1))]
+    return [wire.parse_message(raw) for raw in reversed(fake.lrange(keys.QUEUE, 0, -1))]
 
 
 def test_save_publishes_one_message_per_op_with_its_recovery_record(
@@ -56,10 +57,10 @@ def test_save_publishes_one_message_per_op_with_its_recovery_record(
         "save_conversation",
         "save_transactions",
     ]
-    pending = fake.zrange(wire.PENDING_KEY, 0, -1, withscores=True)
+    pending = fake.zrange(keys.PENDING_KEY, 0, -1, withscores=True)
     assert [mid.decode() for mid, _ in pending] == ids
     assert [score for _, score in pending] == sorted(score for _, score in pending)
-    assert fake.hget(wire.MESSAGES_KEY, ids[0]) == fake.lindex(wire.QUEUE, -1)
+    assert fake.hget(keys.MESSAGES_KEY, ids[0]) == fake.lindex(keys.QUEUE, -1)
     versions = [m.ops[0]["version"] for m in messages]
     assert versions == sorted(versions), "send order is version order"
 
@@ -80,8 +81,8 @@ def test_bad_input_raises_at_the_call_and_publishes_nothing(
 ) -> None:
     with pytest.raises(ValidationError):
         call(prod)
-    assert fake.llen(wire.QUEUE) == 0
-    assert fake.zcard(wire.PENDING_KEY) == 0
+    assert fake.llen(keys.QUEUE) == 0
+    assert fake.zcard(keys.PENDING_KEY) == 0
 
 
 def test_message_matches_what_celery_itself_builds(
@@ -92,11 +93,11 @@ def test_message_matches_what_celery_itself_builds(
     app = Celery("probe", set_as_current=False)
     celery_msg = app.amqp.as_task_v2("x" * 32, wire.TASK_NAME, args=[[{"op": "save_state"}]])
     prod.save_state("a", "s", {"x": 1})
-    ours = json.loads(fake.lindex(wire.QUEUE, 0))
+    ours = json.loads(fake.lindex(keys.QUEUE, 0))
     assert set(ours["headers"]) == set(celery_msg.headers)
     assert ours["content-type"] == "application/json"
     assert ours["properties"]["body_encoding"] == "base64"
-    assert ours["properties"]["delivery_info"]["routing_key"] == wire.QUEUE
+    assert ours["properties"]["delivery_info"]["routing_key"] == keys.QUEUE
     body = json.loads(base64.b64decode(ours["body"]))
     assert body[1] == {} and set(body[2]) == set(celery_msg.body[2])
     assert "x" not in ours["headers"]["argsrepr"], "payloads never reach the worker's log"
@@ -117,7 +118,7 @@ def test_apply_publishes_many_ops_per_message(prod: Producer, fake: fakeredis.Fa
 def _confirm_later(fake: fakeredis.FakeRedis, delay: float) -> threading.Thread:
     def run() -> None:
         time.sleep(delay)
-        settle(fake, [m.decode() for m in fake.zrange(wire.PENDING_KEY, 0, -1)])
+        settle(fake, [m.decode() for m in fake.zrange(keys.PENDING_KEY, 0, -1)])
 
     thread = threading.Thread(target=run)
     thread.start()
@@ -165,7 +166,7 @@ def test_wait_names_ops_the_broker_lost(prod: Producer, fake: fakeredis.FakeRedi
     kept = prod.save_state("a", "s", {})
     settle(fake, [kept])
     lost = [prod.save_state("a", f"t{i}", {}) for i in range(7)]
-    fake.delete(wire.PENDING_KEY, wire.QUEUE)  # as after a restart without AOF
+    fake.delete(keys.PENDING_KEY, keys.QUEUE)  # as after a restart without AOF
     with pytest.raises(LostOpsError) as info:
         prod.wait(timeout=5)
     assert info.value.op_ids == lost and lost[0] in str(info.value)
@@ -240,6 +241,23 @@ def test_apply_bounds_message_size(prod: Producer, fake: fakeredis.FakeRedis) ->
     assert [len(m.ops) for m in _queued(fake)] == [2, 1]
 
 
+def test_messages_are_bounded_by_ops_and_characters_in_order() -> None:
+    # The one chunking both the durable batch path and the send buffer use.
+    def text(chars: int) -> str:  # a JSON string of exactly `chars` characters
+        return '"' + "x" * (chars - 2) + '"'
+
+    half = wire.MAX_MESSAGE_CHARS // 2
+    texts = [text(half), text(half), text(wire.MAX_MESSAGE_CHARS + 1), "4", "5", "6"]
+    ids = [f"o{i}" for i in range(len(texts))]
+    batch = wire.build_messages(ids, texts, max_ops=2)
+    assert [op_ids for _, _, op_ids in batch] == [["o0", "o1"], ["o2"], ["o3", "o4"], ["o5"]]
+    assert len({mid for mid, _, _ in batch}) == 4
+    for mid, message, op_ids in batch:
+        parsed = wire.parse_message(message)
+        assert parsed.id == mid and len(parsed.ops) == len(op_ids)
+    assert wire.build_messages([], []) == []
+
+
 def _transactions(n: int) -> list[dict[str, Any]]:
     # Each well under the 2,000,000-byte payload limit; 8 of them fit in one save, 9 do not.
     return [{"id": f"t{i}", "blob": "x" * 1_900_000} for i in range(n)]
@@ -254,10 +272,10 @@ def test_a_save_over_the_size_limit_is_refused_at_the_call_and_publishes_nothing
             p.save_transactions("case", _transactions(9))
         assert p.buffered == 0
         p.flush()
-        assert fake.llen(wire.QUEUE) == 0 and fake.zcard(wire.PENDING_KEY) == 0
+        assert fake.llen(keys.QUEUE) == 0 and fake.zcard(keys.PENDING_KEY) == 0
         p.save_transactions("case", _transactions(8))
         p.save_transactions("case", _transactions(2))
         p.flush()
-    raw = fake.lrange(wire.QUEUE, 0, -1)
+    raw = fake.lrange(keys.QUEUE, 0, -1)
     assert len(raw) == 2, "the two saves do not share a message"
     assert all(len(wire.parse_message(m).ops) == 1 for m in raw)

@@ -11,10 +11,11 @@ from typing import Any
 import fakeredis
 import pytest
 
-import producer.publisher
-from producer import BufferFullError, DeadLetteredError, Producer, PublishError, wire
+import broker.publisher
+from broker import keys, wire
+from broker.deadletters import settle
+from producer import BufferFullError, DeadLetteredError, Producer, PublishError
 from storage import ValidationError
-from worker.deadletters import settle
 
 LONG = 60_000.0  # a linger that never ends within a test: only flush/close publish
 
@@ -22,7 +23,7 @@ LONG = 60_000.0  # a linger that never ends within a test: only flush/close publ
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[fakeredis.FakeRedis]:
     client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
-    monkeypatch.setattr(producer.publisher, "connect", lambda url, timeout: client)
+    monkeypatch.setattr(broker.publisher, "connect", lambda url, timeout: client)
     yield client
 
 
@@ -32,7 +33,7 @@ def _buffered(**kw: Any) -> Producer:
 
 
 def _queued(fake: fakeredis.FakeRedis) -> list[wire.Message]:
-    return [wire.parse_message(raw) for raw in reversed(fake.lrange(wire.QUEUE, 0, -1))]
+    return [wire.parse_message(raw) for raw in reversed(fake.lrange(keys.QUEUE, 0, -1))]
 
 
 class Broker:
@@ -65,15 +66,15 @@ def test_saves_return_at_once_and_flush_publishes_them(fake: fakeredis.FakeRedis
     with _buffered() as prod:
         ids = [prod.save_state("a", f"s{i}", {"i": i}) for i in range(250)]
         assert len(set(ids)) == 250
-        assert fake.llen(wire.QUEUE) == 0 and prod.buffered == 250
+        assert fake.llen(keys.QUEUE) == 0 and prod.buffered == 250
         assert prod.unconfirmed == 250
         prod.flush(timeout=10)
         assert prod.buffered == 0 and prod.unconfirmed == 250
     (message,) = _queued(fake)
     assert [op["id"] for op in message.ops] == ids
     # The message has its recovery record, as a durable save's has.
-    assert fake.zrange(wire.PENDING_KEY, 0, -1) == [message.id.encode()]
-    assert fake.hget(wire.MESSAGES_KEY, message.id) == fake.lindex(wire.QUEUE, 0)
+    assert fake.zrange(keys.PENDING_KEY, 0, -1) == [message.id.encode()]
+    assert fake.hget(keys.MESSAGES_KEY, message.id) == fake.lindex(keys.QUEUE, 0)
 
 
 def test_a_full_batch_goes_out_at_once_in_save_order(fake: fakeredis.FakeRedis) -> None:
@@ -85,7 +86,7 @@ def test_a_full_batch_goes_out_at_once_in_save_order(fake: fakeredis.FakeRedis) 
     assert [op["id"] for m in messages for op in m.ops] == ids, "published in save order"
     versions = [op["version"] for m in messages for op in m.ops]
     assert versions == sorted(versions)
-    assert fake.zcard(wire.PENDING_KEY) == fake.hlen(wire.MESSAGES_KEY) == len(messages)
+    assert fake.zcard(keys.PENDING_KEY) == fake.hlen(keys.MESSAGES_KEY) == len(messages)
 
 
 def test_every_kind_goes_through_the_buffer(fake: fakeredis.FakeRedis) -> None:
@@ -106,7 +107,7 @@ def test_every_kind_goes_through_the_buffer(fake: fakeredis.FakeRedis) -> None:
 def test_linger_publishes_without_a_flush(fake: fakeredis.FakeRedis) -> None:
     with _buffered(linger_ms=20) as prod:
         prod.save_state("a", "s", {"x": 1})
-        _until(lambda: fake.llen(wire.QUEUE) == 1)
+        _until(lambda: fake.llen(keys.QUEUE) == 1)
         assert prod.buffered == 0
 
 
@@ -137,7 +138,7 @@ def test_a_failing_broker_keeps_the_ops_and_retries_with_the_same_message_ids(
     ids = [prod.save_state("a", f"s{i}", {"i": i}) for i in range(10)]
     _until(lambda: broker.attempts >= 2)
     assert prod.publish_error is not None and "refused" in str(prod.publish_error)
-    assert prod.buffered == 10 and fake.llen(wire.QUEUE) == 0
+    assert prod.buffered == 10 and fake.llen(keys.QUEUE) == 0
     with pytest.raises(PublishError, match="not published within"):
         prod.flush(timeout=0.2)
     broker.down = False
@@ -179,8 +180,8 @@ def test_wait_flushes_buffered_ops_first(fake: fakeredis.FakeRedis) -> None:
         op_id = prod.save_state("a", "s", {})
 
         def confirm() -> None:
-            _until(lambda: fake.zcard(wire.PENDING_KEY) == 1)
-            settle(fake, [m.decode() for m in fake.zrange(wire.PENDING_KEY, 0, -1)])
+            _until(lambda: fake.zcard(keys.PENDING_KEY) == 1)
+            settle(fake, [m.decode() for m in fake.zrange(keys.PENDING_KEY, 0, -1)])
 
         thread = threading.Thread(target=confirm)
         thread.start()

@@ -8,11 +8,10 @@ from typing import Any
 
 import redis
 
-from producer import wire
-from producer.publisher import Publisher
+from broker import deadletters, keys, wire
+from broker.publisher import Publisher
 from storage.ops import make_op
 from tests.unit.flaky import FlakyStore
-from worker import deadletters
 from worker.apply import BatchApplier
 from worker.reaper import Reaper
 from worker.settings import WorkerSettings
@@ -33,7 +32,7 @@ def _publish(rds: redis.Redis, n: int, poison: int | None = None) -> list[str]:
 
 def _deliver(applier: BatchApplier, rds: redis.Redis) -> Any:
     """What Celery does: pop one message and run the task with its argument."""
-    message = wire.parse_message(rds.rpop(wire.QUEUE))
+    message = wire.parse_message(rds.rpop(keys.QUEUE))
     return applier.run(message.id, message.ops)
 
 
@@ -50,8 +49,8 @@ def test_one_task_applies_other_ready_messages_in_one_call_and_confirms(
     batch = _deliver(_applier(store, rds, batch_max=20), rds)
     assert len(store.calls) == 1 and store.calls[0] == ids[:20]
     assert batch.message_ids == ids[:20]
-    assert rds.zcard(wire.PENDING_KEY) == 10 and rds.llen(wire.QUEUE) == 10
-    assert rds.hlen(wire.MESSAGES_KEY) == 10
+    assert rds.zcard(keys.PENDING_KEY) == 10 and rds.llen(keys.QUEUE) == 10
+    assert rds.hlen(keys.MESSAGES_KEY) == 10
 
 
 def test_invalid_op_is_dead_lettered_and_the_rest_applied(rds: redis.Redis) -> None:
@@ -61,7 +60,7 @@ def test_invalid_op_is_dead_lettered_and_the_rest_applied(rds: redis.Redis) -> N
     assert store.calls == [[i for n, i in enumerate(ids) if n != 2]]
     record = deadletters.DeadLetters(client=rds).get(ids[2])
     assert record is not None and "agent_id" in record["error"] and record["message_id"] == ids[2]
-    assert rds.zcard(wire.PENDING_KEY) == 0
+    assert rds.zcard(keys.PENDING_KEY) == 0
 
 
 def test_a_permanently_failing_op_is_isolated_by_halving(rds: redis.Redis) -> None:
@@ -72,7 +71,7 @@ def test_a_permanently_failing_op_is_isolated_by_halving(rds: redis.Redis) -> No
     assert store.list_states("a") == sorted(f"s{i}" for i in range(16) if i != 5)
     dlq = deadletters.DeadLetters(client=rds)
     assert dlq.count() == 1 and f"cannot store {ids[5]}" in dlq.get(ids[5])["error"]  # type: ignore[index]
-    assert rds.zcard(wire.PENDING_KEY) == 0
+    assert rds.zcard(keys.PENDING_KEY) == 0
 
 
 def test_transient_failures_are_retried_then_dead_lettered(rds: redis.Redis) -> None:
@@ -98,7 +97,7 @@ def test_pickle_and_foreign_messages_are_refused_never_decoded(
         # Protocol-0 pickle of `open(path, "w")`, by hand: unpickling it creates the file.
         b"c__builtin__\nopen\n(V" + str(tmp_path / "pwned").encode() + b"\nVw\ntR."
     ).decode()
-    rds.lpush(wire.QUEUE, json.dumps(evil), b"\x80not json", json.dumps({"headers": {}}))
+    rds.lpush(keys.QUEUE, json.dumps(evil), b"\x80not json", json.dumps({"headers": {}}))
     store = FlakyStore()
     batch = _deliver(_applier(store, rds), rds)
     assert not (tmp_path / "pwned").exists()
@@ -110,30 +109,30 @@ def test_pickle_and_foreign_messages_are_refused_never_decoded(
 
 def test_reaper_republishes_only_what_left_the_queue(rds: redis.Redis) -> None:
     ids = _publish(rds, 10)
-    lost = [rds.rpop(wire.QUEUE) for _ in range(3)]  # taken by a worker that then died
+    lost = [rds.rpop(keys.QUEUE) for _ in range(3)]  # taken by a worker that then died
     assert lost
     reaper = Reaper(rds, recovery_after_s=0.2, interval_s=0.01)
     assert reaper.run_once() == 0  # first seen out of the queue now
-    rds.delete(wire.REAPER_LOCK_KEY)
+    rds.delete(keys.REAPER_LOCK_KEY)
     assert reaper.run_once() == 0  # not out for long enough yet
     import time
 
     time.sleep(0.25)
-    rds.delete(wire.REAPER_LOCK_KEY)
+    rds.delete(keys.REAPER_LOCK_KEY)
     assert reaper.run_once() == 3
-    queue = [wire.parse_message(m).id for m in reversed(rds.lrange(wire.QUEUE, 0, -1))]
+    queue = [wire.parse_message(m).id for m in reversed(rds.lrange(keys.QUEUE, 0, -1))]
     assert queue == ids[:3] + ids[3:], "oldest first, the backlog untouched"
-    rds.delete(wire.REAPER_LOCK_KEY)
+    rds.delete(keys.REAPER_LOCK_KEY)
     assert reaper.run_once() == 0, "a backlog still queued is never republished"
 
 
 def test_reaper_rounds_are_serialized_by_the_lock(rds: redis.Redis) -> None:
     _publish(rds, 2)
-    rds.rpop(wire.QUEUE, 2)
+    rds.rpop(keys.QUEUE, 2)
     reaper = Reaper(rds, recovery_after_s=0, interval_s=60)
     assert reaper.run_once() == 0
-    assert rds.pttl(wire.REAPER_LOCK_KEY) > 0
-    assert reaper.run_once() == 0 and rds.llen(wire.QUEUE) == 0
+    assert rds.pttl(keys.REAPER_LOCK_KEY) > 0
+    assert reaper.run_once() == 0 and rds.llen(keys.QUEUE) == 0
 
 
 def test_dead_letters_replay_and_purge(rds: redis.Redis) -> None:
@@ -148,7 +147,7 @@ def test_dead_letters_replay_and_purge(rds: redis.Redis) -> None:
     assert original is not None
     assert dlq.replay([ids[1], "unknown"]) == 1
     assert dlq.count() == 1
-    message = wire.parse_message(rds.lindex(wire.QUEUE, 0))
+    message = wire.parse_message(rds.lindex(keys.QUEUE, 0))
     assert message.ops == [original["op"]] and message.id == ids[1]
     store.poison.clear()
     _deliver(_applier(store, rds), rds)

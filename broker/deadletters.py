@@ -1,5 +1,6 @@
 """Dead letters: ops (and whole messages) the worker could not apply, kept in Redis until
-replayed or purged. Importable without Celery; the producer reads the same hash.
+replayed or purged. The worker stores them (`settle`), the CLI manages them (`DeadLetters`)
+and the producer's `wait()` reads the same hash.
 
 Layout: hash `agentstore:dlq` id -> JSON record, zset `agentstore:dlq:index` id -> time of
 the last failure. A record is `{op, error, attempts, first_failure, last_failure,
@@ -18,28 +19,18 @@ from typing import Any, Literal, cast
 
 import redis
 
-from producer import wire
-from producer.publisher import Publisher, connect
 from storage.config import load_settings
 from storage.errors import ValidationError
 from storage.ops import parse_op
 
+from . import keys, scripts, wire
+from .connection import connect
+from .publisher import Publisher
+
 MAX_RAW_BYTES = 64 * 1024
 _MAX_ERROR_CHARS = 2000
 
-# Removes a record only if it is still the one replayed: the replayed op may already have
-# failed again and been dead-lettered anew, and that newer record must stay.
-_REMOVE_IF_SAME = """
-local n = 0
-for i = 1, #ARGV, 2 do
-  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[i + 1] then
-    redis.call('HDEL', KEYS[1], ARGV[i])
-    redis.call('ZREM', KEYS[2], ARGV[i])
-    n = n + 1
-  end
-end
-return n
-"""
+_REMOVE_IF_SAME = scripts.load("remove_if_same")
 
 
 def op_record(
@@ -82,49 +73,19 @@ def message_record(
 
 def add(pipe: redis.client.Pipeline, key: str, record: str, when: float) -> None:
     """Queue the commands that store one dead letter on `pipe`."""
-    pipe.hset(wire.DLQ_KEY, key, record)
-    pipe.zadd(wire.DLQ_INDEX_KEY, {key: when})
+    pipe.hset(keys.DLQ_KEY, key, record)
+    pipe.zadd(keys.DLQ_INDEX_KEY, {key: when})
 
 
-# Settles messages in one atomic script: no longer pending, their dead letters stored,
-# and a confirmation `wait()` reads. Its first write (ZREM) frees memory, and a script that
-# has written may go on writing past `maxmemory` (scripts without flags, Redis 6 to 8): a
-# Redis full of queued messages under `noeviction` must still let workers drain it.
-_SETTLE = """
-local n = tonumber(ARGV[1])
-local now = tonumber(ARGV[2])
-for i = 5, 4 + n, 500 do
-  local ids = {unpack(ARGV, i, math.min(i + 499, 4 + n))}
-  redis.call('ZREM', KEYS[1], unpack(ids))
-  redis.call('HDEL', KEYS[2], unpack(ids))
-  redis.call('HDEL', KEYS[3], unpack(ids))
-  local scored = {}
-  for j = 1, #ids do
-    scored[2 * j - 1] = now
-    scored[2 * j] = ids[j]
-  end
-  redis.call('ZADD', KEYS[6], unpack(scored))
-end
-for i = 5 + n, #ARGV, 3 do
-  redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
-  redis.call('ZADD', KEYS[5], ARGV[i + 2], ARGV[i])
-end
-if n > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - tonumber(ARGV[3]))
-end
-if tonumber(ARGV[4]) > 0 then
-  redis.call('INCRBY', KEYS[7], ARGV[4])
-end
-return n
-"""
+_SETTLE = scripts.load("settle")
 _SETTLE_KEYS = [
-    wire.PENDING_KEY,
-    wire.MESSAGES_KEY,
-    wire.OUT_SINCE_KEY,
-    wire.DLQ_KEY,
-    wire.DLQ_INDEX_KEY,
-    wire.DONE_KEY,
-    wire.APPLIED_KEY,
+    keys.PENDING_KEY,
+    keys.MESSAGES_KEY,
+    keys.OUT_SINCE_KEY,
+    keys.DLQ_KEY,
+    keys.DLQ_INDEX_KEY,
+    keys.DONE_KEY,
+    keys.APPLIED_KEY,
 ]
 
 
@@ -161,26 +122,26 @@ class DeadLetters:
 
     def count(self) -> int:
         """How many dead letters there are."""
-        return int(self._redis.hlen(wire.DLQ_KEY))
+        return int(self._redis.hlen(keys.DLQ_KEY))
 
     def list(self, limit: int = 100, offset: int = 0) -> builtins.list[dict[str, Any]]:
         """Records oldest failure first, each with its `id`."""
-        keys = cast(
+        ids = cast(
             builtins.list[bytes],
-            self._redis.zrange(wire.DLQ_INDEX_KEY, offset, offset + limit - 1),
+            self._redis.zrange(keys.DLQ_INDEX_KEY, offset, offset + limit - 1),
         )
-        if not keys:
+        if not ids:
             return []
-        raws = self._redis.hmget(wire.DLQ_KEY, keys)
+        raws = self._redis.hmget(keys.DLQ_KEY, ids)
         return [
             {"id": k.decode(), **json.loads(raw)}
-            for k, raw in zip(keys, raws, strict=True)
+            for k, raw in zip(ids, raws, strict=True)
             if raw is not None
         ]
 
     def get(self, op_id: str) -> dict[str, Any] | None:
         """The record of one op id (or malformed message id), or None."""
-        raw = self._redis.hget(wire.DLQ_KEY, op_id)
+        raw = self._redis.hget(keys.DLQ_KEY, op_id)
         return None if raw is None else {"id": op_id, **json.loads(raw)}
 
     def _select(self, ids: Iterable[str] | Literal["all"]) -> builtins.list[tuple[str, bytes]]:
@@ -189,10 +150,10 @@ class DeadLetters:
             if not ids:
                 return []
         if ids == "all":
-            everything = cast(dict[bytes, bytes], self._redis.hgetall(wire.DLQ_KEY))
+            everything = cast(dict[bytes, bytes], self._redis.hgetall(keys.DLQ_KEY))
             return [(k.decode(), v) for k, v in everything.items()]
         wanted = builtins.list(dict.fromkeys(ids))
-        found = cast(builtins.list[bytes | None], self._redis.hmget(wire.DLQ_KEY, wanted))
+        found = cast(builtins.list[bytes | None], self._redis.hmget(keys.DLQ_KEY, wanted))
         return [(k, v) for k, v in zip(wanted, found, strict=True) if v is not None]
 
     def replay(self, ids: Iterable[str] | Literal["all"]) -> int:
@@ -222,20 +183,20 @@ class DeadLetters:
             self._publisher = Publisher(self._url)
         for start in range(0, len(batch), 500):
             self._publisher.publish(batch[start : start + 500])
-        self._redis.eval(_REMOVE_IF_SAME, 2, wire.DLQ_KEY, wire.DLQ_INDEX_KEY, *removed)
+        self._redis.eval(_REMOVE_IF_SAME, 2, keys.DLQ_KEY, keys.DLQ_INDEX_KEY, *removed)
         return len(batch)
 
     def purge(self, ids: Iterable[str] | Literal["all"]) -> int:
         """Delete dead letters for good; returns how many were deleted."""
-        keys = [k for k, _ in self._select(ids)]
-        if not keys:
+        found = [k for k, _ in self._select(ids)]
+        if not found:
             return 0
         pipe = self._redis.pipeline()
-        for start in range(0, len(keys), 1000):
-            pipe.hdel(wire.DLQ_KEY, *keys[start : start + 1000])
-            pipe.zrem(wire.DLQ_INDEX_KEY, *keys[start : start + 1000])
+        for start in range(0, len(found), 1000):
+            pipe.hdel(keys.DLQ_KEY, *found[start : start + 1000])
+            pipe.zrem(keys.DLQ_INDEX_KEY, *found[start : start + 1000])
         pipe.execute()
-        return len(keys)
+        return len(found)
 
     def close(self) -> None:
         if self._publisher is not None:

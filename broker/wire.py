@@ -1,4 +1,4 @@
-"""The queue's wire format, shared by the producer and the worker: names, keys, and messages.
+"""The queue's wire format, shared by the producer and the worker: task messages and their ids.
 
 A message is a Celery protocol-v2 task message exactly as kombu's Redis transport stores
 it, so a stock `celery worker` consumes it; we build and parse it ourselves because
@@ -16,25 +16,19 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-TASK_NAME = "agentstore.apply"
-QUEUE = "agentstore"
+from storage.ops import MAX_SAVE_BYTES
 
-# Redis keys. `pending` (zset: message id -> publish sequence) and `messages` (hash: message
-# id -> message) hold every published message until a worker has applied it; the reaper
-# republishes those that left the queue and were never confirmed.
-SEQ_KEY = "agentstore:seq"
-PENDING_KEY = "agentstore:pending"
-MESSAGES_KEY = "agentstore:messages"
-OUT_SINCE_KEY = "agentstore:out_since"
-REAPER_LOCK_KEY = "agentstore:reaper:lock"
-# Ops applied since the broker's data began: a counter `agentstore stats` samples for ops/s.
-APPLIED_KEY = "agentstore:applied"
-# Confirmations: zset message id -> time a worker settled it (applied or dead-lettered),
-# kept for AGENTSTORE_CONFIRM_TTL_S so `wait()` tells "applied" from "lost by the broker".
-DONE_KEY = "agentstore:done"
-# Dead letters: hash id -> JSON record, plus a zset id -> time of the last failure for listing.
-DLQ_KEY = "agentstore:dlq"
-DLQ_INDEX_KEY = "agentstore:dlq:index"
+from .keys import QUEUE
+
+TASK_NAME = "agentstore.apply"
+# Ops per message: one message is one task, and bounded in size.
+MAX_OPS_PER_MESSAGE = 500
+# Several ops share a message only up to this; at 4 UTF-8 bytes per character at most, such
+# a message is never larger than the largest single save (`MAX_SAVE_BYTES`).
+MAX_MESSAGE_CHARS = MAX_SAVE_BYTES // 4
+
+# (message id, message, op ids): messages ready to publish, with the ops each carries.
+Batch = list[tuple[str, bytes, list[str]]]
 
 CONTENT_TYPE = "application/json"
 CONTENT_ENCODING = "utf-8"
@@ -76,6 +70,27 @@ def build_message(message_id: str, op_jsons: list[str]) -> bytes:
     body = b"[[[" + ",".join(op_jsons).encode() + b"]],{}," + _EMBED + b"]"
     fields = {"body": base64.b64encode(body).decode(), "id": message_id, "n": len(op_jsons)}
     return (_TEMPLATE % fields).encode()
+
+
+def build_messages(
+    op_ids: list[str], op_jsons: list[str], max_ops: int = MAX_OPS_PER_MESSAGE
+) -> Batch:
+    """The ops split in order into messages, each under a new message id, of at most
+    `max_ops` ops and `MAX_MESSAGE_CHARS` characters (an op larger than that goes alone)."""
+    batch: Batch = []
+    start = 0
+    while start < len(op_ids):
+        end, size = start, 0
+        while end < len(op_ids) and end - start < max_ops:
+            length = len(op_jsons[end])
+            if end > start and size + length > MAX_MESSAGE_CHARS:
+                break
+            size += length
+            end += 1
+        mid = new_message_id()
+        batch.append((mid, build_message(mid, op_jsons[start:end]), op_ids[start:end]))
+        start = end
+    return batch
 
 
 class MalformedMessage(Exception):

@@ -10,44 +10,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from storage.config import mask_url
 
-from . import wire
+from . import keys, scripts
+from .connection import connect
 from .errors import PublishError
 
-# Atomic, so a message is never queued without its recovery record (or the reverse).
-# The sequence orders `pending` like the queue itself, which is what the reaper relies on.
-_PUBLISH = """
-local n = 0
-for i = 1, #ARGV, 2 do
-  local seq = redis.call('INCR', KEYS[1])
-  redis.call('LPUSH', KEYS[2], ARGV[i + 1])
-  redis.call('ZADD', KEYS[3], seq, ARGV[i])
-  redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
-  n = n + 1
-end
-return n
-"""
-_KEYS = [wire.SEQ_KEY, wire.QUEUE, wire.PENDING_KEY, wire.MESSAGES_KEY]
-
-
-def connect(url: str, timeout: float) -> redis.Redis:
-    """A client on its own pool whose every socket operation gives up after `timeout` s.
-
-    redis-py's own retries are off: callers decide, within their own deadlines.
-    """
-    pool = redis.ConnectionPool.from_url(
-        url,
-        socket_connect_timeout=timeout,
-        socket_timeout=timeout,
-        socket_keepalive=True,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=30,
-    )
-    return redis.Redis(connection_pool=pool)
+_PUBLISH = scripts.load("publish")
+_KEYS = [keys.SEQ_KEY, keys.QUEUE, keys.PENDING_KEY, keys.MESSAGES_KEY]
 
 
 class Publisher:
@@ -146,7 +117,7 @@ class Publisher:
     def _landed(self, messages: Sequence[tuple[str, bytes]]) -> bool:
         """Whether a publish whose answer was lost is in `pending` (all or none: one script)."""
         try:
-            scores = self.redis.zmscore(wire.PENDING_KEY, [mid for mid, _ in messages])
+            scores = self.redis.zmscore(keys.PENDING_KEY, [mid for mid, _ in messages])
         except (redis.ConnectionError, redis.TimeoutError):
             return False
         # Already applied and confirmed counts as not found: it is then republished, which
