@@ -1,5 +1,7 @@
-"""The producer side of agentstore: `Producer` publishes saves to the worker queue."""
+"""The producer side of agentstore: `Producer` (and `AsyncProducer`, for asyncio) publishes
+saves to the worker queue."""
 
+from .aio import AsyncProducer
 from .client import Producer
 from .errors import (
     BrokerUnavailableError,
@@ -10,6 +12,7 @@ from .errors import (
 )
 
 __all__ = [
+    "AsyncProducer",
     "BrokerUnavailableError",
     "BufferFullError",
     "DeadLetteredError",
