@@ -28,7 +28,6 @@ from .publisher import (
 )
 from .tracker import Status, Tracked
 
-
 # Connections one `AsyncProducer` opens at most: a thousand concurrent saves queue for one
 # instead of opening a thousand sockets.
 MAX_CONNECTIONS = 32
