@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -12,12 +14,15 @@ def connect(url: str, timeout: float) -> redis.Redis:
 
     redis-py's own retries are off: callers decide, within their own deadlines.
     """
-    pool = redis.ConnectionPool.from_url(
-        url,
-        socket_connect_timeout=timeout,
-        socket_timeout=timeout,
-        socket_keepalive=True,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=30,
-    )
+    pool = redis.ConnectionPool.from_url(url, retry=Retry(NoBackoff(), 0), **pool_options(timeout))
     return redis.Redis(connection_pool=pool)
+
+
+def pool_options(timeout: float) -> dict[str, Any]:
+    """What `connect()` and its asyncio twin set on their pools, besides a retry policy."""
+    return {
+        "socket_connect_timeout": timeout,
+        "socket_timeout": timeout,
+        "socket_keepalive": True,
+        "health_check_interval": 30,
+    }

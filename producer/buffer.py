@@ -65,9 +65,7 @@ class SendBuffer:
         self._lock = threading.Lock()
         # One condition for everything: added ops, flush requests, published ops, space.
         self._cond = threading.Condition(self._lock)
-        self._ids: list[str] = []
-        self._texts: list[str] = []
-        self._size = 0  # characters in `_texts`
+        self._queue = OpQueue()
         self._added = 0  # ops ever accepted
         self._sent = 0  # ops ever published (in order, so `_sent >= n` covers the first n)
         self._retry: Batch | None = None  # a batch the broker has not taken yet
@@ -101,14 +99,11 @@ class SendBuffer:
                 raise RuntimeError("Producer is closed")
             if self._added - self._sent >= self._max_buffer:
                 self._wait_for_space()
-            self._ids.append(op_id)
-            self._texts.append(text)
-            self._size += len(text)
+            n = self._queue.add(op_id, text)
             self._added += 1
-            n = len(self._ids)
             if self._thread is None:
                 self._start()
-            elif n == 1 or n == self._max_batch or self._size > MAX_MESSAGE_CHARS:
+            elif n == 1 or n == self._max_batch or self._queue.size > MAX_MESSAGE_CHARS:
                 # The first op starts the linger clock; a full batch goes out at once.
                 self._cond.notify_all()
 
@@ -117,12 +112,7 @@ class SendBuffer:
         while self._added - self._sent >= self._max_buffer:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self._stopping:
-                cause = f"; the broker keeps failing: {self._error}" if self._error else ""
-                raise BufferFullError(
-                    f"{self._max_buffer:,} buffered ops not yet published after waiting "
-                    f"{self._buffer_timeout:g}s for room{cause}. Nothing was buffered for this "
-                    "save; retry it, or raise max_buffer or buffer_timeout"
-                ) from self._error
+                raise buffer_full(self._max_buffer, self._buffer_timeout, self._error)
             self._cond.wait(remaining)
 
     def flush(self, timeout: float) -> None:
@@ -137,11 +127,7 @@ class SendBuffer:
             while self._sent < target:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._thread is None:
-                    left = target - self._sent
-                    why = f": {self._error}" if self._error else " (the broker is slow)"
-                    raise PublishError(
-                        f"{left:,} buffered op(s) not published within {timeout:g}s{why}"
-                    ) from self._error
+                    raise not_flushed(target - self._sent, timeout, self._error)
                 self._cond.wait(remaining)
 
     def stop(self, timeout: float) -> int:
@@ -199,14 +185,13 @@ class SendBuffer:
             return None
         if self._retry is not None:
             return ()
-        while not self._ids:
+        while not len(self._queue):
             self._cond.wait()
             if self._stopping:
                 return None
         deadline = time.monotonic() + self._linger
         while (
-            len(self._ids) < self._max_batch
-            and self._size <= MAX_MESSAGE_CHARS
+            not self._queue.ready(self._max_batch)
             and self._flush_to <= self._sent
             and not self._stopping
         ):
@@ -214,26 +199,10 @@ class SendBuffer:
             if remaining <= 0:
                 break
             self._cond.wait(remaining)
-        limit = self._max_batch * MAX_MESSAGES_PER_PUBLISH
-        lingering = time.monotonic() < deadline and self._flush_to <= self._sent
-        if lingering and not self._stopping and len(self._ids) > self._max_batch:
-            # Woken by a full batch: whole batches go now, the rest keeps lingering (and may
-            # fill up too) instead of going out as a small message of its own.
-            limit = min(limit, len(self._ids) // self._max_batch * self._max_batch)
-        if self._size > MAX_PUBLISH_CHARS:  # large payloads: bound one publish's size too
-            chars = 0
-            for n, text in enumerate(self._texts[:limit]):
-                chars += len(text)
-                if chars > MAX_PUBLISH_CHARS:
-                    limit = max(n, 1)
-                    break
-        ids, texts = self._ids[:limit], self._texts[:limit]
-        if len(ids) == len(self._ids):
-            self._ids, self._texts, self._size = [], [], 0
-        else:
-            del self._ids[:limit], self._texts[:limit]
-            self._size -= sum(map(len, texts))
-        return ids, texts
+        lingering = (
+            time.monotonic() < deadline and self._flush_to <= self._sent and not self._stopping
+        )
+        return self._queue.take(self._max_batch, lingering)
 
     def _failed(self, batch: Batch, exc: PublishError) -> None:
         with self._lock:
@@ -242,16 +211,84 @@ class SendBuffer:
             failures = self._failures
             # Flush and save callers waiting on us learn of the failure now.
             self._cond.notify_all()
-        ops = sum(len(ids) for _, _, ids in batch)
-        if failures == 1 or failures % 10 == 0:
-            log.warning(
-                "could not publish %d buffered op(s) (failure %d; kept, retrying): %s",
-                ops,
-                failures,
-                exc,
-            )
-        delay = min(0.05 * 2 ** min(failures, 10), _BACKOFF_MAX_S) * random.uniform(0.5, 1.0)
-        deadline = time.monotonic() + delay
+        deadline = time.monotonic() + retry_delay(batch, failures, exc)
         with self._lock:
             while not self._stopping and (remaining := deadline - time.monotonic()) > 0:
                 self._cond.wait(remaining)
+
+
+def buffer_full(max_buffer: int, timeout: float, error: PublishError | None) -> BufferFullError:
+    cause = f"; the broker keeps failing: {error}" if error else ""
+    exc = BufferFullError(
+        f"{max_buffer:,} buffered ops not yet published after waiting {timeout:g}s for "
+        f"room{cause}. Nothing was buffered for this save; retry it, or raise max_buffer or "
+        "buffer_timeout"
+    )
+    exc.__cause__ = error
+    return exc
+
+
+def not_flushed(left: int, timeout: float, error: PublishError | None) -> PublishError:
+    why = f": {error}" if error else " (the broker is slow)"
+    exc = PublishError(f"{left:,} buffered op(s) not published within {timeout:g}s{why}")
+    exc.__cause__ = error
+    return exc
+
+
+def retry_delay(batch: Batch, failures: int, exc: PublishError) -> float:
+    """Seconds before retrying `batch`, which failed `failures` times in a row (logged)."""
+    if failures == 1 or failures % 10 == 0:
+        ops = sum(len(ids) for _, _, ids in batch)
+        log.warning(
+            "could not publish %d buffered op(s) (failure %d; kept, retrying): %s",
+            ops,
+            failures,
+            exc,
+        )
+    return min(0.05 * 2.0 ** min(failures, 10), _BACKOFF_MAX_S) * random.uniform(0.5, 1.0)
+
+
+class OpQueue:
+    """Ops (op id, op JSON text) in the order they were saved, not yet taken to publish."""
+
+    def __init__(self) -> None:
+        self._ids: list[str] = []
+        self._texts: list[str] = []
+        self.size = 0  # characters in `_texts`
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, op_id: str, text: str) -> int:
+        """Append one op; returns how many are queued now."""
+        self._ids.append(op_id)
+        self._texts.append(text)
+        self.size += len(text)
+        return len(self._ids)
+
+    def ready(self, max_batch: int) -> bool:
+        """Whether a full message is waiting: lingering longer gains nothing."""
+        return len(self._ids) >= max_batch or self.size > MAX_MESSAGE_CHARS
+
+    def take(self, max_batch: int, lingering: bool) -> tuple[list[str], list[str]]:
+        """The ops for one publish, oldest first: at most `MAX_MESSAGES_PER_PUBLISH` messages
+        and `MAX_PUBLISH_CHARS` characters; while `lingering`, whole batches only."""
+        limit = max_batch * MAX_MESSAGES_PER_PUBLISH
+        if lingering and len(self._ids) > max_batch:
+            # Woken by a full batch: whole batches go now, the rest keeps lingering (and may
+            # fill up too) instead of going out as a small message of its own.
+            limit = min(limit, len(self._ids) // max_batch * max_batch)
+        if self.size > MAX_PUBLISH_CHARS:  # large payloads: bound one publish's size too
+            chars = 0
+            for n, text in enumerate(self._texts[:limit]):
+                chars += len(text)
+                if chars > MAX_PUBLISH_CHARS:
+                    limit = max(n, 1)
+                    break
+        ids, texts = self._ids[:limit], self._texts[:limit]
+        if len(ids) == len(self._ids):
+            self._ids, self._texts, self.size = [], [], 0
+        else:
+            del self._ids[:limit], self._texts[:limit]
+            self.size -= sum(map(len, texts))
+        return ids, texts

@@ -64,14 +64,7 @@ class Producer(StorageClient):
         buffer_timeout: float = 5.0,
         **overrides: Any,
     ) -> None:
-        if linger_ms < 0:
-            raise ValueError("linger_ms must not be negative")
-        if not 1 <= max_batch <= MAX_OPS_PER_MESSAGE:
-            raise ValueError(f"max_batch must be between 1 and {MAX_OPS_PER_MESSAGE}")
-        self._settings = settings or load_settings(**overrides)
-        if broker_url is not None:
-            check_broker_url("broker_url", broker_url)
-        url = broker_url or self._settings.celery_broker_url.get_secret_value()
+        self._settings, url = configure(settings, broker_url, linger_ms, max_batch, overrides)
         self._publisher = Publisher(url, publish_timeout)
         self._max_tracked = max_tracked
         self._tracker = Tracker(self._publisher.redis, max_tracked)
@@ -100,8 +93,7 @@ class Producer(StorageClient):
                 raise RuntimeError("Producer is closed")
             self._buffer.add(op_id, text)
             return op_id
-        # A single-op message takes its op's id, so `wait([op_id])` works from any process.
-        self._publish([(op_id, wire.build_message(op_id, [text]), [op_id])])
+        self._publish(single_message(op_id, text))
         return op_id
 
     def _publish_batch(self, batch: Batch) -> None:
@@ -132,7 +124,7 @@ class Producer(StorageClient):
 
     def apply(self, ops: Sequence[Op]) -> None:
         """Publish already validated ops, many per message, all in one atomic publish."""
-        batch = wire.build_messages([op.id for op in ops], [op.model_dump_json() for op in ops])
+        batch = messages_of(ops)
         if batch:
             self._publish(batch)
 
@@ -216,10 +208,7 @@ class Producer(StorageClient):
         if reader is not None:
             reader.close()
         if left:
-            raise PublishError(
-                f"{left:,} buffered op(s) were not published within {timeout:g}s and are lost"
-                + (f": {error}" if error else "")
-            ) from error
+            raise lost_at_close(left, timeout, error)
 
     def _after_fork_in_child(self) -> None:
         # The child tracks and buffers only its own saves; the parent sends its own buffer.
@@ -228,6 +217,44 @@ class Producer(StorageClient):
         self._tracker = Tracker(self._publisher.redis, self._max_tracked)
         if self._buffer is not None:
             self._buffer.after_fork_in_child()
+
+
+def configure(
+    settings: Settings | None,
+    broker_url: str | None,
+    linger_ms: float,
+    max_batch: int,
+    overrides: dict[str, Any],
+) -> tuple[Settings, str]:
+    """A producer's settings and broker URL, its options checked (`ValueError`)."""
+    if linger_ms < 0:
+        raise ValueError("linger_ms must not be negative")
+    if not 1 <= max_batch <= MAX_OPS_PER_MESSAGE:
+        raise ValueError(f"max_batch must be between 1 and {MAX_OPS_PER_MESSAGE}")
+    settings = settings or load_settings(**overrides)
+    if broker_url is not None:
+        check_broker_url("broker_url", broker_url)
+    return settings, broker_url or settings.celery_broker_url.get_secret_value()
+
+
+def single_message(op_id: str, text: str) -> Batch:
+    """One op as its own message, which takes the op's id: `wait([op_id])` then works from
+    any producer in any process."""
+    return [(op_id, wire.build_message(op_id, [text]), [op_id])]
+
+
+def messages_of(ops: Sequence[Op]) -> Batch:
+    """Validated ops packed many per message, in bounded messages."""
+    return wire.build_messages([op.id for op in ops], [op.model_dump_json() for op in ops])
+
+
+def lost_at_close(left: int, timeout: float, error: PublishError | None) -> PublishError:
+    exc = PublishError(
+        f"{left:,} buffered op(s) were not published within {timeout:g}s and are lost"
+        + (f": {error}" if error else "")
+    )
+    exc.__cause__ = error
+    return exc
 
 
 # Buffered producers alive in this process, for the exit flush.

@@ -1,0 +1,158 @@
+"""The asyncio side of the queue protocol: the same atomic Lua publish and the same `wait()`
+as `Publisher` and `Tracker`, through redis-py's `redis.asyncio`, never blocking the loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from broker import keys
+from broker.connection import pool_options
+from broker.publisher import (
+    PUBLISH_KEYS,
+    PUBLISH_SCRIPT,
+    PUBLISH_SHA,
+    Attempts,
+    Sent,
+    all_pending,
+    publish_argv,
+)
+from storage.config import mask_url
+
+from .tracker import Status, Tracked
+
+# Connections one `AsyncProducer` opens at most: a thousand concurrent saves queue for one
+# instead of opening a thousand sockets.
+MAX_CONNECTIONS = 32
+
+
+def connect_async(url: str, timeout: float) -> aioredis.Redis:
+    """`broker.connection.connect()` for asyncio: its own bounded pool, every socket operation (and
+    the wait for a free connection) bounded by `timeout`."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        retry=Retry(NoBackoff(), 0),
+        max_connections=MAX_CONNECTIONS,
+        timeout=timeout,
+        **pool_options(timeout),
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+class AsyncPublisher:
+    """`Publisher` for asyncio: queues messages atomically or raises `PublishError`."""
+
+    def __init__(self, broker_url: str, timeout: float = 5.0) -> None:
+        if timeout <= 0:
+            raise ValueError("publish timeout must be positive")
+        self.masked_url = mask_url(broker_url)
+        self._timeout = timeout
+        # Half the budget per attempt, as `Publisher`; connects on first use.
+        self.redis = connect_async(broker_url, timeout / 2)
+
+    async def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """As `Publisher.publish`. Cancelling it may leave the messages published or not:
+        callers that must know run it shielded (`AsyncProducer` does)."""
+        argv = publish_argv(messages)
+        attempts = Attempts(self.masked_url, self._timeout)
+        while True:
+            sent = False
+            try:
+                await self._evalsha(argv)
+                return
+            except Sent as exc:
+                sent, cause = True, exc.cause
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                cause = exc
+            except redis.ResponseError as exc:
+                raise attempts.refused(exc) from None
+            if sent and await self._landed(messages):
+                return
+            await asyncio.sleep(attempts.failed(cause, sent))
+
+    async def _evalsha(self, argv: list[str | bytes]) -> None:
+        """Raises `Sent` if the publish failed after Redis received it whole."""
+        pool = self.redis.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        command = ("EVALSHA", PUBLISH_SHA, len(PUBLISH_KEYS), *PUBLISH_KEYS, *argv)
+        sent = False
+        try:
+            try:
+                await conn.send_command(*command)
+                sent = True
+                await conn.read_response()
+            except redis.exceptions.NoScriptError:
+                sent = False
+                await conn.send_command("SCRIPT", "LOAD", PUBLISH_SCRIPT)
+                await conn.read_response()
+                await conn.send_command(*command)
+                sent = True
+                await conn.read_response()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            # The reply may still be on its way: this socket must never be reused.
+            await conn.disconnect()
+            # A send that failed part way never ran: Redis drops an incomplete command.
+            if sent:
+                raise Sent(exc) from exc
+            raise
+        except asyncio.CancelledError:
+            await conn.disconnect(nowait=True)  # an unread reply would answer the next caller
+            raise
+        finally:
+            await pool.release(conn)
+
+    async def _landed(self, messages: Sequence[tuple[str, bytes]]) -> bool:
+        try:
+            scores = await self.redis.zmscore(keys.PENDING_KEY, [mid for mid, _ in messages])
+        except (redis.ConnectionError, redis.TimeoutError):
+            return False
+        return all_pending(scores)
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+        await self.redis.connection_pool.disconnect()
+
+
+class AsyncTracker(Tracked):
+    """`Tracker` over an asyncio Redis client: `add` and `wait` are coroutines."""
+
+    def __init__(self, client: aioredis.Redis, max_tracked: int = 100_000) -> None:
+        super().__init__(max_tracked)
+        self._redis = client
+
+    async def add(self, op_ids: Iterable[str], message_id: str) -> None:
+        # Recorded before the first await: from here on `wait()` covers the ops.
+        sweep = self._record(op_ids, message_id)
+        if sweep is None:
+            return
+        if sweep:
+            with contextlib.suppress(redis.ConnectionError, redis.TimeoutError):
+                await self._check(sweep)
+        self._forget_excess()
+
+    async def _check(self, items: list[tuple[str, str]]) -> Status:
+        pipe = self._redis.pipeline(transaction=True)
+        message_ids = self._query(pipe, items)
+        replies: list[Any] = await pipe.execute()
+        return self._classify(items, message_ids, replies)
+
+    async def wait(self, op_ids: Iterable[str] | None, timeout: float) -> None:
+        waiting = self._waiting(op_ids, timeout)
+        while True:
+            try:
+                statuses: list[Status] | Exception = [
+                    await self._check(chunk) for chunk in waiting.chunks()
+                ]
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                statuses = exc
+            delay = waiting.checked(statuses)
+            if delay is None:
+                return
+            await asyncio.sleep(delay)
