@@ -10,8 +10,8 @@ import textwrap
 import redis
 
 from producer import Producer, wire
-from tests.integration.conftest import ROOT, WorkerFactory
 from tests.integration.helpers import producer, rows
+from tests.plugin import ROOT, WorkerFactory
 
 LONG = 60_000.0  # only flush/close/exit publish
 

@@ -15,8 +15,8 @@ import redis
 
 from producer import wire
 from producer.publisher import Publisher
-from tests.integration.conftest import WorkerFactory
 from tests.integration.helpers import pending, producer, wait_until
+from tests.plugin import WorkerFactory
 from worker.deadletters import DeadLetters
 
 

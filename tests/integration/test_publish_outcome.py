@@ -10,9 +10,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from agentstore_cli.launch import RedisServer, free_port
 from producer import Producer, PublishError, wire
-from tests.integration.conftest import RedisServer
-from tests.services import free_port
 
 
 class ReplyEater:

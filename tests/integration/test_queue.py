@@ -16,8 +16,8 @@ import redis
 from producer import DeadLetteredError, wire
 from producer.publisher import Publisher
 from storage import PostgreSQLClient
-from tests.integration.conftest import ROOT, WorkerFactory
 from tests.integration.helpers import execute, pending, producer, rows, wait_until
+from tests.plugin import ROOT, WorkerFactory
 from worker.deadletters import DeadLetters
 
 THREADS = 8

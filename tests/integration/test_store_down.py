@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tests.integration.conftest import WorkerFactory
 from tests.integration.helpers import pending, producer, rows, wait_until
+from tests.plugin import WorkerFactory
 from tests.services import pg_admin
 from worker.deadletters import DeadLetters
 

@@ -14,11 +14,9 @@ from pathlib import Path
 import redis
 
 from producer import wire
-from tests.integration.conftest import WorkerFactory, broker, database, redis_server, start_worker
 from tests.integration.helpers import pending, producer, wait_until
+from tests.plugin import WorkerFactory
 from worker.deadletters import DeadLetters
-
-__all__ = ["broker", "database", "redis_server", "start_worker"]
 
 
 def _payloads(target: Path) -> dict[str, bytes]:

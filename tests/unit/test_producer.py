@@ -14,10 +14,10 @@ import pytest
 
 import producer.client
 import producer.publisher
+from agentstore_cli.launch import free_port
 from producer import DeadLetteredError, LostOpsError, Producer, PublishError, wire
 from storage import InMemoryStorageClient, StorageError, ValidationError
 from storage.ops import make_op
-from tests.services import free_port
 from worker.deadletters import DeadLetters, settle
 
 
