@@ -13,21 +13,21 @@ import argparse
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import Any
 
 from producer import Producer
 
 from .embedded import Services, resolve_services
+from .launch import CeleryWorker
 
 DEFAULT_DATA_DIR = Path(".agentstore/demo")
 WORKER_READY_TIMEOUT_S = 30.0
@@ -36,89 +36,30 @@ APPLY_TIMEOUT_S = 60.0
 TASKS_PER_AGENT = 4
 
 
-@dataclass
-class WorkerProcess:
-    """One `celery -A worker worker` we started, with its log."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    log_file: IO[bytes]
-
-    def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-
-def start_workers(count: int, env: dict[str, str], log_dir: Path) -> list[WorkerProcess]:
+def start_workers(count: int, env: dict[str, str], log_dir: Path) -> list[CeleryWorker]:
     """Start `count` single-process Celery workers and wait until each says it is ready."""
     log_dir.mkdir(parents=True, exist_ok=True)
     run = uuid.uuid4().hex[:6]
-    workers: list[WorkerProcess] = []
+    workers: list[CeleryWorker] = []
     try:
         for i in range(1, count + 1):
-            name = f"demo{i}-{run}"
             log_path = log_dir / f"worker-{i}.log"
-            log_file = log_path.open("wb")
-            command = [sys.executable, "-m", "celery", "-A", "worker", "worker"]
-            command += ["--concurrency", "1", "--loglevel", "INFO", "-n", f"{name}@%h"]
-            # Own session: Ctrl-C reaches only the demo, which stops the workers first and
-            # then the servers they use, instead of everything dying at once.
-            process = subprocess.Popen(
-                command,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            workers.append(WorkerProcess(name, process, log_path, log_file))
-        _wait_ready(workers)
+            workers.append(CeleryWorker(env, log_path, concurrency=1, name=f"demo{i}-{run}"))
+        for worker in workers:
+            worker.wait_ready(WORKER_READY_TIMEOUT_S)
     except BaseException:
         stop_workers(workers)
         raise
     return workers
 
 
-def _wait_ready(workers: list[WorkerProcess]) -> None:
-    deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
-    waiting = list(workers)
-    while waiting:
-        for worker in list(waiting):
-            if worker.process.poll() is not None:
-                raise RuntimeError(
-                    f"worker {worker.name} exited at start (code {worker.process.returncode});"
-                    f" its log ends with:\n{worker.log_tail()}"
-                )
-            # Celery logs "celery@host ready." once it consumes from the queue.
-            if " ready." in worker.log_path.read_text(errors="replace"):
-                waiting.remove(worker)
-        if waiting and time.monotonic() > deadline:
-            raise RuntimeError(
-                f"worker {waiting[0].name} not ready within {WORKER_READY_TIMEOUT_S:.0f} s;"
-                f" its log ends with:\n{waiting[0].log_tail()}"
-            )
-        time.sleep(0.1)
-
-
-def stop_workers(workers: list[WorkerProcess]) -> None:
+def stop_workers(workers: list[CeleryWorker]) -> None:
     """Warm shutdown (SIGTERM: finish the batch in hand), then SIGKILL what is left."""
     for worker in workers:
-        if worker.process.poll() is None:
-            worker.process.terminate()
+        worker.terminate()
     deadline = time.monotonic() + WORKER_STOP_TIMEOUT_S
     for worker in workers:
-        try:
-            worker.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            # The whole group: prefork children of a stuck worker must not outlive it.
-            with suppress(ProcessLookupError):
-                os.killpg(worker.process.pid, signal.SIGKILL)
-            worker.process.wait(timeout=5)
-        worker.log_file.close()
+        worker.stop(timeout=max(0.1, deadline - time.monotonic()))
 
 
 @dataclass

@@ -12,7 +12,6 @@ import contextlib
 import importlib.util
 import logging
 import os
-import socket
 import subprocess
 import threading
 import time
@@ -20,7 +19,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import psycopg2
@@ -32,22 +31,19 @@ from psycopg2 import sql
 from storage.config import mask_url
 from storage.pg_url import with_database
 
+from .launch import RedisServer, ServiceError, free_port
+
 log = logging.getLogger(__name__)
 
 POSTGRES_VAR = "POSTGRES_CONNECTION_STRING"
 BROKER_VAR = "CELERY_BROKER_URL"
 LOCAL_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
-START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 15.0
 PROBE_TIMEOUT_S = 3
 
 Stop = Callable[[], None]
 Origin = Literal["configured", "local", "embedded"]
-
-
-class ServiceError(RuntimeError):
-    """A service could not be used or started; the message says which and what to do."""
 
 
 def on_ci() -> bool:
@@ -108,14 +104,6 @@ def _stopper(action: Stop) -> Stop:
 
     atexit.register(stop)
     return stop
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # --- PostgreSQL -----------------------------------------------------------------------------
@@ -256,55 +244,23 @@ def start_embedded_valkey(port: int, data_dir: Path) -> tuple[str, Stop]:
 
     Returns its URL and a function that stops it; it is also stopped at interpreter exit.
     """
-    data_dir = data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    log_path = data_dir / "valkey.log"
-    log_file: IO[bytes] = log_path.open("ab")
-    command = [str(valkey_binary()), "--port", str(port), "--bind", "127.0.0.1"]
-    command += ["--appendonly", "yes", "--dir", str(data_dir)]
-    # Own session: a Ctrl-C at the terminal reaches only our process, which then stops the
-    # workers before the broker they use.
-    process = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    server = RedisServer(
+        data_dir.resolve(),
+        port=port,
+        aof="everysec",
+        binary=valkey_binary(),
+        log_name="valkey.log",
     )
-    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        server.start()
+    except ServiceError as exc:
+        raise ServiceError(f"embedded Valkey: {exc}") from None
 
     def stop() -> None:
-        if process.poll() is None:
-            process.terminate()  # SIGTERM: Valkey flushes the AOF and exits
-            try:
-                process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                log.warning("embedded Valkey (pid %d) ignored SIGTERM; killing it", process.pid)
-                process.kill()
-                process.wait(timeout=5)
-        log_file.close()
+        server.stop()
         log.info("stopped embedded Valkey on port %d", port)
 
-    stopper = _stopper(stop)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        if process.poll() is not None:
-            stopper()
-            raise ServiceError(
-                f"embedded Valkey exited at start (code {process.returncode}); "
-                f"its log ({log_path}) ends with:\n{_tail(log_path)}"
-            )
-        # Only our own process counts: another server already on the port would answer too.
-        with contextlib.suppress(ServiceError):
-            if _redis_info(url).get("process_id") == process.pid:
-                return url, stopper
-        if time.monotonic() > deadline:
-            stopper()
-            raise ServiceError(
-                f"embedded Valkey did not answer on port {port} within {START_TIMEOUT_S:.0f} s;"
-                f" its log ({log_path}) ends with:\n{_tail(log_path)}"
-            )
-        time.sleep(0.05)
+    return server.url, _stopper(stop)
 
 
 def _redis_info(url: str) -> dict[str, Any]:
@@ -326,13 +282,6 @@ def _redis_probe(url: str) -> str:
     if "valkey_version" in info:
         return f"Valkey {info['valkey_version']}"
     return f"Redis {info.get('redis_version', '?')}"
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -6,36 +6,36 @@ On CI (`CI=true`) a missing service fails the test; on a developer's machine it 
 from __future__ import annotations
 
 import os
-import socket
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from typing import NoReturn, TypeVar
 
 import psycopg2
 import pytest
 
-from storage.pg_url import with_database
+from agentstore_cli.embedded import on_ci
+from agentstore_cli.launch import ServiceError, fresh_database
 
+# Read at call time (`services.PG_ADMIN_URL`): the embedded fallback may repoint them.
 PG_ADMIN_URL = os.environ.get("AGENTSTORE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("AGENTSTORE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
-
-def on_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
+T = TypeVar("T")
 
 
-def unavailable(reason: str) -> None:
+def unavailable(reason: str) -> NoReturn:
     """Fail on CI, skip loudly elsewhere."""
     if on_ci():
         pytest.fail(f"required service unavailable on CI: {reason}")
     pytest.skip(f"SERVICE MISSING, backend NOT tested: {reason}")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def started(stack: ExitStack, start: Callable[[], AbstractContextManager[T]]) -> T:
+    """`stack.enter_context(start())`; a service that cannot start is `unavailable`."""
+    try:
+        return stack.enter_context(start())
+    except ServiceError as exc:
+        unavailable(str(exc))
 
 
 def pg_admin() -> psycopg2.extensions.connection:
@@ -50,13 +50,5 @@ def pg_admin() -> psycopg2.extensions.connection:
 @contextmanager
 def fresh_pg_database(prefix: str = "agentstore_t") -> Iterator[str]:
     """A new empty database for the duration of the block; yields its URL."""
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    admin = pg_admin()
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-        yield with_database(PG_ADMIN_URL, name)
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
+    with ExitStack() as stack:
+        yield started(stack, lambda: fresh_database(PG_ADMIN_URL, prefix))

@@ -7,12 +7,9 @@ for every secret the tests configure.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -20,21 +17,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from click.testing import CliRunner, Result
 
+from agentstore_cli.launch import EMULATOR_KEY, CosmosServer
 from agentstore_cli.main import cli
 from storage import StorageBackend, create_storage_client
 from storage.ops import Op, make_op
 from storage.pg_url import options, with_credentials
 from storage.records import KINDS
 from storage.versions import normalize_version
-from tests.services import fresh_pg_database, unavailable
+from tests.plugin import ROOT
+from tests.services import fresh_pg_database
 
-ROOT = Path(__file__).resolve().parents[2]
 PG_PASSWORD = "pg-S3cret-Pw"  # trust auth accepts any password; it must never be printed
 REDIS_PASSWORD = "redis-S3cret-Pw"
-SPARE_REDIS_DB = 13
 CONFIG_VARS = (
     "POSTGRES_CONNECTION_STRING",
     "COSMOS_ENDPOINT",
@@ -49,8 +45,6 @@ def with_password(url: str) -> str:
 
 
 def secrets() -> list[str]:
-    from tests.cosmos_server import EMULATOR_KEY
-
     return [PG_PASSWORD, REDIS_PASSWORD, EMULATOR_KEY]
 
 
@@ -124,17 +118,8 @@ class Cosmos:
 
 
 @pytest.fixture(scope="session")
-def cosmos() -> Iterator[Cosmos]:
-    from tests.cosmos_server import start_cosmos_server
-
-    try:
-        server = start_cosmos_server()
-    except Exception as exc:
-        unavailable(f"cosmosdb-server: {exc}")
-    try:
-        yield Cosmos(server.endpoint, server.key)
-    finally:
-        server.stop()
+def cosmos(cosmos_server: CosmosServer) -> Cosmos:
+    return Cosmos(cosmos_server.endpoint, cosmos_server.key)
 
 
 def open_store(config: Mapping[str, str]) -> StorageBackend:
@@ -266,78 +251,3 @@ def assert_deletes_hold(store: StorageBackend) -> None:
         ("case", "cs", DELETE_VERSION),
         ("conversation", "cv", DELETE_VERSION),
     ]
-
-
-@pytest.fixture
-def spare_redis() -> Iterator[str]:
-    """A spare database of the local Redis, flushed before and after; yields its URL."""
-    url = (
-        os.environ.get("AGENTSTORE_TEST_REDIS_BASE", "redis://127.0.0.1:6379")
-        + f"/{SPARE_REDIS_DB}"
-    )
-    client = redis.Redis.from_url(url, socket_connect_timeout=2)
-    try:
-        client.flushdb()
-    except redis.RedisError as exc:
-        unavailable(f"Redis at {url}: {exc}")
-    try:
-        yield url
-    finally:
-        client.flushdb()
-        client.close()
-
-
-class Worker:
-    """`celery -A worker worker` in its own process group, always stopped."""
-
-    def __init__(self, broker: str, database: str, log: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in CONFIG_VARS}
-        env.update(CELERY_BROKER_URL=broker, POSTGRES_CONNECTION_STRING=database)
-        self.log = log
-        self._out = log.open("ab")
-        args = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--concurrency", "1"]
-        args += ["--loglevel", "INFO"]
-        args += ["-n", f"cli{uuid.uuid4().hex[:6]}@%h", "--without-mingle", "--without-gossip"]
-        self.proc = subprocess.Popen(
-            args,
-            cwd=ROOT,
-            env=env,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while " ready." not in self.log.read_text(errors="replace"):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"worker did not start:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=15)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self._out.close()
-
-
-@pytest.fixture
-def worker_factory(tmp_path: Path) -> Iterator[Any]:
-    started: list[Worker] = []
-
-    def start(broker: str, database: str) -> Worker:
-        worker = Worker(broker, database, tmp_path / f"worker{len(started)}.log")
-        started.append(worker)
-        worker.wait_ready()
-        return worker
-
-    try:
-        yield start
-    finally:
-        for worker in started:
-            worker.stop()

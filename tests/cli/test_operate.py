@@ -11,11 +11,12 @@ import psycopg2
 import redis
 
 from agentstore_cli import operate
+from agentstore_cli.launch import free_port
 from broker import deadletters, keys, wire
 from broker.publisher import Publisher
 from storage.ops import make_op, op_to_message
 from tests.cli.conftest import REDIS_PASSWORD, Cli, open_store
-from tests.services import free_port
+from tests.plugin import WorkerFactory
 
 
 def config(broker: str, pg_url: str | None = None) -> dict[str, str]:
@@ -50,10 +51,10 @@ def closed_broker() -> str:
 
 
 def test_health_stats_and_replay_with_a_worker_running(
-    run: Cli, spare_redis: str, pg_url: str, worker_factory: Any
+    run: Cli, spare_redis_url: str, pg_url: str, start_worker: WorkerFactory
 ) -> None:
-    worker_factory(spare_redis, pg_url)
-    env = config(spare_redis, pg_url)
+    start_worker(spare_redis_url, pg_url)
+    env = config(spare_redis_url, pg_url)
     result = run(["health"], env)
     assert result.exit_code == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
@@ -69,7 +70,7 @@ def test_health_stats_and_replay_with_a_worker_running(
     assert stats["workers"] == 1 and stats["queued"] == 0 and stats["applied_per_s"] == 0.0
 
     op = save_state_op("replayed-agent", 7)
-    key = dead_letter(spare_redis, op)
+    key = dead_letter(spare_redis_url, op)
     assert key == op["id"]
     result = run(["dlq", "replay", key], env)
     assert result.exit_code == 0 and "replayed 1 op(s)" in result.stdout
@@ -80,7 +81,7 @@ def test_health_stats_and_replay_with_a_worker_running(
         assert store.get_state("replayed-agent", "s") == {"n": 7}
     assert run(["dlq", "list"], env).stdout == ""
     # The worker counts what it applied: the replayed op at least.
-    assert int(redis.Redis.from_url(spare_redis).get(keys.APPLIED_KEY) or 0) >= 1
+    assert int(redis.Redis.from_url(spare_redis_url).get(keys.APPLIED_KEY) or 0) >= 1
 
 
 def test_health_fails_on_a_closed_broker_port_without_printing_its_password(
@@ -97,9 +98,9 @@ def test_health_fails_on_a_closed_broker_port_without_printing_its_password(
 
 
 def test_health_reports_a_missing_schema_without_creating_it(
-    run: Cli, spare_redis: str, pg_url: str
+    run: Cli, spare_redis_url: str, pg_url: str
 ) -> None:
-    result = run(["health", "--no-workers"], config(spare_redis, pg_url))
+    result = run(["health", "--no-workers"], config(spare_redis_url, pg_url))
     assert result.exit_code == 0, result.stdout  # reachable: workers create it on first use
     store = result.stdout.splitlines()[1]
     assert store.startswith("store    OK") and "schema not migrated yet (0 of 4" in store
@@ -111,44 +112,44 @@ def test_health_reports_a_missing_schema_without_creating_it(
     finally:
         conn.close()
     open_store({"POSTGRES_CONNECTION_STRING": pg_url}).close()
-    result = run(["health", "--no-workers"], config(spare_redis, pg_url))
+    result = run(["health", "--no-workers"], config(spare_redis_url, pg_url))
     assert result.exit_code == 0 and "schema" not in result.stdout, result.stdout
 
 
 def test_health_no_workers_checks_broker_and_store_only(
-    run: Cli, spare_redis: str, pg_url: str
+    run: Cli, spare_redis_url: str, pg_url: str
 ) -> None:
-    result = run(["health", "--no-workers"], config(spare_redis, pg_url))
+    result = run(["health", "--no-workers"], config(spare_redis_url, pg_url))
     assert result.exit_code == 0, result.stdout
     assert [line.split()[0] for line in result.stdout.splitlines()] == ["broker", "store"]
     # Without a worker the full check fails, after the two-second ping.
-    result = run(["health"], config(spare_redis, pg_url))
+    result = run(["health"], config(spare_redis_url, pg_url))
     assert result.exit_code == 1
     assert "workers  FAIL  no worker answered a ping" in result.stdout
     unreachable = "postgresql://postgres:pg-S3cret-Pw@127.0.0.1:1/nowhere"
-    result = run(["health", "--no-workers"], config(spare_redis, unreachable))
+    result = run(["health", "--no-workers"], config(spare_redis_url, unreachable))
     assert result.exit_code == 1
     assert (
         "store    FAIL  cannot connect to PostgreSQL at postgresql://postgres:***@" in result.stdout
     )
 
 
-def test_stats_counts_queued_pending_and_dead_letters(run: Cli, spare_redis: str) -> None:
-    publisher = Publisher(spare_redis)
+def test_stats_counts_queued_pending_and_dead_letters(run: Cli, spare_redis_url: str) -> None:
+    publisher = Publisher(spare_redis_url)
     ops = [json.dumps(save_state_op("a", n)) for n in range(3)]
     publisher.publish(
         [(wire.new_message_id(), wire.build_message(wire.new_message_id(), [o])) for o in ops]
     )
     publisher.close()
-    dead_letter(spare_redis, save_state_op("b", 1))
-    result = run(["stats", "--no-workers"], config(spare_redis))
+    dead_letter(spare_redis_url, save_state_op("b", 1))
+    result = run(["stats", "--no-workers"], config(spare_redis_url))
     assert result.exit_code == 0, result.stderr
     text = result.stdout
     assert "queue depth           3  LLEN agentstore" in text
     assert "pending               3" in text
     assert "dead letters          1" in text
     assert "applied ops/s       0.0  sampled over the last second" in text
-    numbers = json.loads(run(["stats", "--json", "--no-workers"], config(spare_redis)).stdout)
+    numbers = json.loads(run(["stats", "--json", "--no-workers"], config(spare_redis_url)).stdout)
     assert numbers == {
         "queued": 3,
         "pending": 3,
@@ -160,8 +161,8 @@ def test_stats_counts_queued_pending_and_dead_letters(run: Cli, spare_redis: str
     }
 
 
-def test_stats_samples_the_workers_applied_counter(spare_redis: str) -> None:
-    client = redis.Redis.from_url(spare_redis)
+def test_stats_samples_the_workers_applied_counter(spare_redis_url: str) -> None:
+    client = redis.Redis.from_url(spare_redis_url)
     stop = threading.Event()
 
     def apply_steadily() -> None:
@@ -179,11 +180,11 @@ def test_stats_samples_the_workers_applied_counter(spare_redis: str) -> None:
     assert operate.applied_per_s(client, 0.2) == 0.0, "a still counter shows none"
 
 
-def test_dlq_list_show_replay_and_purge(run: Cli, spare_redis: str) -> None:
-    env = config(spare_redis)
-    first = dead_letter(spare_redis, save_state_op("a", 1))
-    second = dead_letter(spare_redis, save_state_op("a", 2))
-    junk = dead_letter(spare_redis, raw="not json at all")
+def test_dlq_list_show_replay_and_purge(run: Cli, spare_redis_url: str) -> None:
+    env = config(spare_redis_url)
+    first = dead_letter(spare_redis_url, save_state_op("a", 1))
+    second = dead_letter(spare_redis_url, save_state_op("a", 2))
+    junk = dead_letter(spare_redis_url, raw="not json at all")
     listing = run(["dlq", "list"], env)
     assert listing.exit_code == 0
     assert [line.split()[0] for line in listing.stdout.splitlines()] == [first, second, junk]
@@ -209,7 +210,7 @@ def test_dlq_list_show_replay_and_purge(run: Cli, spare_redis: str) -> None:
     result = run(["dlq", "replay", first, "nope"], env)
     assert result.exit_code == 1 and "replayed 1 op(s)" in result.stdout
     assert "no dead letter(s) nope" in result.stderr
-    client = redis.Redis.from_url(spare_redis)
+    client = redis.Redis.from_url(spare_redis_url)
     assert client.llen(keys.QUEUE) == 1
     result = run(["dlq", "replay", "--all"], env)
     assert result.exit_code == 0 and "replayed 1 op(s)" in result.stdout  # the junk stays
@@ -220,7 +221,7 @@ def test_dlq_list_show_replay_and_purge(run: Cli, spare_redis: str) -> None:
     assert client.hlen(keys.DLQ_KEY) == 1
     accepted = run(["dlq", "purge", junk], env, input="y\n")
     assert accepted.exit_code == 0 and "purged 1 dead letter(s)" in accepted.stdout
-    dead_letter(spare_redis, save_state_op("c", 3))
+    dead_letter(spare_redis_url, save_state_op("c", 3))
     assert run(["dlq", "purge", "--all", "--yes"], env).stdout == "purged 1 dead letter(s)\n"
     assert client.hlen(keys.DLQ_KEY) == 0 and client.zcard(keys.DLQ_INDEX_KEY) == 0
     client.close()
@@ -235,7 +236,9 @@ def test_broker_errors_are_one_line_without_the_password(run: Cli) -> None:
         assert "Traceback" not in result.stderr
 
 
-def test_health_answers_within_its_timeout_when_the_store_hangs(run: Cli, spare_redis: str) -> None:
+def test_health_answers_within_its_timeout_when_the_store_hangs(
+    run: Cli, spare_redis_url: str
+) -> None:
     import socket
 
     with socket.socket() as silent:  # accepts connections (backlog), never says a word
@@ -244,7 +247,9 @@ def test_health_answers_within_its_timeout_when_the_store_hangs(run: Cli, spare_
         port = silent.getsockname()[1]
         hanging = f"postgresql://postgres@127.0.0.1:{port}/db"
         began = time.monotonic()
-        result = run(["health", "--no-workers", "--timeout", "1.5"], config(spare_redis, hanging))
+        result = run(
+            ["health", "--no-workers", "--timeout", "1.5"], config(spare_redis_url, hanging)
+        )
         assert time.monotonic() - began < 3
     assert result.exit_code == 1
     assert "broker   OK" in result.stdout

@@ -9,17 +9,25 @@ from typing import Any
 
 import pytest
 
+from agentstore_cli.launch import CosmosServer
 from storage import StorageClient, create_storage_client
-from tests.services import fresh_pg_database, unavailable
+from tests.services import fresh_pg_database
 
 
 class Backend:
     """Makes fresh, isolated stores on one real server (or in this process's memory)."""
 
-    def __init__(self, name: str, stack: ExitStack) -> None:
+    def __init__(self, name: str, stack: ExitStack, cosmos: CosmosServer | None = None) -> None:
         self.name = name
         self._stack = stack
-        self._cosmos: Any = None
+        self._cosmos = cosmos
+
+    @classmethod
+    def of(cls, request: pytest.FixtureRequest, stack: ExitStack) -> Backend:
+        """The backend named by a fixture's `request.param`, on the session's servers."""
+        name: str = request.param
+        cosmos = request.getfixturevalue("cosmos_server") if name == "cosmos" else None
+        return cls(name, stack, cosmos)
 
     def fresh_env(self) -> dict[str, str]:
         """Environment variables that point `create_storage_client()` at a new empty store."""
@@ -28,14 +36,7 @@ class Backend:
         if self.name == "postgres":
             url = self._stack.enter_context(fresh_pg_database())
             return {"POSTGRES_CONNECTION_STRING": url}
-        if self._cosmos is None:
-            from tests.cosmos_server import start_cosmos_server
-
-            try:
-                self._cosmos = start_cosmos_server()
-            except Exception as exc:
-                unavailable(f"cosmosdb-server: {exc}")
-            self._stack.callback(self._cosmos.stop)
+        assert self._cosmos is not None, "a Cosmos DB backend is made with its server"
         return {
             "COSMOS_ENDPOINT": self._cosmos.endpoint,
             "COSMOS_KEY": self._cosmos.key,
@@ -54,7 +55,7 @@ class Backend:
 @pytest.fixture(scope="session", params=["postgres", "cosmos", "memory"])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     with ExitStack() as stack:
-        yield Backend(request.param, stack)
+        yield Backend.of(request, stack)
 
 
 @pytest.fixture(scope="session")

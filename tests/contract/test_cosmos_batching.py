@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.cosmos_server import CosmosServer, CosmosServerError, start_cosmos_server
-from tests.services import unavailable
+from agentstore_cli.launch import CosmosServer
 
 pytest.importorskip("azure.cosmos")
 
@@ -24,26 +23,16 @@ from storage.ops import Op, make_op
 pytestmark = pytest.mark.filterwarnings("ignore:Unverified HTTPS request:Warning")
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[CosmosServer]:
-    try:
-        srv = start_cosmos_server()
-    except CosmosServerError as exc:
-        unavailable(f"cosmosdb-server (Cosmos DB batching tests NOT run): {exc}")
-    yield srv
-    srv.stop()
-
-
 @pytest.fixture
-def make_client(server: CosmosServer) -> Iterator[Callable[..., CosmosDBClient]]:
+def make_client(cosmos_server: CosmosServer) -> Iterator[Callable[..., CosmosDBClient]]:
     made: list[CosmosDBClient] = []
 
     def make(**overrides: Any) -> CosmosDBClient:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             client = CosmosDBClient(
-                cosmos_endpoint=server.endpoint,
-                cosmos_key=server.key,
+                cosmos_endpoint=cosmos_server.endpoint,
+                cosmos_key=cosmos_server.key,
                 cosmos_database_name=f"batch-{uuid.uuid4().hex}",
                 **overrides,
             )

@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.cosmos_server import CosmosServer, CosmosServerError, start_cosmos_server
-from tests.services import unavailable
+from agentstore_cli.launch import CosmosServer
 
 cosmos = pytest.importorskip("azure.cosmos")
 from azure.cosmos import CosmosClient, PartitionKey, exceptions  # noqa: E402
@@ -35,34 +34,24 @@ CONTAINERS = ("agent_states", "agent_tasks", "conversations", "transactions")
 WRONG_KEY = base64.b64encode(b"not-the-emulator-key-" * 3).decode()
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[CosmosServer]:
-    try:
-        srv = start_cosmos_server()
-    except CosmosServerError as exc:
-        unavailable(f"cosmosdb-server (Cosmos DB layout tests NOT run): {exc}")
-    yield srv
-    srv.stop()
-
-
 @pytest.fixture
-def raw(server: CosmosServer) -> Iterator[CosmosClient]:
+def raw(cosmos_server: CosmosServer) -> Iterator[CosmosClient]:
     """The plain SDK client, to arrange and inspect what the backend sees."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        client = CosmosClient(server.endpoint, server.key)
+        client = CosmosClient(cosmos_server.endpoint, cosmos_server.key)
     yield client
     client.close()
 
 
 @pytest.fixture
-def make_client(server: CosmosServer) -> Iterator[Callable[..., CosmosDBClient]]:
+def make_client(cosmos_server: CosmosServer) -> Iterator[Callable[..., CosmosDBClient]]:
     made: list[CosmosDBClient] = []
 
     def make(database: str | None = None, **overrides: Any) -> CosmosDBClient:
         settings = {
-            "cosmos_endpoint": server.endpoint,
-            "cosmos_key": server.key,
+            "cosmos_endpoint": cosmos_server.endpoint,
+            "cosmos_key": cosmos_server.key,
             "cosmos_database_name": database or f"test-{uuid.uuid4().hex}",
             **overrides,
         }
@@ -233,18 +222,18 @@ def test_apply_retried_in_any_order_converges(make_client: Any) -> None:
         assert client.get_transactions("k") == [{"id": "t", "v": "0007"}]
 
 
-def test_key_never_shows(server: CosmosServer, make_client: Any) -> None:
+def test_key_never_shows(cosmos_server: CosmosServer, make_client: Any) -> None:
     client = make_client()
-    assert server.key not in repr(client)
+    assert cosmos_server.key not in repr(client)
     assert repr(client) == (
-        f"CosmosDBClient(endpoint={server.endpoint!r}, database={client._database_name!r})"
+        f"CosmosDBClient(endpoint={cosmos_server.endpoint!r}, database={client._database_name!r})"
     )
     with pytest.raises(StorageError) as info:
         make_client(cosmos_key=WRONG_KEY)
     assert "401" in str(info.value)
     for text in (str(info.value), repr(info.value), repr(info.value.__cause__)):
         assert WRONG_KEY not in text
-        assert server.key not in text
+        assert cosmos_server.key not in text
 
 
 def test_unusable_partition_key_path_is_a_config_error(raw: CosmosClient, make_client: Any) -> None:
@@ -285,10 +274,12 @@ def test_ids_the_sdk_refuses_are_mapped_reversibly(make_client: Any) -> None:
 
 
 @pytest.mark.parametrize("name", ["a/b", "a#b", "trailing ", "x" * 256, ""])
-def test_unusable_database_name_is_a_config_error(server: CosmosServer, name: str) -> None:
+def test_unusable_database_name_is_a_config_error(cosmos_server: CosmosServer, name: str) -> None:
     with pytest.raises(ConfigError, match="COSMOS_DATABASE_NAME"):
         CosmosDBClient(
-            cosmos_endpoint=server.endpoint, cosmos_key=server.key, cosmos_database_name=name
+            cosmos_endpoint=cosmos_server.endpoint,
+            cosmos_key=cosmos_server.key,
+            cosmos_database_name=name,
         )
 
 
@@ -296,7 +287,7 @@ def test_unusable_database_name_is_a_config_error(server: CosmosServer, name: st
     ("status", "transient"), [(429, True), (503, True), (408, True), (400, False)]
 )
 def test_http_errors_map_to_storage_errors(
-    server: CosmosServer,
+    cosmos_server: CosmosServer,
     make_client: Any,
     monkeypatch: pytest.MonkeyPatch,
     status: int,
@@ -306,14 +297,14 @@ def test_http_errors_map_to_storage_errors(
 
     def fail(*args: Any, **kwargs: Any) -> None:
         raise exceptions.CosmosHttpResponseError(  # type: ignore[no-untyped-call]
-            status_code=status, message=f"boom {server.key}"
+            status_code=status, message=f"boom {cosmos_server.key}"
         )
 
     monkeypatch.setattr(client._containers["state"].proxy, "read_item", fail)
     with pytest.raises(StorageError) as info:
         client.get_state("a", "s")
     assert isinstance(info.value, TransientStorageError) is transient
-    assert str(status) in str(info.value) and server.key not in str(info.value)
+    assert str(status) in str(info.value) and cosmos_server.key not in str(info.value)
 
 
 # --- deletes, partition tombstones and retention: what the shared contract cannot see ---------

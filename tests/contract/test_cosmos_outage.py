@@ -6,11 +6,13 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 import pytest
 
-from tests.cosmos_server import CosmosServerError, TcpProxy, start_cosmos_server
-from tests.services import unavailable
+from agentstore_cli.launch import start_cosmos_server
+from tests.proxy import TcpProxy
+from tests.services import started
 
 pytest.importorskip("azure.cosmos")
 
@@ -27,23 +29,19 @@ FAST_FAIL_S = 5.0
 @pytest.fixture
 def proxied() -> Iterator[tuple[CosmosDBClient, TcpProxy]]:
     proxy = TcpProxy()
-    try:
-        server = start_cosmos_server(advertised_port=proxy.port)
-    except CosmosServerError as exc:
-        proxy.refuse()
-        unavailable(f"cosmosdb-server (Cosmos DB outage tests NOT run): {exc}")
-    proxy.target = server.port
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        client = CosmosDBClient(
-            cosmos_endpoint=f"https://127.0.0.1:{proxy.port}/",
-            cosmos_key=server.key,
-            cosmos_database_name=f"outage-{uuid.uuid4().hex}",
-        )
-    yield client, proxy
-    client.close()
-    proxy.refuse()
-    server.stop()
+    with ExitStack() as stack:
+        stack.callback(proxy.refuse)
+        server = started(stack, lambda: start_cosmos_server(advertised_port=proxy.port))
+        proxy.target = server.port
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            client = CosmosDBClient(
+                cosmos_endpoint=f"https://127.0.0.1:{proxy.port}/",
+                cosmos_key=server.key,
+                cosmos_database_name=f"outage-{uuid.uuid4().hex}",
+            )
+        stack.callback(client.close)
+        yield client, proxy
 
 
 def _states(n: int, tag: int) -> list[Op]:

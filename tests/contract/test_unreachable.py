@@ -7,9 +7,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from agentstore_cli.launch import free_port
 from storage import StoreUnavailableError
 from tests.contract.conftest import Backend
-from tests.services import free_port
 
 
 def _moved_to_a_closed_port(url: str) -> str:

@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from agentstore_cli.launch import EMULATOR_KEY, free_port, start_cosmos_server
 from producer import Producer
-from tests.cosmos_server import EMULATOR_KEY
-from tests.services import free_port, fresh_pg_database, unavailable
+from tests.services import fresh_pg_database, started
 
 from .files import dockerfile_instructions, load_compose, our_services, service_environment
 from .native import NativeProcess, base_environment, command_of, localized_environment, start
@@ -55,14 +55,7 @@ class LocalServices:
         if variable == "POSTGRES_CONNECTION_STRING":
             return self._stack.enter_context(fresh_pg_database("agentstore_compose"))
         if variable == "COSMOS_ENDPOINT":
-            from tests.cosmos_server import start_cosmos_server
-
-            try:
-                server = start_cosmos_server()
-            except Exception as exc:
-                unavailable(f"cosmosdb-server: {exc}")
-            self._stack.callback(server.stop)
-            return server.endpoint
+            return started(self._stack, start_cosmos_server).endpoint
         raise AssertionError(f"no local stand-in for {variable}")
 
 

@@ -13,12 +13,11 @@ import pytest
 import redis
 
 from agentstore_cli.embedded import (
-    ServiceError,
-    free_port,
     resolve_services,
     start_embedded_postgres,
     start_embedded_valkey,
 )
+from agentstore_cli.launch import ServiceError, free_port
 from storage import PostgreSQLClient
 from storage.pg_url import options
 from tests.services import PG_ADMIN_URL, REDIS_URL

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from agentstore_cli.launch import free_port
 from storage.config import mask_url
 from tests.embedded_fallback import fallback_services
-from tests.services import PG_ADMIN_URL, REDIS_URL, free_port
+from tests.services import PG_ADMIN_URL, REDIS_URL
 
 from .files import ROOT
 

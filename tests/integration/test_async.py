@@ -17,8 +17,8 @@ from producer import AsyncProducer, LostOpsError
 from storage import create_storage_client
 from storage.ops import make_op
 from tests.forking import Child
-from tests.integration.conftest import WorkerFactory
 from tests.integration.helpers import producer
+from tests.plugin import WorkerFactory
 
 T = TypeVar("T")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from tests.integration.conftest import WorkerFactory
 from tests.integration.helpers import producer, rows
+from tests.plugin import WorkerFactory
 
 
 def test_single_save_messages_are_applied_many_per_transaction(

@@ -11,8 +11,8 @@ import redis
 
 from broker import keys, wire
 from producer import Producer
-from tests.integration.conftest import ROOT, WorkerFactory
 from tests.integration.helpers import producer, rows
+from tests.plugin import ROOT, WorkerFactory
 
 LONG = 60_000.0  # only flush/close/exit publish
 

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
+from agentstore_cli.launch import CosmosServer
 from producer import Producer
-from tests.cosmos_server import CosmosServer, CosmosServerError, start_cosmos_server
-from tests.integration.conftest import WorkerFactory
-from tests.services import unavailable
+from tests.plugin import WorkerFactory
 
 pytest.importorskip("azure.cosmos")
 
@@ -20,23 +18,13 @@ pytestmark = pytest.mark.filterwarnings("ignore:Unverified HTTPS request:Warning
 HTTP_LOG_MARKS = ("Request URL:", "Request method:", "Response status:", "'x-ms-")
 
 
-@pytest.fixture(scope="module")
-def cosmos() -> Iterator[CosmosServer]:
-    try:
-        server = start_cosmos_server()
-    except CosmosServerError as exc:
-        unavailable(f"cosmosdb-server (Cosmos DB worker tests NOT run): {exc}")
-    yield server
-    server.stop()
-
-
 @pytest.mark.parametrize("http_log", ["", "true"])
 def test_the_sdk_logs_no_http_request_at_info_unless_asked(
-    broker: str, cosmos: CosmosServer, start_worker: WorkerFactory, http_log: str
+    broker: str, cosmos_server: CosmosServer, start_worker: WorkerFactory, http_log: str
 ) -> None:
     env = {
-        "COSMOS_ENDPOINT": cosmos.endpoint,
-        "COSMOS_KEY": cosmos.key,
+        "COSMOS_ENDPOINT": cosmos_server.endpoint,
+        "COSMOS_KEY": cosmos_server.key,
         "COSMOS_DATABASE_NAME": f"log-{uuid.uuid4().hex[:12]}",
     }
     worker = start_worker(broker, "", AGENTSTORE_COSMOS_HTTP_LOG=http_log, **env)

@@ -6,8 +6,8 @@ import threading
 
 from storage.ops import make_op
 from storage.versions import new_version
-from tests.integration.conftest import WorkerFactory
 from tests.integration.helpers import producer, wait_until
+from tests.plugin import WorkerFactory
 
 
 def test_deletes_through_the_queue_stay_deleted_against_late_older_saves(

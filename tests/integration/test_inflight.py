@@ -11,8 +11,8 @@ import psycopg2
 import redis
 
 from broker import keys
-from tests.integration.conftest import WorkerFactory
 from tests.integration.helpers import pending, producer, wait_until
+from tests.plugin import WorkerFactory
 
 # The worker's apply blocks on the test's table lock four recovery periods long.
 RECOVERY = {

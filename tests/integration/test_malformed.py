@@ -16,8 +16,8 @@ import redis
 from broker import keys, wire
 from broker.deadletters import DeadLetters
 from broker.publisher import Publisher
-from tests.integration.conftest import WorkerFactory
 from tests.integration.helpers import pending, producer, wait_until
+from tests.plugin import WorkerFactory
 
 
 def _op(mid: str, **fields: object) -> str:

@@ -3,13 +3,12 @@ workers, running or started then, keep consuming until the backlog is drained.""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
+from agentstore_cli.launch import RedisServer
 from producer import PublishError
-from tests.integration.conftest import RedisServer, WorkerFactory
 from tests.integration.helpers import pending, producer, wait_until
+from tests.plugin import RedisFactory, WorkerFactory
 
 PAYLOAD = {"blob": "x" * 40_000}
 
@@ -30,10 +29,9 @@ def _fill(server: RedisServer, database: str) -> list[str]:
 
 @pytest.mark.parametrize("worker_first", [True, False])
 def test_workers_drain_a_full_redis(
-    tmp_path: Path, database: str, start_worker: WorkerFactory, worker_first: bool
+    start_redis: RedisFactory, database: str, start_worker: WorkerFactory, worker_first: bool
 ) -> None:
-    server = RedisServer(tmp_path)
-    server.start()
+    server = start_redis()
     client = server.client()
     try:
         used = int(client.info("memory")["used_memory"])
@@ -55,4 +53,3 @@ def test_workers_drain_a_full_redis(
             prod.save_state("agent", "after", {"ok": True})  # room again
     finally:
         client.close()
-        server.kill()

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import WorkerFactory
 from tests.integration.helpers import producer
+from tests.plugin import WorkerFactory
 
 TAGGED: list[dict[str, Any]] = [
     {"__type__": "datetime", "__value__": "2024-01-01T00:00:00"},

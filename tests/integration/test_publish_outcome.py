@@ -10,10 +10,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from agentstore_cli.launch import RedisServer, free_port
 from broker import keys
 from producer import Producer, PublishError
-from tests.integration.conftest import RedisServer
-from tests.services import free_port
 
 
 class ReplyEater:

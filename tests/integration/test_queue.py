@@ -18,8 +18,8 @@ from broker.deadletters import DeadLetters
 from broker.publisher import Publisher
 from producer import DeadLetteredError
 from storage import PostgreSQLClient
-from tests.integration.conftest import ROOT, WorkerFactory
 from tests.integration.helpers import execute, pending, producer, rows, wait_until
+from tests.plugin import ROOT, WorkerFactory
 
 THREADS = 8
 SAVES = 10_000

@@ -5,19 +5,17 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
 
+from agentstore_cli.launch import RedisServer, free_port
 from broker import keys, wire
 from broker.deadletters import DeadLetters
 from producer import Producer, PublishError
 from storage.pg_url import options
-from tests.integration.conftest import RedisServer, WorkerFactory
 from tests.integration.helpers import pending, producer, rows, wait_until
-from tests.services import free_port
+from tests.plugin import RedisFactory, WorkerFactory
 
 # Small batches and no batch wait: many batches in flight, so kills land mid-batch.
 SLOW = {"AGENTSTORE_BATCH_MAX": "20", "AGENTSTORE_BATCH_WAIT_MS": "0"}
@@ -180,13 +178,8 @@ def test_unreachable_broker_raises_publish_error_within_the_timeout() -> None:
 
 
 @pytest.fixture
-def aof_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path, aof=True)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
+def aof_server(start_redis: RedisFactory) -> RedisServer:
+    return start_redis(aof="always")
 
 
 def test_broker_restarted_mid_drain_loses_nothing(

@@ -10,8 +10,8 @@ import pytest
 import redis
 
 from broker.deadletters import DeadLetters
-from tests.integration.conftest import WorkerFactory
 from tests.integration.helpers import pending, producer, rows, wait_until
+from tests.plugin import WorkerFactory
 from tests.services import pg_admin
 
 MESSAGES = 100

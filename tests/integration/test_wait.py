@@ -4,7 +4,6 @@ op every time, and never success for ops the broker lost."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 import redis
@@ -12,8 +11,8 @@ import redis
 from broker.deadletters import DeadLetters
 from producer import BrokerUnavailableError, DeadLetteredError, LostOpsError
 from storage import PostgreSQLClient
-from tests.integration.conftest import RedisServer, WorkerFactory
 from tests.integration.helpers import execute, producer
+from tests.plugin import RedisFactory, WorkerFactory
 
 
 def test_every_dead_lettered_op_is_reported_on_every_wait_until_replayed(
@@ -87,16 +86,12 @@ def test_ops_the_broker_lost_are_named_never_reported_applied(
         client.close()
 
 
-def test_wait_says_the_broker_is_unreachable(tmp_path: Path, database: str) -> None:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        with producer(server.url, database) as prod:
-            op_id = prod.save_state("agent", "s", {})
-            server.kill()
-            with pytest.raises(BrokerUnavailableError, match="unreachable") as info:
-                prod.wait([op_id], timeout=2)
-            assert isinstance(info.value, TimeoutError)
-            assert "worker running" not in str(info.value)
-    finally:
+def test_wait_says_the_broker_is_unreachable(start_redis: RedisFactory, database: str) -> None:
+    server = start_redis()
+    with producer(server.url, database) as prod:
+        op_id = prod.save_state("agent", "s", {})
         server.kill()
+        with pytest.raises(BrokerUnavailableError, match="unreachable") as info:
+            prod.wait([op_id], timeout=2)
+        assert isinstance(info.value, TimeoutError)
+        assert "worker running" not in str(info.value)

@@ -26,6 +26,6 @@ settings.load_profile("agentstore")
 def store(request: pytest.FixtureRequest) -> Iterator[StorageBackend]:
     """One store per backend for the module, on the real server (or in memory)."""
     with ExitStack() as stack:
-        client = Backend(request.param, stack).client()
+        client = Backend.of(request, stack).client()
         assert isinstance(client, StorageBackend)
         yield client

@@ -6,7 +6,6 @@ it publishes, the worker applies (never dead-letters) and reads return unchanged
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -18,14 +17,13 @@ import pytest
 import redis
 from hypothesis import given, settings
 
+from agentstore_cli.launch import CeleryWorker, RedisServer
 from broker import keys
 from producer import Producer
 from storage import StorageClient, ValidationError
 from tests.contract.conftest import Backend
-from tests.integration.conftest import RedisServer, Worker, redis_server
+from tests.plugin import ROOT, worker_env
 from tests.property.strategies import assert_exact, ids, payloads, why_invalid, why_invalid_key
-
-__all__ = ["redis_server"]
 
 
 @dataclass
@@ -47,17 +45,11 @@ def queue(
     """A real worker on one backend, its producer and a reader; each backend its own Redis db."""
     broker = redis_server.url.rsplit("/", 1)[0] + ("/1" if request.param == "cosmos" else "/2")
     with ExitStack() as stack:
-        backend = Backend(request.param, stack)
+        backend = Backend.of(request, stack)
         store_env = backend.fresh_env()
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("AGENTSTORE_", "COSMOS_", "POSTGRES_", "CELERY_"))
-        }
-        env.update(store_env, CELERY_BROKER_URL=broker, PYTHONUNBUFFERED="1")
+        env = worker_env(**store_env, CELERY_BROKER_URL=broker)
         log = Path(tmp_path_factory.mktemp("worker")) / f"{request.param}.log"
-        worker = Worker(env, log, concurrency=1)
-        stack.callback(worker.stop)
+        worker = stack.enter_context(CeleryWorker(env, log, concurrency=1, cwd=ROOT))
         worker.wait_ready()
         prod = stack.enter_context(Producer(broker_url=broker))
         client = redis.Redis.from_url(broker)

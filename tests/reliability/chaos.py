@@ -10,9 +10,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from agentstore_cli.launch import CeleryWorker, RedisServer
 from broker import keys, wire
 from storage.pg_url import options
-from tests.integration.conftest import RedisServer, Worker
 from tests.integration.helpers import rows
 
 KILL, TERMINATE, RESTART = "worker SIGKILL", "pg_terminate_backend", "redis restart"
@@ -24,9 +24,9 @@ class Cluster:
 
     redis: RedisServer
     database: str
-    start_worker: Callable[[], Worker]
+    start_worker: Callable[[], CeleryWorker]
     size: int
-    workers: list[Worker] = field(default_factory=list)
+    workers: list[CeleryWorker] = field(default_factory=list)
     unexpected_exits: int = 0
     in_flight_at_kills: int = 0  # taken from the queue by some worker, not yet confirmed
 

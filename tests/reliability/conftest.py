@@ -1,32 +1,15 @@
-"""Fixtures for the soak: a test-owned Redis with AOF, a fresh database, real workers."""
+"""Fixtures for the soak: a test-owned Redis with AOF (the database and workers come from
+the test services)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
-from tests.integration.conftest import RedisServer, database, start_worker
-from tests.services import fresh_pg_database
-
-__all__ = ["aof_redis", "database", "soak_database", "start_worker"]
+from agentstore_cli.launch import RedisServer
+from tests.plugin import RedisFactory
 
 
 @pytest.fixture
-def aof_redis(tmp_path: Path) -> Iterator[RedisServer]:
+def aof_redis(start_redis: RedisFactory) -> RedisServer:
     """A redis-server that fsyncs every write: a restart keeps every acknowledged publish."""
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    server = RedisServer(directory, aof=True)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
-@pytest.fixture
-def soak_database() -> Iterator[str]:
-    with fresh_pg_database("agentstore_soak") as url:
-        yield url
+    return start_redis(aof="always")

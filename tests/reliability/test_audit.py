@@ -13,7 +13,7 @@ def _save(kind: str, owner: str, sub: str, v: str, payload: object, seq: int) ->
     return Save(kind, owner, sub, v, payload, f"op{seq}", 0, seq)  # type: ignore[arg-type]
 
 
-def test_audit_counts_lost_stale_duplicated_out_of_order_and_foreign(soak_database: str) -> None:
+def test_audit_counts_lost_stale_duplicated_out_of_order_and_foreign(database: str) -> None:
     msg = {n: {"t": 0, "n": n} for n in range(1, 5)}
     txn = [{"id": "tx-1", "t": 0, "n": 9, "i": 0}]
     saves = [
@@ -42,9 +42,9 @@ def test_audit_counts_lost_stale_duplicated_out_of_order_and_foreign(soak_databa
         make_op("save_conversation", {"conversation_id": "c", "message": msg[4]}, version=4),
         make_op("save_transactions", {"case_id": "case", "transactions": txn}, version=5),
     ]
-    with PostgreSQLClient(postgres_connection_string=soak_database) as store:
+    with PostgreSQLClient(postgres_connection_string=database) as store:
         store.apply(ops)
-    result = audit(saves, soak_database)
+    result = audit(saves, database)
     assert (result.sent, result.acked) == (9, 9)
     assert result.lost == 1 and result.stale == 1 and result.foreign == 1
     assert result.duplicated == 1 and result.out_of_order >= 1
@@ -52,9 +52,9 @@ def test_audit_counts_lost_stale_duplicated_out_of_order_and_foreign(soak_databa
     assert not result.clean and len(result.problems) == 5
 
 
-def test_audit_of_everything_applied_is_clean(soak_database: str) -> None:
+def test_audit_of_everything_applied_is_clean(database: str) -> None:
     saves = [_save("state", "a", "s", _v(n), {"n": n}, n) for n in range(3)]
-    with PostgreSQLClient(postgres_connection_string=soak_database) as store:
+    with PostgreSQLClient(postgres_connection_string=database) as store:
         store.save_state("a", "s", {"n": 2}, version=2)
-    result = audit(saves, soak_database)
+    result = audit(saves, database)
     assert result.clean and result.applied == 3

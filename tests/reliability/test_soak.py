@@ -19,9 +19,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from agentstore_cli.launch import RedisServer
 from broker import keys
 from broker.deadletters import DeadLetters
-from tests.integration.conftest import RedisServer, WorkerFactory
+from tests.plugin import WorkerFactory
 from tests.reliability import results
 from tests.reliability.audit import audit
 from tests.reliability.chaos import KILL, Chaos, Cluster
@@ -75,14 +76,14 @@ def _drain(server: RedisServer, timeout: float) -> float:
 
 def test_chaos_soak_loses_nothing_acknowledged(
     aof_redis: RedisServer,
-    soak_database: str,
+    database: str,
     start_worker: WorkerFactory,
     soak_results: list[results.ScenarioResult],
 ) -> None:
     print(f"\nsoak: SOAK_S={SOAK_S:g} SOAK_SEED={SEED} (set SOAK_SEED to replay the faults)")
     url = aof_redis.url
     cluster = Cluster(
-        aof_redis, soak_database, lambda: start_worker(url, soak_database, **WORKER_ENV), WORKERS
+        aof_redis, database, lambda: start_worker(url, database, **WORKER_ENV), WORKERS
     )
     cluster.start()
     stop = threading.Event()
@@ -112,7 +113,7 @@ def test_chaos_soak_loses_nothing_acknowledged(
     dead_letters = dlq.count()
     dlq.close()
     saves = [s for p in producers for s in p.saves]
-    result = audit(saves, soak_database)
+    result = audit(saves, database)
     soak_results.append(
         results.ScenarioResult(
             name="postgres: kills, connection kills, broker restarts",

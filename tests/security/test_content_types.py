@@ -15,10 +15,8 @@ import redis
 
 from broker import keys, wire
 from broker.deadletters import DeadLetters
-from tests.integration.conftest import WorkerFactory, broker, database, redis_server, start_worker
 from tests.integration.helpers import pending, producer, wait_until
-
-__all__ = ["broker", "database", "redis_server", "start_worker"]
+from tests.plugin import WorkerFactory
 
 
 def _payloads(target: Path) -> dict[str, bytes]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -20,17 +19,17 @@ from typing import Any
 import pytest
 import redis
 
+from agentstore_cli.launch import EMULATOR_KEY, CeleryWorker, CosmosServer, RedisServer, free_port
 from broker import wire
 from broker.deadletters import DeadLetters
 from broker.publisher import Publisher
 from producer import Producer
 from storage import CosmosDBClient, PostgreSQLClient, StorageError, load_settings
 from storage.pg_url import with_database
-from tests.cosmos_server import EMULATOR_KEY, CosmosServer, start_cosmos_server
-from tests.integration.conftest import ROOT, Worker
 from tests.integration.helpers import execute, rows, wait_until
-from tests.security.conftest import PG_SECRET, REDIS_SECRET, SecretRedis
-from tests.services import free_port, unavailable
+from tests.plugin import ROOT, worker_env
+from tests.security.conftest import PG_SECRET, REDIS_SECRET
+from tests.services import unavailable
 
 SECRETS = (PG_SECRET, REDIS_SECRET, EMULATOR_KEY)
 # The console script installed with this interpreter (`pip install -e .`), wherever its venv.
@@ -60,50 +59,18 @@ class Evidence:
         assert not leaks, "secret found in: " + ", ".join(sorted({w for w, _ in leaks}))
 
 
-@pytest.fixture(scope="module")
-def cosmos() -> Iterator[CosmosServer]:
-    try:
-        server = start_cosmos_server()
-    except Exception as exc:
-        unavailable(f"cosmosdb-server: {exc}")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def _env(**config: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("AGENTSTORE_", "COSMOS_", "POSTGRES_", "CELERY_"))
-    }
-    env.update(config, PYTHONUNBUFFERED="1", AGENTSTORE_RETRY_MAX_S="2")
-    return env
+    return worker_env(**config, AGENTSTORE_RETRY_MAX_S="2")
 
 
-def _debug_worker(env: dict[str, str], log_path: Path) -> Worker:
+def _debug_worker(env: dict[str, str], log_path: Path) -> CeleryWorker:
     """`celery -A worker worker` at DEBUG level: the most a log ever says."""
-    worker = Worker.__new__(Worker)
-    worker.name = f"sec{uuid.uuid4().hex[:8]}@%h"
-    worker.log_path = log_path
-    worker._log = open(log_path, "ab")  # noqa: SIM115 - closed by Worker.stop()
-    args = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel", "DEBUG"]
-    args += ["--concurrency", "1", "-n", worker.name, "--without-mingle", "--without-gossip"]
-    worker.proc = subprocess.Popen(
-        args,
-        cwd=ROOT,
-        env=env,
-        stdout=worker._log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    return worker
+    return CeleryWorker(env, log_path, concurrency=1, loglevel="DEBUG", cwd=ROOT)
 
 
 @pytest.fixture
-def workers() -> Iterator[list[Worker]]:
-    started: list[Worker] = []
+def workers() -> Iterator[list[CeleryWorker]]:
+    started: list[CeleryWorker] = []
     yield started
     for worker in started:
         worker.stop()
@@ -196,7 +163,7 @@ def _value(client: redis.Redis, key: bytes) -> object:
     return client.smembers(key) if kind == "set" else client.dump(key)
 
 
-def _broker_contents(evidence: Evidence, server: SecretRedis, databases: range) -> None:
+def _broker_contents(evidence: Evidence, server: RedisServer, databases: range) -> None:
     """Every value of every key: dead letters, pending messages, anything else."""
     for db in databases:
         client = server.client(db)
@@ -210,10 +177,10 @@ def _missing_db(pg_url: str) -> str:
 
 
 def test_no_secret_in_logs_errors_reprs_cli_broker_or_dead_letters(
-    secret_redis: SecretRedis,
+    secret_redis: RedisServer,
     pg_url_with_password: str,
-    cosmos: CosmosServer,
-    workers: list[Worker],
+    cosmos_server: CosmosServer,
+    workers: list[CeleryWorker],
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -222,9 +189,9 @@ def test_no_secret_in_logs_errors_reprs_cli_broker_or_dead_letters(
     caplog.set_level(logging.DEBUG)
     evidence = Evidence()
     pg_url = pg_url_with_password
-    pg_broker, cosmos_broker, broken_broker = (secret_redis.url(db) for db in (0, 1, 2))
+    pg_broker, cosmos_broker, broken_broker = (secret_redis.url_for(db) for db in (0, 1, 2))
     cosmos_config = {
-        "COSMOS_ENDPOINT": cosmos.endpoint,
+        "COSMOS_ENDPOINT": cosmos_server.endpoint,
         "COSMOS_KEY": EMULATOR_KEY,
         "COSMOS_DATABASE_NAME": f"sec_{uuid.uuid4().hex[:8]}",
     }

@@ -16,17 +16,16 @@ import psycopg2
 import pytest
 import redis
 
+from agentstore_cli.launch import EMULATOR_KEY, CosmosServer, RedisServer
 from broker.publisher import Publisher
 from producer import Producer, PublishError
 from storage import CosmosDBClient, PostgreSQLClient, StorageError, load_settings
 from storage.pg_url import options, with_options
-from tests.cosmos_server import EMULATOR_KEY, start_cosmos_server
-from tests.integration.conftest import ROOT, WorkerFactory, database, start_worker
 from tests.integration.helpers import rows
-from tests.security.tls import TlsRedis, tls_redis
-from tests.services import unavailable
+from tests.plugin import ROOT, WorkerFactory
+from tests.security.tls import tls_redis
 
-__all__ = ["database", "start_worker", "tls_redis"]
+__all__ = ["tls_redis"]
 REMOTE = "rediss://:pw@broker.example.com:6380/3?ssl_cert_reqs=required&ssl_ca_certs=/etc/ca.pem"
 SOURCES = [ROOT / d for d in ("storage", "producer", "worker", "agentstore_cli")]
 
@@ -58,15 +57,15 @@ def test_the_worker_takes_the_rediss_url_unchanged() -> None:
 
 
 def test_producer_and_worker_over_tls_and_a_certificate_is_verified(
-    tls_redis: TlsRedis, database: str, start_worker: WorkerFactory
+    tls_redis: RedisServer, database: str, start_worker: WorkerFactory
 ) -> None:
-    worker = start_worker(tls_redis.url(), database)
-    with Producer(broker_url=tls_redis.url(), postgres_connection_string=database) as prod:
+    worker = start_worker(tls_redis.url, database)
+    with Producer(broker_url=tls_redis.url, postgres_connection_string=database) as prod:
         op_id = prod.save_state("agent", "over-tls", {"secure": True})
         prod.wait([op_id], timeout=30)
         assert prod.get_state("agent", "over-tls") == {"secure": True}
     # Without our CA the server's certificate is unknown: refused, not silently accepted.
-    untrusted = tls_redis.url(with_ca=False)
+    untrusted = tls_redis.url.split("&ssl_ca_certs=")[0]  # no CA: verified against the system's
     with (
         Producer(broker_url=untrusted, publish_timeout=1) as prod,
         pytest.raises(PublishError, match="CERTIFICATE_VERIFY_FAILED"),
@@ -172,21 +171,17 @@ def test_cosmos_client_leaves_verification_on_for_a_real_account(
     assert warnings.filters == before, "no TLS warning is silenced for a remote host"
 
 
-def test_cosmos_certificate_is_verified_for_any_name_but_loopback() -> None:
-    try:
-        server = start_cosmos_server()
-    except Exception as exc:
-        unavailable(f"cosmosdb-server: {exc}")
-    try:
-        name = f"t{uuid.uuid4().hex[:8]}"
-        # The same server: by the name the SDK exempts (emulator rule) it is accepted...
-        ok = CosmosDBClient(
-            cosmos_endpoint=server.endpoint, cosmos_key=server.key, cosmos_database_name=name
-        )
-        ok.close()
-        # ...by another name for the same address its self-signed certificate is refused.
-        other = f"https://127.1:{server.port}/"
-        with pytest.raises(StorageError, match="CERTIFICATE_VERIFY_FAILED"):
-            CosmosDBClient(cosmos_endpoint=other, cosmos_key=server.key, cosmos_database_name=name)
-    finally:
-        server.stop()
+def test_cosmos_certificate_is_verified_for_any_name_but_loopback(
+    cosmos_server: CosmosServer,
+) -> None:
+    server = cosmos_server
+    name = f"t{uuid.uuid4().hex[:8]}"
+    # The same server: by the name the SDK exempts (emulator rule) it is accepted...
+    ok = CosmosDBClient(
+        cosmos_endpoint=server.endpoint, cosmos_key=server.key, cosmos_database_name=name
+    )
+    ok.close()
+    # ...by another name for the same address its self-signed certificate is refused.
+    other = f"https://127.1:{server.port}/"
+    with pytest.raises(StorageError, match="CERTIFICATE_VERIFY_FAILED"):
+        CosmosDBClient(cosmos_endpoint=other, cosmos_key=server.key, cosmos_database_name=name)

@@ -4,25 +4,14 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-import redis
 
-from tests.services import free_port, unavailable
-
-
-@dataclass
-class TlsRedis:
-    port: int
-    ca: Path
-
-    def url(self, db: int = 0, *, with_ca: bool = True) -> str:
-        query = "ssl_cert_reqs=required" + (f"&ssl_ca_certs={self.ca}" if with_ca else "")
-        return f"rediss://127.0.0.1:{self.port}/{db}?{query}"
+from agentstore_cli.launch import RedisServer, Tls
+from tests.services import started, unavailable
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -82,33 +71,12 @@ def make_certificates(directory: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsRedis]:
-    binary, openssl = shutil.which("redis-server"), shutil.which("openssl")
-    if binary is None or openssl is None:
-        unavailable("redis-server and openssl are needed for the TLS broker")
+def tls_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A test-owned redis-server that speaks only TLS; its `url` names our CA."""
+    if shutil.which("openssl") is None:
+        unavailable("openssl is needed for the TLS broker's certificates")
     directory = tmp_path_factory.mktemp("tls")
     make_certificates(directory)
-    server = TlsRedis(free_port(), directory / "ca.pem")
-    args = [binary, "--port", "0", "--tls-port", str(server.port), "--bind", "127.0.0.1"]
-    args += ["--tls-cert-file", "server.pem", "--tls-key-file", "server.key"]
-    args += ["--tls-ca-cert-file", "ca.pem", "--tls-auth-clients", "no"]
-    args += ["--save", "", "--appendonly", "no", "--dir", str(directory)]
-    process = subprocess.Popen(
-        args, cwd=directory, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        client = redis.Redis.from_url(server.url(), socket_timeout=5)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    unavailable("redis-server did not start with TLS (built without it?)")
-                time.sleep(0.05)
-        client.close()
-        yield server
-    finally:
-        process.kill()
-        process.wait(timeout=10)
+    tls = Tls(directory / "server.pem", directory / "server.key", directory / "ca.pem")
+    with ExitStack() as stack:
+        yield started(stack, lambda: RedisServer(directory, tls=tls))

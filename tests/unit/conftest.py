@@ -7,9 +7,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tests.integration.conftest import RedisServer, redis_server
-
-__all__ = ["RedisServer", "rds", "redis_server"]
+from agentstore_cli.launch import RedisServer
 
 
 @pytest.fixture

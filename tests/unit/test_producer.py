@@ -14,12 +14,12 @@ import pytest
 
 import broker.publisher
 import producer.client
+from agentstore_cli.launch import free_port
 from broker import keys, wire
 from broker.deadletters import DeadLetters, settle
 from producer import DeadLetteredError, LostOpsError, Producer, PublishError
 from storage import InMemoryStorageClient, StorageError, ValidationError
 from storage.ops import make_op
-from tests.services import free_port
 
 
 @pytest.fixture

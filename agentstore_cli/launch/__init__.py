@@ -1,0 +1,27 @@
+"""Launchers for real services, each stopped by whoever started it: redis-server (or Valkey),
+Celery workers, the Cosmos DB test server and throwaway PostgreSQL databases.
+
+One set for everything that starts services: the demo, the embedded fallback, the test
+suite's pytest plugin (`tests/plugin.py`) and the benchmarks. A service that cannot start
+raises `ServiceError`, whose message says why and ends with its log where there is one.
+"""
+
+from .celery_worker import CeleryWorker
+from .cosmos_server import EMULATOR_KEY, CosmosServer, CosmosServerError, start_cosmos_server
+from .postgres import fresh_database
+from .processes import REPOSITORY, ServiceError, free_port
+from .redis_server import RedisServer, Tls
+
+__all__ = [
+    "EMULATOR_KEY",
+    "REPOSITORY",
+    "CeleryWorker",
+    "CosmosServer",
+    "CosmosServerError",
+    "RedisServer",
+    "ServiceError",
+    "Tls",
+    "free_port",
+    "fresh_database",
+    "start_cosmos_server",
+]
