@@ -33,8 +33,14 @@ _SCAN_TAIL = 100
 # newest first. One not seen out of the queue before is marked with Redis's time; one out
 # (or heartbeaten) at least ARGV[3] s ago is pushed back. Pushed newest first, chunk after
 # chunk going down, so the queue's tail stays its smallest sequence and the oldest is
-# consumed first. Returns {pushed, scanned, smallest sequence scanned}.
+# consumed first. Returns {pushed, scanned, smallest sequence scanned}; {0, 0} if another
+# round holds the lock (ARGV[4] is ours), which each chunk otherwise renews for ARGV[5] ms.
 _SWEEP = """
+local holder = redis.call('GET', KEYS[5])
+if holder and holder ~= ARGV[4] then
+  return {0, 0}
+end
+redis.call('SET', KEYS[5], ARGV[4], 'PX', ARGV[5])
 local t = redis.call('TIME')
 local now = string.format('%d.%06d', t[1], t[2])
 local cutoff = tonumber(now) - tonumber(ARGV[3])
@@ -89,7 +95,13 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-_KEYS = [wire.PENDING_KEY, wire.MESSAGES_KEY, wire.QUEUE, wire.OUT_SINCE_KEY]
+_KEYS = [
+    wire.PENDING_KEY,
+    wire.MESSAGES_KEY,
+    wire.QUEUE,
+    wire.OUT_SINCE_KEY,
+    wire.REAPER_LOCK_KEY,
+]
 
 
 class Reaper:
@@ -106,6 +118,7 @@ class Reaper:
         self._redis = client
         self._after = recovery_after_s
         self._interval_s = interval_s
+        self._interval_ms = max(1, int(interval_s * 1000))
         self._chunk = chunk
         self._sweep = client.register_script(_SWEEP)
         self._head = client.register_script(_HEAD_SEQ)
@@ -116,12 +129,13 @@ class Reaper:
         pushed back."""
         token = os.urandom(8).hex()
         started = time.monotonic()
-        # Held across the round (bounded by the long expiry), then until one interval after
-        # the round began: the lock both serializes rounds and spaces their starts.
-        if not self._redis.set(wire.REAPER_LOCK_KEY, token, nx=True, px=60_000):
+        # Held across the round, each chunk renewing it for one interval, so a worker killed
+        # mid-round holds up the others for one interval at most; then held until one
+        # interval after the round began: the lock serializes rounds and spaces their starts.
+        if not self._redis.set(wire.REAPER_LOCK_KEY, token, nx=True, px=self._interval_ms):
             return 0
         try:
-            return self._round()
+            return self._round(token)
         finally:
             left_ms = int((self._interval_s - (time.monotonic() - started)) * 1000)
             self._release(keys=[wire.REAPER_LOCK_KEY], args=[token, max(0, left_ms)])
@@ -134,7 +148,7 @@ class Reaper:
             return self._interval_s
         return min(max(left_ms, 1) / 1000, self._interval_s)
 
-    def _round(self) -> int:
+    def _round(self, token: str) -> int:
         head = self._head(keys=[wire.QUEUE, wire.PENDING_KEY], args=[_SCAN_TAIL])
         if head is None:
             # The tail holds only confirmed duplicates or foreign entries; workers are
@@ -144,7 +158,9 @@ class Reaper:
         pushed = 0
         after = f"{self._after:.6f}"
         while True:
-            found = self._sweep(keys=_KEYS, args=[below, self._chunk, after])
+            found = self._sweep(
+                keys=_KEYS, args=[below, self._chunk, after, token, self._interval_ms]
+            )
             pushed += int(found[0])
             if int(found[1]) < self._chunk:
                 break
