@@ -105,11 +105,13 @@ def database() -> Iterator[str]:
 class Worker:
     """One `celery -A worker worker` process group, logging to a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 2) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, concurrency: int = 2, queue: str = wire.QUEUE
+    ) -> None:
         self.name = f"w{uuid.uuid4().hex[:8]}@%h"
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        args = [sys.executable, "-m", "celery", "-A", "worker", "worker"]
+        args = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--queues", queue]
         args += ["--concurrency", str(concurrency), "--loglevel", "INFO", "-n", self.name]
         # Mingle and gossip only slow start-up down; the test workers need neither.
         args += ["--without-mingle", "--without-gossip", "--without-heartbeat"]
@@ -163,10 +165,18 @@ WorkerFactory = Callable[..., Worker]
 
 @pytest.fixture
 def start_worker(tmp_path: Path) -> Iterator[WorkerFactory]:
-    """`start_worker(broker_url, database_url, **env)` -> a ready Worker, stopped at teardown."""
+    """`start_worker(broker_url, database_url, **env)` -> a ready Worker, stopped at teardown.
+
+    `queue=` another queue than ours gives a worker that only runs the reaper."""
     started: list[Worker] = []
 
-    def start(broker_url: str, database_url: str, ready: bool = True, **extra: str) -> Worker:
+    def start(
+        broker_url: str,
+        database_url: str,
+        ready: bool = True,
+        queue: str = wire.QUEUE,
+        **extra: str,
+    ) -> Worker:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTSTORE_", "COSMOS_"))}
         env.update(
             CELERY_BROKER_URL=broker_url,
@@ -176,7 +186,7 @@ def start_worker(tmp_path: Path) -> Iterator[WorkerFactory]:
             PYTHONUNBUFFERED="1",
         )
         env.update(extra)
-        worker = Worker(env, tmp_path / f"worker-{len(started)}.log")
+        worker = Worker(env, tmp_path / f"worker-{len(started)}.log", queue=queue)
         started.append(worker)
         if ready:
             worker.wait_ready()
