@@ -85,11 +85,18 @@ def database() -> Iterator[str]:
 
 @pytest.fixture
 def start_worker(tmp_path: Path) -> Iterator[WorkerFactory]:
-    """`start_worker(broker_url, database_url, ready=True, **env)` -> a `celery -A worker
-    worker` (concurrency 2) configured by these alone, stopped at teardown."""
+    """`start_worker(broker_url, database_url, ready=True, queue=None, **env)` -> a `celery -A
+    worker worker` (concurrency 2) configured by these alone, stopped at teardown; `queue=`
+    another queue than ours gives a worker that only runs the reaper."""
     started_workers: list[CeleryWorker] = []
 
-    def start(broker_url: str, database_url: str, ready: bool = True, **extra: str) -> CeleryWorker:
+    def start(
+        broker_url: str,
+        database_url: str,
+        ready: bool = True,
+        queue: str | None = None,
+        **extra: str,
+    ) -> CeleryWorker:
         env = worker_env(
             CELERY_BROKER_URL=broker_url,
             POSTGRES_CONNECTION_STRING=database_url,
@@ -98,7 +105,7 @@ def start_worker(tmp_path: Path) -> Iterator[WorkerFactory]:
         )
         env.update(extra)
         log = tmp_path / f"worker-{len(started_workers)}.log"
-        worker = CeleryWorker(env, log, cwd=ROOT)
+        worker = CeleryWorker(env, log, cwd=ROOT, queue=queue)
         started_workers.append(worker)
         if ready:
             worker.wait_ready()

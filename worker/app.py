@@ -96,7 +96,7 @@ class _Process:
             self.redis,
             _worker_settings.recovery_after_s,
             interval_s=_worker_settings.reaper_interval_s,
-            max_per_round=_worker_settings.reaper_batch,
+            chunk=_worker_settings.reaper_batch,
         )
         # Started before the store is opened: messages lost while the database was away
         # must be recovered even if no new message arrives to start anything else.

@@ -7,15 +7,20 @@ oldest message still queued (`LINDEX agentstore -1`) tells which pending message
 left the queue: those with a smaller sequence. One still pending `recovery_after_s` after
 it was first seen out of the queue, or after the last heartbeat of the worker applying it
 (`worker.lease`), is pushed back to the consuming end.
+
+A round starts every `interval_s` and goes through every message out of the queue, however
+many, in chunks of `chunk` per Redis call: it marks those it sees out for the first time and
+pushes back those overdue. So a message lost in a crash is marked within one interval and
+pushed back within one interval of being overdue: `recovery_after_s` + 2 intervals after
+the crash (while a worker runs), whether one message was lost or a hundred thousand.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
-from typing import cast
+import time
 
 import redis
 
@@ -24,27 +29,39 @@ from broker import keys
 log = logging.getLogger(__name__)
 _SCAN_TAIL = 100
 
-# Pushes back only what is still pending (a worker may have just confirmed it) and not
-# heartbeaten since ARGV[1] (a worker may still be applying it), oldest last, so the oldest
-# is consumed first and the queue's tail stays its smallest sequence.
-_REPUBLISH = """
-local cutoff = tonumber(ARGV[1])
+# One chunk of a round: up to ARGV[2] pending messages with a sequence below ARGV[1], the
+# newest first. One not seen out of the queue before is marked with Redis's time; one out
+# (or heartbeaten) at least ARGV[3] s ago is pushed back. Pushed newest first, chunk after
+# chunk going down, so the queue's tail stays its smallest sequence and the oldest is
+# consumed first. Returns {pushed, scanned, smallest sequence scanned}; {0, 0} if another
+# round holds the lock (ARGV[4] is ours), which each chunk otherwise renews for ARGV[5] ms.
+_SWEEP = """
+local holder = redis.call('GET', KEYS[5])
+if holder and holder ~= ARGV[4] then
+  return {0, 0}
+end
+redis.call('SET', KEYS[5], ARGV[4], 'PX', ARGV[5])
+local t = redis.call('TIME')
+local now = string.format('%d.%06d', t[1], t[2])
+local cutoff = tonumber(now) - tonumber(ARGV[3])
+local out = redis.call('ZREVRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '-inf',
+  'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
 local n = 0
-for i = 2, #ARGV do
-  local id = ARGV[i]
+for i = 1, #out, 2 do
+  local id = out[i]
   local since = redis.call('HGET', KEYS[4], id)
-  if not since or tonumber(since) <= cutoff then
-    if redis.call('ZSCORE', KEYS[1], id) then
-      local m = redis.call('HGET', KEYS[2], id)
-      if m then
-        redis.call('RPUSH', KEYS[3], m)
-        n = n + 1
-      end
+  if not since then
+    redis.call('HSET', KEYS[4], id, now)
+  elseif tonumber(since) <= cutoff then
+    local m = redis.call('HGET', KEYS[2], id)
+    if m then
+      redis.call('RPUSH', KEYS[3], m)
+      n = n + 1
     end
     redis.call('HDEL', KEYS[4], id)
   end
 end
-return n
+return {n, #out / 2, out[#out]}
 """
 # The smallest pending sequence among the queue's last ARGV[1] entries, found inside Redis:
 # messages can be megabytes each, and only their header id matters here. Returns "inf" for
@@ -66,14 +83,25 @@ end
 if best == nil then
   return false
 end
-return tostring(best)
+return string.format('%d', best)
 """
-_EXTEND_IF_MINE = """
+# Sets the lock's expiry if this round still holds it; 0 ms deletes it.
+_RELEASE_AFTER = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  if tonumber(ARGV[2]) > 0 then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  end
+  return redis.call('DEL', KEYS[1])
 end
 return 0
 """
+_KEYS = [
+    keys.PENDING_KEY,
+    keys.MESSAGES_KEY,
+    keys.QUEUE,
+    keys.OUT_SINCE_KEY,
+    keys.REAPER_LOCK_KEY,
+]
 
 
 class Reaper:
@@ -85,80 +113,66 @@ class Reaper:
         recovery_after_s: float = 20.0,
         *,
         interval_s: float = 1.0,
-        max_per_round: int = 1000,
+        chunk: int = 1000,
     ) -> None:
         self._redis = client
         self._after = recovery_after_s
+        self._interval_s = interval_s
         self._interval_ms = max(1, int(interval_s * 1000))
-        self._max = max_per_round
-        self._republish = client.register_script(_REPUBLISH)
+        self._chunk = chunk
+        self._sweep = client.register_script(_SWEEP)
         self._head = client.register_script(_HEAD_SEQ)
-        self._extend = client.register_script(_EXTEND_IF_MINE)
+        self._release = client.register_script(_RELEASE_AFTER)
 
     def run_once(self) -> int:
-        """One round if no other worker ran one within the interval; returns messages pushed."""
+        """One round if no other worker started one within the interval; returns messages
+        pushed back."""
         token = os.urandom(8).hex()
-        # Held across the round (bounded by the long expiry), then left to expire after one
-        # interval: the lock both serializes rounds and spaces them out.
-        if not self._redis.set(keys.REAPER_LOCK_KEY, token, nx=True, px=60_000):
+        started = time.monotonic()
+        # Held across the round, each chunk renewing it for one interval, so a worker killed
+        # mid-round holds up the others for one interval at most; then held until one
+        # interval after the round began: the lock serializes rounds and spaces their starts.
+        if not self._redis.set(keys.REAPER_LOCK_KEY, token, nx=True, px=self._interval_ms):
             return 0
         try:
-            return self._round()
+            return self._round(token)
         finally:
-            self._extend(keys=[keys.REAPER_LOCK_KEY], args=[token, self._interval_ms])
+            left_ms = int((self._interval_s - (time.monotonic() - started)) * 1000)
+            self._release(keys=[keys.REAPER_LOCK_KEY], args=[token, max(0, left_ms)])
 
-    def _head_seq(self) -> float | None:
-        """Smallest sequence still queued; +inf if the queue is empty, None if unknown."""
-        found = self._head(keys=[keys.QUEUE, keys.PENDING_KEY], args=[_SCAN_TAIL])
-        # None: the tail holds only confirmed duplicates or foreign entries; workers are
-        # consuming them now, so decide next round.
-        return None if found is None else float(found)
+    def next_round_in(self) -> float:
+        """Seconds until the next round may start (when the lock expires), at most one
+        interval: a worker that waits this long never misses its turn by a whole interval."""
+        left_ms = int(self._redis.pttl(keys.REAPER_LOCK_KEY))
+        if left_ms == -1:  # a lock without expiry was set by hand: no round ever sets one
+            return self._interval_s
+        return min(max(left_ms, 1) / 1000, self._interval_s)
 
-    def _round(self) -> int:
-        head = self._head_seq()
+    def _round(self, token: str) -> int:
+        head = self._head(keys=[keys.QUEUE, keys.PENDING_KEY], args=[_SCAN_TAIL])
         if head is None:
+            # The tail holds only confirmed duplicates or foreign entries; workers are
+            # consuming them now, so decide next round.
             return 0
-        out = cast(
-            list[tuple[bytes, float]],
-            self._redis.zrangebyscore(
-                keys.PENDING_KEY,
-                "-inf",
-                "+inf" if head == math.inf else f"({head}",
-                start=0,
-                num=self._max,
-                withscores=True,
-            ),
-        )
-        if not out:
-            return 0
-        now_s, now_us = self._redis.time()
-        now = now_s + now_us / 1e6
-        ids = [mid for mid, _ in out]
-        seen = self._redis.hmget(keys.OUT_SINCE_KEY, ids)
-        fresh = {mid: now for mid, since in zip(ids, seen, strict=True) if since is None}
-        due = [
-            (mid, seq)
-            for (mid, seq), since in zip(out, seen, strict=True)
-            if since is not None and now - float(since) >= self._after
-        ]
-        if fresh:
-            pipe = self._redis.pipeline(transaction=False)
-            for mid, when in fresh.items():
-                pipe.hsetnx(keys.OUT_SINCE_KEY, mid, when)
-            pipe.execute()
-        if not due:
-            return 0
-        due.sort(key=lambda item: item[1], reverse=True)
-        names = [keys.PENDING_KEY, keys.MESSAGES_KEY, keys.QUEUE, keys.OUT_SINCE_KEY]
-        cutoff = f"{now - self._after:.6f}"
-        pushed = int(self._republish(keys=names, args=[cutoff, *(mid for mid, _ in due)]))
+        below: bytes | str = head
+        pushed = 0
+        after = f"{self._after:.6f}"
+        while True:
+            found = self._sweep(
+                keys=_KEYS, args=[below, self._chunk, after, token, self._interval_ms]
+            )
+            pushed += int(found[0])
+            if int(found[1]) < self._chunk:
+                break
+            below = found[2]
         if pushed:
             log.warning("republished %d message(s) lost out of the queue", pushed)
         return pushed
 
 
 class ReaperThread(threading.Thread):
-    """Runs `Reaper.run_once` every interval until `stop()`; errors are logged, never fatal."""
+    """Runs `Reaper.run_once` each time the round lock lets it until `stop()`; errors are
+    logged, never fatal."""
 
     def __init__(self, reaper: Reaper, interval_s: float) -> None:
         super().__init__(name="agentstore-reaper", daemon=True)
@@ -167,9 +181,12 @@ class ReaperThread(threading.Thread):
         self._stopped = threading.Event()
 
     def run(self) -> None:
-        while not self._stopped.wait(self._interval):
+        wait = self._interval
+        while not self._stopped.wait(wait):
+            wait = self._interval
             try:
                 self._reaper.run_once()
+                wait = self._reaper.next_round_in()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.debug("reaper: broker unavailable (%s)", type(exc).__name__)
             except Exception:

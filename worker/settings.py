@@ -24,7 +24,7 @@ class WorkerSettings(BaseSettings):
     batch_wait_ms: float = Field(5.0, ge=0)  # how long to wait to fill a batch
     recovery_after_s: float = Field(20.0, ge=0.1)  # out of the queue, unconfirmed, no heartbeat
     reaper_interval_s: float = Field(1.0, ge=0.01)
-    reaper_batch: int = Field(1000, ge=1)  # republished per round at most
+    reaper_batch: int = Field(1000, ge=1)  # messages per Redis call of a reaper round
     retry_tries: int = Field(6, ge=1)  # tries of a transiently failing apply
     retry_max_s: float = Field(30.0, ge=0)  # and the time they may take
     visibility_timeout_s: int = Field(300, ge=1)  # kombu's own redelivery

@@ -45,6 +45,7 @@ class CeleryWorker:
         loglevel: str = "INFO",
         name: str | None = None,
         cwd: Path | None = None,
+        queue: str | None = None,
     ) -> None:
         self.name = name or f"w{uuid.uuid4().hex[:8]}"
         self.log_path = log_path
@@ -55,6 +56,8 @@ class CeleryWorker:
         args += ["--concurrency", str(concurrency), "-n", f"{self.name}@%h"]
         # Mingle and gossip only slow start-up down; one worker needs nothing from another.
         args += ["--without-mingle", "--without-gossip", "--without-heartbeat"]
+        if queue is not None:  # another queue than ours: a worker that only runs the reaper
+            args += ["--queues", queue]
         with log_path.open("wb") as log:
             self.proc = subprocess.Popen(
                 args,

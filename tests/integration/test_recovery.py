@@ -17,6 +17,8 @@ from storage.pg_url import options
 from tests.integration.helpers import pending, producer, rows, wait_until
 from tests.plugin import RedisFactory, WorkerFactory
 
+# The workers' recovery period (tests/plugin.py's start_worker), with a round every 0.5 s.
+RECOVERY_AFTER_S = 3.0
 # Small batches and no batch wait: many batches in flight, so kills land mid-batch.
 SLOW = {"AGENTSTORE_BATCH_MAX": "20", "AGENTSTORE_BATCH_WAIT_MS": "0"}
 
@@ -59,27 +61,40 @@ def _in_flight(client: redis.Redis) -> set[bytes]:
 
 
 class RecoveryClock:
-    """Times, for each kill, how long until everything it had in flight was confirmed."""
+    """Times, for each kill, how long until nothing it had in flight was lost any more (each
+    message back in the queue or confirmed), counted from the kill or from the start of the
+    worker that came after it, whichever is later: the reaper runs in the workers."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
         self._open: list[tuple[float, list[bytes]]] = []
+        self._up_since = 0.0
         self.times: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
+
+    def worker_ready(self) -> None:
+        self._up_since = time.monotonic()
 
     def killed(self, in_flight: set[bytes]) -> None:
         if in_flight:
             self._open.append((time.monotonic(), list(in_flight)))
 
     def _run(self) -> None:
-        while not self._stop.wait(0.05):
+        while not self._stop.wait(0.02):
             for item in list(self._open):
                 start, ids = item
-                if all(s is None for s in self._redis.zmscore(keys.PENDING_KEY, ids)):
-                    self.times.append(time.monotonic() - start)
+                queued = self._queued(ids)
+                scores = self._redis.zmscore(keys.PENDING_KEY, ids)
+                if all(s is None or mid in queued for mid, s in zip(ids, scores, strict=True)):
+                    self.times.append(time.monotonic() - max(start, self._up_since))
                     self._open.remove(item)
+
+    def _queued(self, ids: list[bytes]) -> set[bytes]:
+        # Pushed back to the consuming end, so they are among the last entries until taken.
+        tail = self._redis.lrange(keys.QUEUE, -len(ids) - 100, -1)
+        return {mid.encode() for raw in tail if (mid := wire.message_id_of(raw))} & set(ids)
 
     def close(self) -> None:
         self._stop.set()
@@ -99,6 +114,7 @@ def test_sigkill_mid_drain_ten_times_loses_nothing(
             lost_in_flight = 0
             for _ in range(10):
                 worker = start_worker(broker, database, **SLOW)
+                clock.worker_ready()
                 before = pending(client)
                 # Triggered by progress, not by a timer: 150 more messages confirmed.
                 wait_until("progress", lambda b=before: pending(client) <= b - 150, 60, 0.005)
@@ -107,12 +123,14 @@ def test_sigkill_mid_drain_ten_times_loses_nothing(
                 lost_in_flight += len(in_flight)
                 clock.killed(in_flight)
             start_worker(broker, database)
+            clock.worker_ready()
             started = time.monotonic()
             prod.wait(timeout=120)
             drained = time.monotonic() - started
             wait_until("recovery clock", lambda: not clock._open, 10)
             work.check(prod, database)
         assert DeadLetters(broker).count() == 0
+        assert max(clock.times) <= RECOVERY_AFTER_S + 2, clock.times
         print(
             f"\nSIGKILL x10: {lost_in_flight} messages were in flight at the kills; "
             f"recovery times {min(clock.times):.1f}-{max(clock.times):.1f}s; "
@@ -121,6 +139,39 @@ def test_sigkill_mid_drain_ten_times_loses_nothing(
     finally:
         clock.close()
         client.close()
+
+
+def test_ten_thousand_lost_at_once_are_all_back_within_the_bound(
+    broker: str, database: str, start_worker: WorkerFactory
+) -> None:
+    """A long queue is never touched; 10,000 messages taken off it and never confirmed (what
+    a kill leaves) are all back in the queue within AGENTSTORE_RECOVERY_AFTER_S + 2 s."""
+    work = Workload(keys=5000, versions=1, messages=15000, conversations=50)
+    client = redis.Redis.from_url(broker)
+    # Consumes another queue: its reaper runs, and what it pushes back stays in view.
+    reaper_only = start_worker(broker, database, queue="agentstore.none")
+    with producer(broker, database) as prod:
+        work.publish(prod)
+        wait_until("a reaper round", lambda: client.exists(keys.REAPER_LOCK_KEY) > 0, 10, 0.01)
+        time.sleep(RECOVERY_AFTER_S + 1)
+        assert client.llen(keys.QUEUE) == work.total
+        assert client.hlen(keys.OUT_SINCE_KEY) == 0, "nothing queued is seen as lost"
+
+        client.rpop(keys.QUEUE, 10_000)  # the oldest: 5,000 states, 5,000 messages
+        back = wait_until(
+            "all back in the queue", lambda: client.llen(keys.QUEUE) >= work.total, 30, 0.01
+        )
+        assert back <= RECOVERY_AFTER_S + 2
+        assert client.llen(keys.QUEUE) == work.total, "each pushed back once"
+        assert client.hlen(keys.OUT_SINCE_KEY) == 0, "none left to push back again"
+        assert "republished" in reaper_only.log()
+        reaper_only.stop()
+        start_worker(broker, database)
+        prod.wait(timeout=120)
+        work.check(prod, database)
+    assert DeadLetters(broker).count() == 0
+    print(f"\n10,000 lost at once: all back in the queue {back:.1f}s after")
+    client.close()
 
 
 def _terminate_backends(database: str) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from typing import Any
 
 import redis
@@ -19,15 +20,15 @@ from worker.settings import WorkerSettings
 
 def _publish(rds: redis.Redis, n: int, poison: int | None = None) -> list[str]:
     pub = Publisher("redis://127.0.0.1:6379/0")
-    ids = []
+    messages = []
     for i in range(n):
         op = make_op("save_state", {"agent_id": "a", "state_id": f"s{i}", "state": {"i": i}})
         text = op.model_dump_json()
         if i == poison:
             text = json.dumps({**json.loads(text), "args": {"agent_id": ""}})
-        pub.publish([(op.id, wire.build_message(op.id, [text]))])
-        ids.append(op.id)
-    return ids
+        messages.append((op.id, wire.build_message(op.id, [text])))
+    pub.publish(messages)
+    return [mid for mid, _ in messages]
 
 
 def _deliver(applier: BatchApplier, rds: redis.Redis) -> Any:
@@ -115,8 +116,6 @@ def test_reaper_republishes_only_what_left_the_queue(rds: redis.Redis) -> None:
     assert reaper.run_once() == 0  # first seen out of the queue now
     rds.delete(keys.REAPER_LOCK_KEY)
     assert reaper.run_once() == 0  # not out for long enough yet
-    import time
-
     time.sleep(0.25)
     rds.delete(keys.REAPER_LOCK_KEY)
     assert reaper.run_once() == 3
@@ -133,6 +132,46 @@ def test_reaper_rounds_are_serialized_by_the_lock(rds: redis.Redis) -> None:
     assert reaper.run_once() == 0
     assert rds.pttl(keys.REAPER_LOCK_KEY) > 0
     assert reaper.run_once() == 0 and rds.llen(keys.QUEUE) == 0
+
+
+def test_one_round_marks_and_then_pushes_back_every_lost_message_however_many(
+    rds: redis.Redis,
+) -> None:
+    # 2,500 lost at once: three chunks of one round, where a cap of 1,000 per round took
+    # one recovery period per 1,000 messages.
+    ids = _publish(rds, 2600)
+    rds.rpop(keys.QUEUE, 2500)
+    reaper = Reaper(rds, recovery_after_s=0.3, interval_s=0.01, chunk=1000)
+    assert reaper.run_once() == 0
+    assert rds.hlen(keys.OUT_SINCE_KEY) == 2500, "all seen out of the queue in one round"
+    time.sleep(0.35)
+    rds.delete(keys.REAPER_LOCK_KEY)
+    assert reaper.run_once() == 2500, "all pushed back in one round"
+    queue = [wire.parse_message(m).id for m in reversed(rds.lrange(keys.QUEUE, 0, -1))]
+    assert queue == ids, "oldest first, the backlog untouched"
+    assert rds.hlen(keys.OUT_SINCE_KEY) == 0
+    rds.delete(keys.REAPER_LOCK_KEY)
+    assert reaper.run_once() == 0
+
+
+def test_a_long_queue_is_never_marked_nor_republished(rds: redis.Redis) -> None:
+    _publish(rds, 5000)
+    reaper = Reaper(rds, recovery_after_s=0, interval_s=0.01, chunk=1000)
+    for _ in range(2):
+        rds.delete(keys.REAPER_LOCK_KEY)
+        assert reaper.run_once() == 0
+    assert rds.hlen(keys.OUT_SINCE_KEY) == 0 and rds.llen(keys.QUEUE) == 5000
+
+
+def test_a_round_spaces_the_next_one_from_its_own_start(rds: redis.Redis) -> None:
+    reaper = Reaper(rds, interval_s=0.5)
+    assert reaper.run_once() == 0
+    # A worker waits until the lock expires, not a whole interval after failing to take it.
+    assert 0 < reaper.next_round_in() <= 0.5
+    rds.set(keys.REAPER_LOCK_KEY, "other", px=50)
+    assert reaper.next_round_in() <= 0.05
+    rds.set(keys.REAPER_LOCK_KEY, "other", px=60_000)
+    assert reaper.next_round_in() == 0.5, "a round in progress elsewhere: check back later"
 
 
 def test_dead_letters_replay_and_purge(rds: redis.Redis) -> None:
