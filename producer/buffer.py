@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from broker import wire
 from broker.errors import PublishError
+from broker.tracing import Carrier
 from broker.wire import MAX_MESSAGE_CHARS, Batch
 
 from .errors import BufferFullError
@@ -67,6 +68,7 @@ class SendBuffer:
         self._cond = threading.Condition(self._lock)
         self._ids: list[str] = []
         self._texts: list[str] = []
+        self._traces: list[Carrier | None] = []  # each op's trace context (broker.tracing)
         self._size = 0  # characters in `_texts`
         self._added = 0  # ops ever accepted
         self._sent = 0  # ops ever published (in order, so `_sent >= n` covers the first n)
@@ -94,7 +96,7 @@ class SendBuffer:
 
     # -- the caller's side -------------------------------------------------------------
 
-    def add(self, op_id: str, text: str) -> None:
+    def add(self, op_id: str, text: str, trace: Carrier | None = None) -> None:
         """Queue one op; blocks while the buffer is full, up to `buffer_timeout` seconds."""
         with self._lock:
             if self._stopping:
@@ -103,6 +105,7 @@ class SendBuffer:
                 self._wait_for_space()
             self._ids.append(op_id)
             self._texts.append(text)
+            self._traces.append(trace)
             self._size += len(text)
             self._added += 1
             n = len(self._ids)
@@ -172,7 +175,8 @@ class SendBuffer:
             if taken:
                 # Built outside the lock, so saves never wait for it; kept as built, so a
                 # retry republishes the same message ids.
-                self._retry = wire.build_messages(*taken, self._max_batch)
+                ids, texts, traces = taken
+                self._retry = wire.build_messages(ids, texts, self._max_batch, traces)
             batch = self._retry
             assert batch is not None
             try:
@@ -192,7 +196,9 @@ class SendBuffer:
                 self._error, self._failures = None, 0
                 self._cond.notify_all()
 
-    def _take(self) -> tuple[list[str], list[str]] | tuple[()] | None:
+    def _take(
+        self,
+    ) -> tuple[list[str], list[str], list[Carrier | None]] | tuple[()] | None:
         """Under the lock: the ops to publish next, after lingering; `()` to retry the last
         batch; None once stopping."""
         if self._stopping:
@@ -227,13 +233,13 @@ class SendBuffer:
                 if chars > MAX_PUBLISH_CHARS:
                     limit = max(n, 1)
                     break
-        ids, texts = self._ids[:limit], self._texts[:limit]
+        ids, texts, traces = self._ids[:limit], self._texts[:limit], self._traces[:limit]
         if len(ids) == len(self._ids):
-            self._ids, self._texts, self._size = [], [], 0
+            self._ids, self._texts, self._traces, self._size = [], [], [], 0
         else:
-            del self._ids[:limit], self._texts[:limit]
+            del self._ids[:limit], self._texts[:limit], self._traces[:limit]
             self._size -= sum(map(len, texts))
-        return ids, texts
+        return ids, texts, traces
 
     def _failed(self, batch: Batch, exc: PublishError) -> None:
         with self._lock:

@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from broker import wire
+from broker import tracing, wire
 from broker.errors import PublishError
 from broker.publisher import Publisher
 from broker.wire import MAX_OPS_PER_MESSAGE, Batch
@@ -94,15 +94,17 @@ class Producer(StorageClient):
         return f"Producer(broker={self._publisher.masked_url!r})"
 
     def _submit(self, name: OpName, args: dict[str, Any], version: str | int | None) -> str:
-        op_id, text = encode_op(name, args, version=version)
-        if self._buffer is not None:
-            if self._closed:
-                raise RuntimeError("Producer is closed")
-            self._buffer.add(op_id, text)
+        with tracing.save_span(name) as trace:
+            op_id, text = encode_op(name, args, version=version)
+            if self._buffer is not None:
+                if self._closed:
+                    raise RuntimeError("Producer is closed")
+                self._buffer.add(op_id, text, trace)
+                return op_id
+            # A single-op message takes its op's id, so `wait([op_id])` works from any process.
+            message = wire.build_message(op_id, [text], None if trace is None else [trace])
+            self._publish([(op_id, message, [op_id])])
             return op_id
-        # A single-op message takes its op's id, so `wait([op_id])` works from any process.
-        self._publish([(op_id, wire.build_message(op_id, [text]), [op_id])])
-        return op_id
 
     def _publish_batch(self, batch: Batch) -> None:
         # The sender thread's publish: the same atomic Lua publish as a durable save.
