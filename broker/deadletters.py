@@ -4,8 +4,9 @@ and the producer's `wait()` reads the same hash.
 
 Layout: hash `agentstore:dlq` id -> JSON record, zset `agentstore:dlq:index` id -> time of
 the last failure. A record is `{op, error, attempts, first_failure, last_failure,
-message_id}` keyed by op id; a malformed message is keyed by its message id and has
-`raw` (at most 64 KB of it) instead of `op`.
+message_id}` keyed by op id, plus `trace` (the save's trace context, whose `traceparent`
+holds the trace id) if the save was traced; a malformed message is keyed by its message
+id and has `raw` (at most 64 KB of it) instead of `op`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from storage.config import load_settings
 from storage.errors import ValidationError
 from storage.ops import parse_op
 
-from . import keys, scripts, wire
+from . import keys, scripts, tracing, wire
 from .connection import connect
 from .publisher import Publisher
 
@@ -34,9 +35,16 @@ _REMOVE_IF_SAME = scripts.load("remove_if_same")
 
 
 def op_record(
-    op: Any, error: str, attempts: int, first: float, last: float, message_id: str | None
+    op: Any,
+    error: str,
+    attempts: int,
+    first: float,
+    last: float,
+    message_id: str | None,
+    trace: tracing.Carrier | None = None,
 ) -> tuple[str, str]:
-    """`(op id, record JSON)` for a failed op; `op` is its wire dict as received."""
+    """`(op id, record JSON)` for a failed op; `op` is its wire dict as received, `trace`
+    its save's trace context, if any."""
     op_id = op.get("id") if isinstance(op, dict) else None
     if not isinstance(op_id, str) or not op_id or len(op_id) > 64:
         digest = hashlib.sha256(json.dumps(op, sort_keys=True, default=str).encode()).hexdigest()
@@ -49,6 +57,8 @@ def op_record(
         "last_failure": last,
         "message_id": message_id,
     }
+    if trace is not None:
+        record["trace"] = trace
     return op_id, json.dumps(record, default=str)
 
 
@@ -164,7 +174,8 @@ class DeadLetters:
         batch: builtins.list[tuple[str, bytes]] = []
         removed: builtins.list[str | bytes] = []
         for key, raw in self._select(ids):
-            op = json.loads(raw).get("op")
+            record = json.loads(raw)
+            op = record.get("op")
             if op is None:
                 continue
             try:
@@ -175,7 +186,9 @@ class DeadLetters:
                 op_json = json.dumps(op)
             # The op id as message id: `Producer.wait([op_id])` follows the replay too.
             mid = key if wire.is_message_id(key) else wire.new_message_id()
-            batch.append((mid, wire.build_message(mid, [op_json])))
+            # The save's trace context goes along: the replay's batch links to the save.
+            trace = tracing.carriers_of([record.get("trace")], 1)
+            batch.append((mid, wire.build_message(mid, [op_json], trace)))
             removed += (key, raw)
         if not batch:
             return 0

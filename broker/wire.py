@@ -18,6 +18,7 @@ from typing import Any
 
 from storage.ops import MAX_SAVE_BYTES
 
+from . import tracing
 from .keys import QUEUE
 
 TASK_NAME = "agentstore.apply"
@@ -37,10 +38,11 @@ _EMBED = b'{"callbacks":null,"errbacks":null,"chain":null,"chord":null}'
 _ORIGIN = json.dumps(f"agentstore@{socket.gethostname()}")[1:-1]
 
 # Derived from what Celery 5's `send_task` writes to the list (`LRANGE agentstore 0 -1`).
-# `argsrepr` is a count, not the payload: the worker logs it on every received task.
+# `argsrepr` is a count, not the payload: the worker logs it on every received task. The
+# trace header, if any, goes before it: the worker's batch script finds `argsrepr` near the end.
 _TEMPLATE = (
     '{"body":"%(body)s","content-encoding":"utf-8","content-type":"application/json",'
-    '"headers":{"lang":"py","task":"' + TASK_NAME + '","id":"%(id)s","shadow":null,'
+    '"headers":{"lang":"py","task":"' + TASK_NAME + '","id":"%(id)s",%(traces)s"shadow":null,'
     '"eta":null,"expires":null,"group":null,"group_index":null,"retries":0,'
     '"timelimit":[null,null],"root_id":"%(id)s","parent_id":null,"argsrepr":"<%(n)d ops>",'
     '"kwargsrepr":"{}","origin":"' + _ORIGIN + '","ignore_result":true,'
@@ -59,8 +61,13 @@ def is_message_id(value: str) -> bool:
     return bool(_MESSAGE_ID_RE.match(value))
 
 
-def build_message(message_id: str, op_jsons: list[str]) -> bytes:
-    """The message carrying the ops (each already JSON text) as the task's single argument.
+def build_message(
+    message_id: str,
+    op_jsons: list[str],
+    traces: list[tracing.Carrier | None] | None = None,
+) -> bytes:
+    """The message carrying the ops (each already JSON text) as the task's single argument,
+    and `traces`, each op's trace context or None (`broker.tracing`), if any is given.
 
     The delivery tag is the message id, so a republished copy and a stranded `unacked` copy
     share one tag and acknowledging either clears both.
@@ -68,15 +75,29 @@ def build_message(message_id: str, op_jsons: list[str]) -> bytes:
     if not _MESSAGE_ID_RE.match(message_id):
         raise ValueError("message id must be 1-64 characters from [0-9A-Za-z_-]")
     body = b"[[[" + ",".join(op_jsons).encode() + b"]],{}," + _EMBED + b"]"
-    fields = {"body": base64.b64encode(body).decode(), "id": message_id, "n": len(op_jsons)}
+    header = ""
+    if traces is not None and any(traces):
+        if len(traces) != len(op_jsons):
+            raise ValueError("one trace context (or None) per op")
+        header = f'"{tracing.HEADER}":{json.dumps(traces, separators=(",", ":"))},'
+    fields = {
+        "body": base64.b64encode(body).decode(),
+        "id": message_id,
+        "n": len(op_jsons),
+        "traces": header,
+    }
     return (_TEMPLATE % fields).encode()
 
 
 def build_messages(
-    op_ids: list[str], op_jsons: list[str], max_ops: int = MAX_OPS_PER_MESSAGE
+    op_ids: list[str],
+    op_jsons: list[str],
+    max_ops: int = MAX_OPS_PER_MESSAGE,
+    traces: list[tracing.Carrier | None] | None = None,
 ) -> Batch:
     """The ops split in order into messages, each under a new message id, of at most
-    `max_ops` ops and `MAX_MESSAGE_CHARS` characters (an op larger than that goes alone)."""
+    `max_ops` ops and `MAX_MESSAGE_CHARS` characters (an op larger than that goes alone);
+    `traces`, if given, has each op's trace context or None."""
     batch: Batch = []
     start = 0
     while start < len(op_ids):
@@ -88,7 +109,8 @@ def build_messages(
             size += length
             end += 1
         mid = new_message_id()
-        batch.append((mid, build_message(mid, op_jsons[start:end]), op_ids[start:end]))
+        part = None if traces is None else traces[start:end]
+        batch.append((mid, build_message(mid, op_jsons[start:end], part), op_ids[start:end]))
         start = end
     return batch
 
@@ -106,6 +128,8 @@ class MalformedMessage(Exception):
 class Message:
     id: str
     ops: list[Any]
+    # Each op's trace context or None, if the message has a usable trace header.
+    traces: list[tracing.Carrier | None] | None = None
 
 
 def message_id_of(raw: bytes | str) -> str | None:
@@ -146,7 +170,7 @@ def parse_message(raw: bytes | str) -> Message:
     if headers.get("task") != TASK_NAME:
         raise MalformedMessage(f"unknown task {str(headers.get('task'))[:100]!r}", message_id)
     ops = _decode_body(envelope, properties, message_id)
-    return Message(message_id, ops)
+    return Message(message_id, ops, tracing.carriers_of(headers.get(tracing.HEADER), len(ops)))
 
 
 def _decode_body(envelope: dict[str, Any], properties: dict[str, Any], mid: str) -> list[Any]:

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
+from broker import tracing
 from broker.errors import PublishError
 from broker.wire import MAX_OPS_PER_MESSAGE, Batch
 from storage import forks
@@ -113,14 +114,15 @@ class AsyncProducer:
     # -- saves ----------------------------------------------------------------------
 
     async def _submit(self, name: OpName, args: dict[str, Any], version: str | int | None) -> str:
-        op_id, text = encode_op(name, args, version=version)
-        if self._closed:
-            raise RuntimeError("AsyncProducer is closed")
-        if self._buffer is not None:
-            await self._buffer.add(op_id, text)
-        else:
-            await self._publish(single_message(op_id, text))
-        return op_id
+        with tracing.save_span(name) as trace:
+            op_id, text = encode_op(name, args, version=version)
+            if self._closed:
+                raise RuntimeError("AsyncProducer is closed")
+            if self._buffer is not None:
+                await self._buffer.add(op_id, text, trace)
+            else:
+                await self._publish(single_message(op_id, text, trace))
+            return op_id
 
     async def _publish(self, batch: Batch) -> None:
         if self._closed:

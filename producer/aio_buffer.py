@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from broker import wire
 from broker.errors import PublishError
+from broker.tracing import Carrier
 from broker.wire import Batch
 
 from .buffer import OpQueue, buffer_full, not_flushed, retry_delay
@@ -81,7 +82,7 @@ class AsyncSendBuffer:
             pass
         return ready()
 
-    async def add(self, op_id: str, text: str) -> None:
+    async def add(self, op_id: str, text: str, trace: Carrier | None = None) -> None:
         """Queue one op; waits while the buffer is full, up to `buffer_timeout` seconds."""
         if self._stopping:
             raise RuntimeError("AsyncProducer is closed")
@@ -91,7 +92,7 @@ class AsyncSendBuffer:
             raise buffer_full(self._max_buffer, self._buffer_timeout, self._error)
         if self._stopping:
             raise RuntimeError("AsyncProducer is closed")
-        n = self._queue.add(op_id, text)
+        n = self._queue.add(op_id, text, trace)
         self._added += 1
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
@@ -125,7 +126,8 @@ class AsyncSendBuffer:
         try:
             while (taken := await self._take()) is not None:
                 if taken:
-                    self._retry = wire.build_messages(*taken, self._max_batch)
+                    ids, texts, traces = taken
+                    self._retry = wire.build_messages(ids, texts, self._max_batch, traces)
                 batch = self._retry
                 assert batch is not None
                 try:
@@ -150,7 +152,9 @@ class AsyncSendBuffer:
                 log.error("%d buffered op(s) lost: not published before the loop ended", len(self))
             raise
 
-    async def _take(self) -> tuple[list[str], list[str]] | tuple[()] | None:
+    async def _take(
+        self,
+    ) -> tuple[list[str], list[str], list[Carrier | None]] | tuple[()] | None:
         """The ops to publish next, after lingering; `()` to retry the last batch; None once
         stopping."""
         if self._stopping:

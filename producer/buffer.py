@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from broker import wire
 from broker.errors import PublishError
+from broker.tracing import Carrier
 from broker.wire import MAX_MESSAGE_CHARS, Batch
 
 from .errors import BufferFullError
@@ -92,14 +93,14 @@ class SendBuffer:
 
     # -- the caller's side -------------------------------------------------------------
 
-    def add(self, op_id: str, text: str) -> None:
+    def add(self, op_id: str, text: str, trace: Carrier | None = None) -> None:
         """Queue one op; blocks while the buffer is full, up to `buffer_timeout` seconds."""
         with self._lock:
             if self._stopping:
                 raise RuntimeError("Producer is closed")
             if self._added - self._sent >= self._max_buffer:
                 self._wait_for_space()
-            n = self._queue.add(op_id, text)
+            n = self._queue.add(op_id, text, trace)
             self._added += 1
             if self._thread is None:
                 self._start()
@@ -158,7 +159,8 @@ class SendBuffer:
             if taken:
                 # Built outside the lock, so saves never wait for it; kept as built, so a
                 # retry republishes the same message ids.
-                self._retry = wire.build_messages(*taken, self._max_batch)
+                ids, texts, traces = taken
+                self._retry = wire.build_messages(ids, texts, self._max_batch, traces)
             batch = self._retry
             assert batch is not None
             try:
@@ -178,7 +180,9 @@ class SendBuffer:
                 self._error, self._failures = None, 0
                 self._cond.notify_all()
 
-    def _take(self) -> tuple[list[str], list[str]] | tuple[()] | None:
+    def _take(
+        self,
+    ) -> tuple[list[str], list[str], list[Carrier | None]] | tuple[()] | None:
         """Under the lock: the ops to publish next, after lingering; `()` to retry the last
         batch; None once stopping."""
         if self._stopping:
@@ -254,15 +258,17 @@ class OpQueue:
     def __init__(self) -> None:
         self._ids: list[str] = []
         self._texts: list[str] = []
+        self._traces: list[Carrier | None] = []  # each op's trace context (broker.tracing)
         self.size = 0  # characters in `_texts`
 
     def __len__(self) -> int:
         return len(self._ids)
 
-    def add(self, op_id: str, text: str) -> int:
+    def add(self, op_id: str, text: str, trace: Carrier | None = None) -> int:
         """Append one op; returns how many are queued now."""
         self._ids.append(op_id)
         self._texts.append(text)
+        self._traces.append(trace)
         self.size += len(text)
         return len(self._ids)
 
@@ -270,7 +276,9 @@ class OpQueue:
         """Whether a full message is waiting: lingering longer gains nothing."""
         return len(self._ids) >= max_batch or self.size > MAX_MESSAGE_CHARS
 
-    def take(self, max_batch: int, lingering: bool) -> tuple[list[str], list[str]]:
+    def take(
+        self, max_batch: int, lingering: bool
+    ) -> tuple[list[str], list[str], list[Carrier | None]]:
         """The ops for one publish, oldest first: at most `MAX_MESSAGES_PER_PUBLISH` messages
         and `MAX_PUBLISH_CHARS` characters; while `lingering`, whole batches only."""
         limit = max_batch * MAX_MESSAGES_PER_PUBLISH
@@ -285,10 +293,10 @@ class OpQueue:
                 if chars > MAX_PUBLISH_CHARS:
                     limit = max(n, 1)
                     break
-        ids, texts = self._ids[:limit], self._texts[:limit]
+        ids, texts, traces = self._ids[:limit], self._texts[:limit], self._traces[:limit]
         if len(ids) == len(self._ids):
-            self._ids, self._texts, self.size = [], [], 0
+            self._ids, self._texts, self._traces, self.size = [], [], [], 0
         else:
-            del self._ids[:limit], self._texts[:limit]
+            del self._ids[:limit], self._texts[:limit], self._traces[:limit]
             self.size -= sum(map(len, texts))
-        return ids, texts
+        return ids, texts, traces

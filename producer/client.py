@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from broker import wire
+from broker import tracing, wire
 from broker.errors import PublishError
 from broker.publisher import Publisher
 from broker.wire import MAX_OPS_PER_MESSAGE, Batch
@@ -87,14 +87,15 @@ class Producer(StorageClient):
         return f"Producer(broker={self._publisher.masked_url!r})"
 
     def _submit(self, name: OpName, args: dict[str, Any], version: str | int | None) -> str:
-        op_id, text = encode_op(name, args, version=version)
-        if self._buffer is not None:
-            if self._closed:
-                raise RuntimeError("Producer is closed")
-            self._buffer.add(op_id, text)
+        with tracing.save_span(name) as trace:
+            op_id, text = encode_op(name, args, version=version)
+            if self._buffer is not None:
+                if self._closed:
+                    raise RuntimeError("Producer is closed")
+                self._buffer.add(op_id, text, trace)
+                return op_id
+            self._publish(single_message(op_id, text, trace))
             return op_id
-        self._publish(single_message(op_id, text))
-        return op_id
 
     def _publish_batch(self, batch: Batch) -> None:
         # The sender thread's publish: the same atomic Lua publish as a durable save.
@@ -237,10 +238,10 @@ def configure(
     return settings, broker_url or settings.celery_broker_url.get_secret_value()
 
 
-def single_message(op_id: str, text: str) -> Batch:
+def single_message(op_id: str, text: str, trace: tracing.Carrier | None = None) -> Batch:
     """One op as its own message, which takes the op's id: `wait([op_id])` then works from
     any producer in any process."""
-    return [(op_id, wire.build_message(op_id, [text]), [op_id])]
+    return [(op_id, wire.build_message(op_id, [text], None if trace is None else [trace]), [op_id])]
 
 
 def messages_of(ops: Sequence[Op]) -> Batch:

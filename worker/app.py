@@ -15,7 +15,7 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu import serialization
 from kombu.utils import json as kombu_json
 
-from broker import deadletters, keys, wire
+from broker import deadletters, keys, tracing, wire
 from broker.connection import connect
 from storage.base import StorageBackend
 from storage.config import load_settings
@@ -179,7 +179,9 @@ def _apply_ops(self: Task, *args: Any, **kwargs: Any) -> None:
     # Any arguments are accepted, so a malformed message is dead-lettered by our code
     # instead of failing in Celery's call and being republished forever.
     ops: object = args[0] if len(args) == 1 and not kwargs else {"args": args, "kwargs": kwargs}
-    _get_process().applier.run(str(self.request.id), ops)
+    # Celery puts a message's headers on the request: our trace header, if the save had one.
+    traces = getattr(self.request, tracing.HEADER, None)
+    _get_process().applier.run(str(self.request.id), ops, traces)
 
 
 apply_ops: Task = app.task(name=wire.TASK_NAME, bind=True, acks_late=True, ignore_result=True)(

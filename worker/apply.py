@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 
-from broker import deadletters, keys, wire
+from broker import deadletters, keys, tracing, wire
 from storage.base import StorageClient
 from storage.errors import StoreUnavailableError, TransientStorageError, ValidationError
 from storage.ops import MAX_SAVE_BYTES, Op, parse_op
@@ -65,6 +65,8 @@ class Batch:
     # (key, record JSON, failure time): refused messages and ops that could not be applied.
     dead: list[tuple[str, str, float]] = field(default_factory=list)
     failed_ops: int = 0  # of `ops`, dead-lettered instead of applied
+    # op id -> the trace context its save sent (`broker.tracing`), for ops that have one.
+    traces: dict[str, tracing.Carrier] = field(default_factory=dict)
     # The store could not be reached within the retry budget: nothing is confirmed, and the
     # reaper hands the messages out again once their lease lapses.
     unavailable: bool = False
@@ -105,19 +107,28 @@ class BatchApplier:
         self._heartbeat = heartbeat
         self._take = client.register_script(_TAKE)
 
-    def run(self, message_id: str, ops: object) -> Batch:
-        """Process the delivered message (`ops` as the task received them) and any others."""
+    def run(self, message_id: str, ops: object, traces: object = None) -> Batch:
+        """Process the delivered message (`ops` and its trace header `traces` as the task
+        received them) and any others."""
         started = time.monotonic()
         batch = Batch()
         if self._heartbeat is not None:
             self._heartbeat.hold(batch.message_ids)
         try:
-            self._add_message(batch, message_id, lambda: wire.ops_of_args(ops, message_id), ops)
+            self._add_message(
+                batch, message_id, lambda: wire.ops_of_args(ops, message_id), ops, traces
+            )
             self._fill(batch)
-            self._apply(batch)
-            if batch.unavailable:
-                return batch
-            self._confirm(batch)
+            with tracing.batch_span(
+                batch.traces.values(), ops=len(batch.ops), messages=len(batch.message_ids)
+            ) as span:
+                self._apply(batch)
+                if span is not None:
+                    span.set_attribute("agentstore.dead_lettered", len(batch.dead))
+                    span.set_attribute("agentstore.store_unavailable", batch.unavailable)
+                if batch.unavailable:
+                    return batch
+                self._confirm(batch)
         finally:
             if self._heartbeat is not None:
                 self._heartbeat.release()
@@ -164,10 +175,15 @@ class BatchApplier:
         except wire.MalformedMessage as exc:
             self._refuse(batch, raw, exc)
             return
-        self._add_message(batch, message.id, lambda: message.ops, None)
+        self._add_message(batch, message.id, lambda: message.ops, None, message.traces)
 
     def _add_message(
-        self, batch: Batch, mid: str, ops_of: Callable[[], list[Any]], raw_args: object
+        self,
+        batch: Batch,
+        mid: str,
+        ops_of: Callable[[], list[Any]],
+        raw_args: object,
+        traces: object,
     ) -> None:
         batch.message_ids.append(mid)
         try:
@@ -177,13 +193,19 @@ class BatchApplier:
             self._refuse(batch, raw, exc)
             return
         now = time.time()
-        for op in ops:
+        carriers = tracing.carriers_of(traces, len(ops))
+        for i, op in enumerate(ops):
+            trace = None if carriers is None else carriers[i]
             try:
-                batch.ops.append((parse_op(op), mid))
+                parsed = parse_op(op)
             except ValidationError as exc:
-                key, record = deadletters.op_record(op, str(exc), 0, now, now, mid)
+                key, record = deadletters.op_record(op, str(exc), 0, now, now, mid, trace)
                 log.error("dead-lettered op %s of message %s: %s", key, mid, exc)
                 batch.dead.append((key, record, now))
+                continue
+            batch.ops.append((parsed, mid))
+            if trace is not None:
+                batch.traces[parsed.id] = trace
 
     def _refuse(self, batch: Batch, raw: bytes | str, exc: wire.MalformedMessage) -> None:
         now = time.time()
@@ -259,7 +281,13 @@ class BatchApplier:
         batch.failed_ops += len(part.ops)
         for op, mid in part.ops:
             key, record = deadletters.op_record(
-                op.model_dump(mode="json"), error, part.attempts, first, now, mid
+                op.model_dump(mode="json"),
+                error,
+                part.attempts,
+                first,
+                now,
+                mid,
+                batch.traces.get(op.id),
             )
             batch.dead.append((key, record, now))
         log.error(

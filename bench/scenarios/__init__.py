@@ -9,6 +9,7 @@ from .naive import naive
 from .publish import publish
 from .reads import reads
 from .sweep import sweep
+from .tracing import tracing_cost
 
 SCENARIOS: dict[str, Scenario] = {
     "e2e": Scenario(
@@ -20,6 +21,9 @@ SCENARIOS: dict[str, Scenario] = {
     "publish": Scenario(publish, "durable publish vs raw LPUSH; buffered save_state calls"),
     "reads": Scenario(reads, "get_state and a 1,000-message history vs raw psycopg2"),
     "cosmos": Scenario(cosmos, "Cosmos DB apply vs the SDK's upsert_item loop (test server)"),
+    "tracing": Scenario(
+        tracing_cost, "durable publish and drain with tracing on vs no tracer provider"
+    ),
     "sweep": Scenario(sweep, "throughput vs batch size, agentstore and raw (the plot)"),
 }
 
