@@ -19,7 +19,7 @@ from tests.services import fresh_pg_database, unavailable
 
 pytest.importorskip("langgraph.checkpoint.base")
 
-from agentstore_langgraph import AgentStoreSaver  # noqa: E402
+from agentstore_langgraph import AgentStoreSaver
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ class Stack:
 @pytest.fixture(params=["postgres", "cosmos"])
 def stack(
     request: pytest.FixtureRequest,
-    broker: str,
+    broker: str,  # noqa: F811
     start_worker: WorkerFactory,  # noqa: F811
 ) -> Iterator[Stack]:
     with fresh_pg_database("agentstore") as url:
