@@ -32,6 +32,7 @@ COPY broker ./broker
 COPY producer ./producer
 COPY worker ./worker
 COPY agentstore_cli ./agentstore_cli
+COPY agentstore_langgraph ./agentstore_langgraph
 # setuptools leaves its build tree and egg-info in the source directory: not in the image.
 RUN pip install --no-cache-dir --no-deps . \
     && rm -rf build ./*.egg-info

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from storage import checkpoint_reads
 from storage.base import StorageBackend
 from storage.ops import Op, make_op
 from storage.retention import RetentionPolicy
@@ -20,6 +21,7 @@ def _store(ctx: click.Context) -> StorageBackend:
 @click.option("--agent", "agent_id", help="Erase every state and task of this agent.")
 @click.option("--conversation", "conversation_id", help="Erase this conversation's history.")
 @click.option("--case", "case_id", help="Erase every transaction of this case.")
+@click.option("--thread", "thread_id", help="Erase every LangGraph checkpoint of this thread.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_context
 def erase(
@@ -27,16 +29,17 @@ def erase(
     agent_id: str | None,
     conversation_id: str | None,
     case_id: str | None,
+    thread_id: str | None,
     yes: bool,
 ) -> None:
-    """Erase everything of one agent, conversation or case, now, in the store itself.
+    """Erase everything of one agent, conversation, case or thread, now, in the store itself.
 
     Saves of it still in the queue that were made before the erase stay erased when they
     arrive; saves made after it are stored again.
     """
-    chosen = [v for v in (agent_id, conversation_id, case_id) if v is not None]
+    chosen = [v for v in (agent_id, conversation_id, case_id, thread_id) if v is not None]
     if len(chosen) != 1:
-        raise click.UsageError("give exactly one of --agent, --conversation, --case")
+        raise click.UsageError("give exactly one of --agent, --conversation, --case, --thread")
     with _store(ctx) as store:
         op: Op
         if agent_id is not None:
@@ -47,6 +50,10 @@ def erase(
             count = len(store.get_conversation_history(conversation_id))
             what = f"{count} message(s) of conversation {conversation_id!r}"
             op = make_op("delete_conversation", {"conversation_id": conversation_id})
+        elif thread_id is not None:
+            count = len(checkpoint_reads.checkpoints(store, thread_id, None))
+            what = f"{count} checkpoint(s) of thread {thread_id!r}"
+            op = make_op("delete_thread", {"thread_id": thread_id})
         else:
             assert case_id is not None
             count = len(store.get_transactions(case_id))

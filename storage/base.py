@@ -18,6 +18,14 @@ from .retention import RetentionPolicy
 _MAX_LIMIT = 2**63 - 1
 
 
+def prefix_bounds(prefix: str, below: str | None) -> tuple[str, str]:
+    """`[low, high)` row ids starting with `prefix` (ending with "|") and below `below`."""
+    if not prefix.endswith("|"):
+        raise ValueError(f"a row id prefix ends with '|', got {prefix!r}")
+    high = prefix[:-1] + "}"  # the character after "|": above every id with this prefix
+    return prefix, high if below is None else min(high, below)
+
+
 def check_limit(limit: object) -> int | None:
     """`limit` as a plain int (None: no limit), or `ValidationError`.
 
@@ -215,6 +223,24 @@ class StorageBackend(StorageClient):
         A record is written only if it is newer than the stored one and than any tombstone
         of its partition; a tombstone deletes its partition's older rows at once.
         """
+
+    @abstractmethod
+    def read_rows(
+        self,
+        kind: Kind,
+        partition: str,
+        prefix: str,
+        *,
+        below: str | None = None,
+        descending: bool = False,
+        limit: int | None = None,
+    ) -> list[Record]:
+        """Live records of `kind` in `partition` whose row id starts with `prefix` (which ends
+        with "|") and, with `below`, sorts before it; in row id order, at most `limit`."""
+
+    @abstractmethod
+    def get_rows(self, kind: Kind, partition: str, row_ids: Sequence[str]) -> list[Record]:
+        """The live records of `kind` in `partition` among `row_ids`, in no particular order."""
 
     @abstractmethod
     def prune(self, policy: RetentionPolicy, *, dry_run: bool = False) -> dict[str, int]:

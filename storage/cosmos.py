@@ -17,7 +17,7 @@ from azure.core.exceptions import AzureError
 from azure.cosmos import CosmosClient, PartitionKey, exceptions
 
 from . import cosmos_batch
-from .base import StorageBackend, check_limit
+from .base import StorageBackend, check_limit, prefix_bounds
 from .config import Settings, load_settings, mask_url
 from .cosmos_items import (
     INDEXING_POLICY,
@@ -383,6 +383,47 @@ class CosmosDBClient(StorageBackend):
         )
         params: dict[str, object] = {"@n": limit, "@after": after or ""}
         items = self._call(lambda: container.query(sql, params, None))
+        return [from_item(kind, container.layout, item) for item in items]
+
+    def read_rows(
+        self,
+        kind: Kind,
+        partition: str,
+        prefix: str,
+        *,
+        below: str | None = None,
+        descending: bool = False,
+        limit: int | None = None,
+    ) -> list[Record]:
+        low, high = prefix_bounds(prefix, below)
+        limit = check_limit(limit)
+        if limit == 0:
+            return []
+        self._check_open()
+        container = self._containers[kind]
+        top = "" if limit is None else "TOP @n "
+        sql = (
+            f"SELECT {top}* FROM c WHERE c.{container.layout.partition_field} = @p "
+            f"AND c.id >= @low AND c.id < @high AND {LIVE} "
+            f"ORDER BY c.id {'DESC' if descending else 'ASC'}"
+        )
+        params: dict[str, object] = {"@p": partition, "@low": low, "@high": high}
+        if limit is not None:
+            params["@n"] = limit
+        items = self._call(lambda: container.query(sql, params, partition))
+        return [from_item(kind, container.layout, item) for item in items]
+
+    def get_rows(self, kind: Kind, partition: str, row_ids: Sequence[str]) -> list[Record]:
+        if not row_ids:
+            return []
+        self._check_open()
+        container = self._containers[kind]
+        sql = (
+            f"SELECT * FROM c WHERE c.{container.layout.partition_field} = @p "
+            f"AND ARRAY_CONTAINS(@ids, c.id) AND {LIVE}"
+        )
+        params = {"@p": partition, "@ids": list(row_ids)}
+        items = self._call(lambda: container.query(sql, params, partition))
         return [from_item(kind, container.layout, item) for item in items]
 
     def scan_tombstones(self, after: str | None = None, limit: int = 500) -> list[Tombstone]:

@@ -10,6 +10,7 @@ from typing import Any
 from azure.core import MatchConditions
 from azure.cosmos import ContainerProxy, exceptions
 
+from .checkpoints import keeps_first
 from .errors import ConfigError, TransientStorageError
 from .records import KIND_SPECS, Kind, Record
 
@@ -177,7 +178,9 @@ def merge(kind: Kind, current: dict[str, Any], item: dict[str, Any]) -> dict[str
     """What to store over `current` (None: keep it), as PostgreSQL's upserts decide."""
     newer = item["version"] > current["version"]
     if kind != "transaction":
-        return item if newer else None
+        old_deleted, new_deleted = bool(current.get("deleted")), bool(item.get("deleted"))
+        first = keeps_first(kind, old_deleted, new_deleted, lambda: decode(item["data"]))
+        return item if newer and not first else None
     # A transaction keeps the place of its first save, whichever version arrives first.
     position = min(current["position"], item["position"])
     if newer:

@@ -11,7 +11,8 @@ from typing import Any, Self, TypeAlias
 
 import pydantic_core
 
-from .base import StorageBackend, check_limit
+from .base import StorageBackend, check_limit, prefix_bounds
+from .checkpoints import keeps_first
 from .config import Settings
 from .errors import StorageError, ValidationError
 from .ids import check_id, state_row_id, task_row_id
@@ -70,7 +71,11 @@ def _merge(current: _Row | None, incoming: _Row) -> _Row | None:
         return None  # messages are immutable: the first copy stays
     newer = old.version < new.version
     if new.kind != "transaction":
-        return incoming if newer else None
+        return (
+            incoming
+            if newer and not keeps_first(new.kind, old.deleted, new.deleted, incoming.data)
+            else None
+        )
     # A transaction keeps the place of its first save, whichever version arrives first.
     position = min(old.position, new.position)
     if newer:
@@ -208,6 +213,25 @@ class InMemoryStorageClient(StorageBackend):
             self._check_open()
             rows = self._rows[kind].get(partition, {}).values()
             return [row for row in rows if not row.meta.deleted]
+
+    def read_rows(
+        self,
+        kind: Kind,
+        partition: str,
+        prefix: str,
+        *,
+        below: str | None = None,
+        descending: bool = False,
+        limit: int | None = None,
+    ) -> list[Record]:
+        low, high = prefix_bounds(prefix, below)
+        rows = [row for row in self._live(kind, partition) if low <= row.meta.row_id < high]
+        rows.sort(key=lambda row: row.meta.row_id, reverse=descending)
+        return [row.record() for row in rows[: check_limit(limit)]]
+
+    def get_rows(self, kind: Kind, partition: str, row_ids: Sequence[str]) -> list[Record]:
+        wanted = set(row_ids)
+        return [row.record() for row in self._live(kind, partition) if row.meta.row_id in wanted]
 
     def scan_tombstones(self, after: str | None = None, limit: int = 500) -> list[Tombstone]:
         limit = check_limit(limit) or 0

@@ -8,24 +8,28 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import re
 from typing import Annotated, Any, Literal, TypeAlias, get_args
 
 import pydantic
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from . import forks
+from .checkpoint_ops import DeleteCheckpointRows, DeleteThread, PutCheckpoint, PutWrites
 from .errors import ValidationError
 from .ids import check_id, row_id, state_row_id, task_row_id, transaction_row_id
+from .op_base import OpBase as _OpBase
+from .op_base import Strict as _Strict
+from .op_base import check_op_id as _check_op_id
+from .op_base import id_field as _id
+from .op_base import payload_field as _payload
 from .payload import encode_payload
-from .versions import VERSION_RE, new_version, normalize_version
+from .versions import new_version, normalize_version
 
 MAX_TRANSACTIONS_PER_SAVE = 10_000
 # One save's transactions as JSON, at most: what a worker holds (several times over, while
 # decoding) for one op, and what one task message carries at most (the producer packs
 # several ops into one message only up to 4,000,000 characters, i.e. at most this).
 MAX_SAVE_BYTES = 16_000_000
-_OP_ID_RE = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 
 
 class _OpIds:
@@ -51,40 +55,6 @@ forks.watch(_op_ids)
 
 def new_op_id() -> str:
     return _op_ids.new()
-
-
-def _id(field: str) -> Any:
-    return BeforeValidator(lambda v: check_id(field, v))
-
-
-def _payload(field: str) -> Any:
-    def check(value: Any) -> Any:
-        encode_payload(field, value)
-        return value
-
-    return BeforeValidator(check)
-
-
-def _check_version(value: object) -> str:
-    if not isinstance(value, str) or not VERSION_RE.match(value):
-        raise ValueError(
-            "version must be a sortable string of 1-64 characters from [0-9A-Za-z._:-]"
-        )
-    return value
-
-
-def _check_op_id(value: object) -> str:
-    if not isinstance(value, str) or not _OP_ID_RE.match(value):
-        raise ValueError("op id must be 1-64 characters from [0-9A-Za-z_-]")
-    return value
-
-
-Version = Annotated[str, BeforeValidator(_check_version)]
-OpId = Annotated[str, BeforeValidator(_check_op_id)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # Row ids are checked at the call too: ids that are fine alone can be too long together.
@@ -185,11 +155,6 @@ class AgentKey(_Strict):
     agent_id: Annotated[str, _id("agent_id")]
 
 
-class _OpBase(_Strict):
-    id: OpId
-    version: Version
-
-
 class SaveState(_OpBase):
     op: Literal["save_state"]
     args: StateArgs
@@ -260,7 +225,11 @@ Op: TypeAlias = Annotated[
     | DeleteTask
     | DeleteConversation
     | DeleteTransactions
-    | EraseAgent,
+    | EraseAgent
+    | PutCheckpoint
+    | PutWrites
+    | DeleteThread
+    | DeleteCheckpointRows,
     Field(discriminator="op"),
 ]
 OpName: TypeAlias = Literal[
@@ -273,6 +242,10 @@ OpName: TypeAlias = Literal[
     "delete_conversation",
     "delete_transactions",
     "erase_agent",
+    "put_checkpoint",
+    "put_writes",
+    "delete_thread",
+    "delete_checkpoint_rows",
 ]
 _adapter: pydantic.TypeAdapter[Op] = pydantic.TypeAdapter(Op)
 

@@ -18,7 +18,7 @@ import psycopg2.extensions
 import psycopg2.pool
 from psycopg2.extras import execute_values
 
-from .base import StorageBackend, check_limit
+from .base import StorageBackend, check_limit, prefix_bounds
 from .config import Settings, load_settings, mask_url
 from .errors import (
     ConfigError,
@@ -42,7 +42,7 @@ from .postgres_sql import (
     prune_delete,
     prune_statements,
 )
-from .records import SCOPE_OF, Kind, Record, StreamKind, Tombstone, tombstone_cursor
+from .records import KIND_SPECS, SCOPE_OF, Kind, Record, StreamKind, Tombstone, tombstone_cursor
 from .retention import RetentionPolicy
 
 log = logging.getLogger(__name__)
@@ -322,10 +322,37 @@ class PostgreSQLClient(StorageBackend):
         rows = self._fetch(
             f"SELECT {SCANS[kind]} WHERE id > %s ORDER BY id LIMIT %s", (after or "", limit)
         )
-        return [
-            Record(kind, rid, part, data, ver, pos, sub, deleted)
-            for rid, part, sub, data, ver, pos, deleted in rows
-        ]
+        return _records(kind, rows)
+
+    def read_rows(
+        self,
+        kind: Kind,
+        partition: str,
+        prefix: str,
+        *,
+        below: str | None = None,
+        descending: bool = False,
+        limit: int | None = None,
+    ) -> list[Record]:
+        low, high = prefix_bounds(prefix, below)
+        part = KIND_SPECS[kind].partition
+        order = "DESC" if descending else "ASC"
+        rows = self._fetch(
+            f"SELECT {SCANS[kind]} WHERE {part} = %s AND id >= %s AND id < %s AND NOT deleted "
+            f"ORDER BY id {order} LIMIT %s",
+            (partition, low, high, check_limit(limit)),
+        )
+        return _records(kind, rows)
+
+    def get_rows(self, kind: Kind, partition: str, row_ids: Sequence[str]) -> list[Record]:
+        if not row_ids:
+            return []
+        part = KIND_SPECS[kind].partition
+        rows = self._fetch(
+            f"SELECT {SCANS[kind]} WHERE {part} = %s AND id = ANY(%s) AND NOT deleted",
+            (partition, list(row_ids)),
+        )
+        return _records(kind, rows)
 
     def scan_tombstones(self, after: str | None = None, limit: int = 500) -> list[Tombstone]:
         rows = self._fetch(
@@ -396,6 +423,13 @@ def _connection_string(settings: Settings) -> str:
     if settings.postgres_connection_string is None:
         raise ConfigError("POSTGRES_CONNECTION_STRING is not set")
     return settings.postgres_connection_string.get_secret_value()
+
+
+def _records(kind: Kind, rows: list[tuple[Any, ...]]) -> list[Record]:
+    return [
+        Record(kind, rid, part, data, ver, pos, sub, deleted)
+        for rid, part, sub, data, ver, pos, deleted in rows
+    ]
 
 
 def _write_tombstones(cur: Any, tombstones: Sequence[Tombstone]) -> None:

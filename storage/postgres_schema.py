@@ -153,12 +153,36 @@ END
 $$;
 """
 
+
+def _thread_table(table: str, key: str, payload: str) -> str:
+    # Row ids compare byte-wise, so a thread's (namespace's) rows are one range of the key.
+    return f"""
+CREATE TABLE IF NOT EXISTS {table} (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    thread_id TEXT NOT NULL,
+    {key} TEXT NOT NULL,
+    {payload} JSONB NOT NULL,
+    version TEXT COLLATE "C" NOT NULL,
+    deleted BOOLEAN NOT NULL DEFAULT false,
+    timestamp TIMESTAMP DEFAULT CURRENT_TIMESTAMP
+);
+CREATE INDEX IF NOT EXISTS idx_{table}_thread ON {table}(thread_id);
+"""
+
+
+_CHECKPOINTS = (
+    _thread_table("checkpoints", "checkpoint_key", "checkpoint")
+    + _thread_table("checkpoint_blobs", "blob_key", "blob")
+    + _thread_table("checkpoint_writes", "write_key", "pending_write")
+)
+
 # Append only: a migration, once released, is never edited; its index is its version.
 MIGRATIONS: tuple[tuple[str, str], ...] = (
     ("seed schema", _SEED),
     ("versions and ordering", _VERSIONS),
     ("one index per key", _ONE_INDEX_PER_KEY),
     ("tombstones", _TOMBSTONES),
+    ("langgraph checkpoints", _CHECKPOINTS),
 )
 
 

@@ -52,6 +52,19 @@ def _keyed(kind: Kind) -> str:
     )
 
 
+def _thread_rows(kind: Kind, overwrite: str = "true") -> str:
+    # Checkpoint rows: the newer version wins, unless `overwrite` (SQL) says to keep the first.
+    spec = KIND_SPECS[kind]
+    return _guarded(
+        kind,
+        (spec.sub_id, "deleted"),
+        f"(id) DO UPDATE SET {spec.payload} = EXCLUDED.{spec.payload}, "
+        "version = EXCLUDED.version, deleted = EXCLUDED.deleted, "
+        "timestamp = CURRENT_TIMESTAMP WHERE t.version < EXCLUDED.version "
+        f"AND (t.deleted OR EXCLUDED.deleted OR {overwrite})",
+    )
+
+
 _TXN = KIND_SPECS["transaction"].payload
 # Each upsert writes only when the incoming version is newer, so redelivered and reordered
 # ops converge on the newest version.
@@ -72,6 +85,13 @@ UPSERTS: dict[Kind, str] = {
         "version = GREATEST(t.version, EXCLUDED.version), "
         "position = LEAST(t.position, EXCLUDED.position), timestamp = CURRENT_TIMESTAMP "
         "WHERE t.version < EXCLUDED.version OR t.position > EXCLUDED.position",
+    ),
+    "checkpoint": _thread_rows("checkpoint"),
+    "checkpoint_blob": _thread_rows("checkpoint_blob"),
+    # `storage.checkpoints.keeps_first`: only the special channels' writes (idx < 0) overwrite.
+    "checkpoint_write": _thread_rows(
+        "checkpoint_write",
+        f"(EXCLUDED.{KIND_SPECS['checkpoint_write'].payload}->>'idx')::int < 0",
     ),
 }
 # Rows per statement, and characters: a page stays far below PostgreSQL's 1 GB value limit.
@@ -140,6 +160,10 @@ SCANS: dict[Kind, str] = {
     # A message's id is its row id; a transaction's is the "id" of its payload.
     "conversation": _scan("conversation", "id", "position", "false"),
     "transaction": _scan("transaction", f"{_TXN}->>'id'", "position", "deleted"),
+    **{
+        kind: _scan(kind, KIND_SPECS[kind].sub_id, "version", "deleted")
+        for kind in ("checkpoint", "checkpoint_blob", "checkpoint_write")
+    },
 }
 # Exact counts, for progress totals (`StorageBackend.count`).
 COUNTS: dict[StreamKind, str] = {

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, get_args
 
+from .checkpoint_ops import DeleteThread
 from .ids import state_row_id, task_row_id, transaction_row_id
 from .ops import (
     DeleteConversation,
     DeleteState,
     DeleteTask,
     DeleteTransactions,
+    EraseAgent,
     Op,
     SaveConversation,
     SaveState,
@@ -19,12 +21,29 @@ from .ops import (
     SaveTransactions,
 )
 
-Kind: TypeAlias = Literal["state", "task", "conversation", "transaction"]
-KINDS: tuple[Kind, ...] = ("state", "task", "conversation", "transaction")
+Kind: TypeAlias = Literal[
+    "state",
+    "task",
+    "conversation",
+    "transaction",
+    "checkpoint",
+    "checkpoint_blob",
+    "checkpoint_write",
+]
+KINDS: tuple[Kind, ...] = get_args(Kind)
 # What export, import and migration carry: partition tombstones first, then every kind.
-StreamKind: TypeAlias = Literal["tombstone", "state", "task", "conversation", "transaction"]
-STREAM_KINDS: tuple[StreamKind, ...] = ("tombstone", "state", "task", "conversation", "transaction")
-Scope: TypeAlias = Literal["agent", "conversation", "case"]
+StreamKind: TypeAlias = Literal[
+    "tombstone",
+    "state",
+    "task",
+    "conversation",
+    "transaction",
+    "checkpoint",
+    "checkpoint_blob",
+    "checkpoint_write",
+]
+STREAM_KINDS: tuple[StreamKind, ...] = get_args(StreamKind)
+Scope: TypeAlias = Literal["agent", "conversation", "case", "thread"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +64,12 @@ KIND_SPECS: dict[Kind, KindSpec] = {
         "conversations", "conversation_id", "message_id", "message", "conversation"
     ),
     "transaction": KindSpec("transactions", "case_id", "transaction_id", "transaction", "case"),
+    # LangGraph's checkpoints, channel values and pending writes (`storage.checkpoints`).
+    "checkpoint": KindSpec("checkpoints", "thread_id", "checkpoint_key", "checkpoint", "thread"),
+    "checkpoint_blob": KindSpec("checkpoint_blobs", "thread_id", "blob_key", "blob", "thread"),
+    "checkpoint_write": KindSpec(
+        "checkpoint_writes", "thread_id", "write_key", "pending_write", "thread"
+    ),
 }
 # Partition tombstones have a table (container) of their own on every backend.
 TOMBSTONE_TABLE = "agentstore_tombstones"
@@ -78,7 +103,7 @@ class Record:
 # Which kinds a partition-wide tombstone covers.
 SCOPE_KINDS: dict[Scope, tuple[Kind, ...]] = {
     scope: tuple(kind for kind, spec in KIND_SPECS.items() if spec.scope == scope)
-    for scope in ("agent", "conversation", "case")
+    for scope in get_args(Scope)
 }
 SCOPE_OF: dict[Kind, Scope] = {kind: spec.scope for kind, spec in KIND_SPECS.items()}
 # Deleted transactions sort last, so a later save takes the position it is saved at.
@@ -155,13 +180,21 @@ def _records_of(op: Op) -> Iterable[Record | Tombstone]:
             rid = transaction_row_id(case_id, txn_id)
             data = {"id": txn_id}
             yield Record("transaction", rid, case_id, data, v, _DELETED_POSITION, txn_id, True)
-    else:
+    elif isinstance(op, EraseAgent):
         yield Tombstone("agent", op.args.agent_id, v)
+    elif isinstance(op, DeleteThread):
+        yield Tombstone("thread", op.args.thread_id, v)
+    else:
+        yield from checkpoint_records(op)
 
 
 def plan(ops: Sequence[Op]) -> Plan:
     """What `ops` write: see `collect`."""
     return collect(item for op in ops for item in _records_of(op))
+
+
+# Imported last: it builds the `Record`s defined above.
+from .checkpoints import checkpoint_records  # noqa: E402
 
 
 def collect(items: Iterable[Record | Tombstone]) -> Plan:

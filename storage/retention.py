@@ -52,7 +52,14 @@ def category(kind: StreamKind, what: str) -> str:
 
 
 # Kinds whose deletes leave a deleted row (a tombstone row) that retention later drops.
-ROW_DELETED_KINDS: tuple[Kind, ...] = ("state", "task", "transaction")
+ROW_DELETED_KINDS: tuple[Kind, ...] = (
+    "state",
+    "task",
+    "transaction",
+    "checkpoint",
+    "checkpoint_blob",
+    "checkpoint_write",
+)
 
 
 def prune_limits(policy: RetentionPolicy) -> dict[str, float]:

@@ -15,6 +15,7 @@ from agentstore_cli.launch import free_port
 from broker import deadletters, keys, wire
 from broker.publisher import Publisher
 from storage.ops import make_op, op_to_message
+from storage.postgres_schema import MIGRATIONS
 from tests.cli.conftest import REDIS_PASSWORD, Cli, open_store
 from tests.plugin import WorkerFactory
 
@@ -103,7 +104,10 @@ def test_health_reports_a_missing_schema_without_creating_it(
     result = run(["health", "--no-workers"], config(spare_redis_url, pg_url))
     assert result.exit_code == 0, result.stdout  # reachable: workers create it on first use
     store = result.stdout.splitlines()[1]
-    assert store.startswith("store    OK") and "schema not migrated yet (0 of 4" in store
+    assert (
+        store.startswith("store    OK")
+        and f"schema not migrated yet (0 of {len(MIGRATIONS)}" in store
+    )
     conn = psycopg2.connect(pg_url)
     try:
         with conn.cursor() as cur:

@@ -360,6 +360,9 @@ def test_deletes_erase_and_prune_on_both_layouts(
         "agent_states:tombstones": 0,  # s0's tombstone item went with the erase
         "agent_tasks:tombstones": 0,
         "transactions:tombstones": 0,  # x's went with the whole-case delete
+        "checkpoints:tombstones": 0,
+        "checkpoint_blobs:tombstones": 0,
+        "checkpoint_writes:tombstones": 0,
         "agentstore_tombstones:expired": 3,
     }
     assert list(tombstones.read_all_items()) == []
@@ -374,6 +377,9 @@ TOMBSTONE_CATEGORIES = (
     "agent_states:tombstones",
     "agent_tasks:tombstones",
     "transactions:tombstones",
+    "checkpoints:tombstones",
+    "checkpoint_blobs:tombstones",
+    "checkpoint_writes:tombstones",
     "agentstore_tombstones:expired",
 )
 

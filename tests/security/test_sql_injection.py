@@ -28,7 +28,11 @@ _SQL = re.compile(
 )
 # (file, interpolated expression) -> why it cannot carry a caller's value.
 _CONSTANT = {
-    "storage/postgres.py": {"SCANS[kind]": "a column list from the constant SCANS"},
+    "storage/postgres.py": {
+        "SCANS[kind]": "a column list from the constant SCANS",
+        "part": "a partition column name from the kinds table in storage.records",
+        "order": "'ASC' or 'DESC'",
+    },
     "storage/postgres_sql.py": {
         # Statements built once, at import, by _guarded/_keyed/_erase/_scan from the kinds
         # table (storage.records: literal table, column and scope names) and literal column
@@ -56,10 +60,11 @@ _CONSTANT = {
             "column lists and clauses assembled from those names and literals",
         ),
         "_RECORDSET": "a constant",
-        "spec.scope": "a Scope literal ('agent', 'conversation', 'case') from the kinds table",
+        "spec.scope": "a Scope literal ('agent', 'conversation', 'case', 'thread') of the kinds",
         "_AGE": "a constant with a %s parameter",
         "key": "'id' or 'ctid'",
         "select": "a query from the constant _PRUNE_SELECTS",
+        "overwrite": "a literal condition on a payload column named in the kinds table",
     },
     "storage/cosmos.py": {
         "layout.partition_field": "a field name from the constant layouts",
@@ -68,6 +73,8 @@ _CONSTANT = {
         "sf": "a sub-id field name from the constant layouts",
         "LIVE": "a constant condition",
         "where": "a clause built just above from those names; values are @parameters",
+        "top": "'' or 'TOP @n ' (the number is a parameter)",
+        "'DESC' if descending else 'ASC'": "a literal",
     },
     "storage/cosmos_retention.py": {
         "_AGED": "a constant with an @parameter",
@@ -90,6 +97,8 @@ _CONSTANT = {
             "expr",
             "char",
             "replacement",
+            "key",
+            "payload",
         ),
         "import-time DDL from literals",
     ),

@@ -1,0 +1,133 @@
+"""LangGraph checkpoint rows on every backend: idempotent puts, LangGraph's pending-write rule,
+thread deletes, row deletes, and values split across rows up to 16 MB."""
+
+from __future__ import annotations
+
+import base64
+import os
+from typing import Any, cast
+
+import pytest
+
+from storage import checkpoint_reads as reads
+from storage.base import StorageBackend, StorageClient
+from storage.checkpoint_ops import MAX_CHECKPOINT_BYTES
+from storage.checkpoints import PART_CHARS
+from storage.errors import ValidationError
+from storage.ops import Op, make_op
+
+
+def _b64(raw: bytes) -> dict[str, str]:
+    return {"type": "bytes", "data": base64.b64encode(raw).decode()}
+
+
+def put(
+    thread: str, cid: str, values: dict[str, bytes], parent: str | None = None, **kw: Any
+) -> Op:
+    args = {
+        "thread_id": thread,
+        "checkpoint_ns": kw.get("ns", ""),
+        "checkpoint_id": cid,
+        "parent_checkpoint_id": parent,
+        "checkpoint": _b64(b"head"),
+        "metadata": _b64(b"meta"),
+        "channel_versions": {ch: f"v{cid}" for ch in values},
+        "run_id": kw.get("run_id"),
+        "blobs": [{"channel": ch, "version": f"v{cid}", **_b64(v)} for ch, v in values.items()],
+    }
+    return make_op("put_checkpoint", args, version=kw.get("version"))
+
+
+def writes(thread: str, cid: str, items: list[tuple[int, bytes]], version: int | None = None) -> Op:
+    args = {
+        "thread_id": thread,
+        "checkpoint_ns": "",
+        "checkpoint_id": cid,
+        "task_id": "task",
+        "task_path": "",
+        "writes": [{"idx": i, "channel": f"c{i}", **_b64(v)} for i, v in items],
+    }
+    return make_op("put_writes", args, version=version)
+
+
+def backend(store: StorageClient) -> StorageBackend:
+    return cast(StorageBackend, store)
+
+
+def values(store: StorageBackend, thread: str, cid: str) -> dict[str, bytes]:
+    (row,) = store.get_rows("checkpoint", thread, [f"{thread}||{cid}"])
+    found = reads.blobs(store, thread, "", row.data["channel_versions"])
+    texts = reads.whole(store, "checkpoint_blob", thread, found)
+    return {b.data["channel"]: base64.b64decode(t) for b, t in zip(found, texts, strict=True)}
+
+
+def pending(store: StorageBackend, thread: str, cid: str) -> dict[int, bytes]:
+    rows = reads.writes(store, thread, "", cid)
+    texts = reads.whole(store, "checkpoint_write", thread, rows)
+    return {r.data["idx"]: base64.b64decode(t) for r, t in zip(rows, texts, strict=True)}
+
+
+def test_put_reads_back_newest_first_and_a_redelivered_put_changes_nothing(
+    store: StorageClient, uid: str
+) -> None:
+    s = backend(store)
+    ops = [put(uid, f"c{n}", {"x": bytes([n])}, version=n + 1) for n in range(3)]
+    s.apply(ops)
+    s.apply([ops[1]])
+    got = reads.checkpoints(s, uid, "")
+    assert [r.data["checkpoint_id"] for r in got] == ["c2", "c1", "c0"]
+    assert [r.data["checkpoint_id"] for r in reads.checkpoints(s, uid, "", limit=1)] == ["c2"]
+    below = reads.checkpoints(s, uid, "", below=f"{uid}||c2")
+    assert [r.data["checkpoint_id"] for r in below] == ["c1", "c0"]
+    assert values(s, uid, "c1") == {"x": b"\x01"}
+
+
+def test_regular_writes_keep_the_first_special_channels_overwrite(
+    store: StorageClient, uid: str
+) -> None:
+    s = backend(store)
+    s.apply([put(uid, "c", {}), writes(uid, "c", [(0, b"first"), (-1, b"error 1")], version=5)])
+    s.apply([writes(uid, "c", [(0, b"second"), (-1, b"error 2")], version=6)])
+    assert pending(s, uid, "c") == {0: b"first", -1: b"error 2"}
+
+
+def test_delete_thread_holds_against_late_older_puts(store: StorageClient, uid: str) -> None:
+    s = backend(store)
+    other = f"{uid}-other"
+    s.apply([put(uid, "c", {"x": b"1"}, version=1), put(other, "c", {"x": b"1"}, version=1)])
+    s.apply([make_op("delete_thread", {"thread_id": uid}, version=2)])
+    s.apply([put(uid, "c", {"x": b"1"}, version=1)])  # redelivered late
+    assert reads.checkpoints(s, uid, None) == []
+    assert len(reads.checkpoints(s, other, None)) == 1
+    s.apply([put(uid, "d", {"x": b"2"}, version=3)])
+    assert [r.data["checkpoint_id"] for r in reads.checkpoints(s, uid, None)] == ["d"]
+
+
+def test_prune_keeps_the_newest_and_every_blob_it_refers_to(store: StorageClient, uid: str) -> None:
+    s = backend(store)
+    s.apply([put(uid, "c0", {"a": b"a0", "b": b"b0"})])
+    # c1 changes only "a": its "b" is still the blob c0 wrote (the channel chain).
+    op = put(uid, "c1", {"a": b"a1"}, parent="c0")
+    args = {**op.args.model_dump(), "channel_versions": {"a": "vc1", "b": "vc0"}}
+    s.apply([make_op("put_checkpoint", args), writes(uid, "c0", [(0, b"w")])])
+    rows = reads.prune_rows(s, uid, 1)
+    assert rows is not None
+    s.apply([make_op("delete_checkpoint_rows", rows)])
+    assert [r.data["checkpoint_id"] for r in reads.checkpoints(s, uid, None)] == ["c1"]
+    assert values(s, uid, "c1") == {"a": b"a1", "b": b"b0"}
+    assert pending(s, uid, "c0") == {}
+
+
+def test_values_up_to_16_mb_round_trip_split_across_rows(store: StorageClient, uid: str) -> None:
+    s = backend(store)
+    big = os.urandom(MAX_CHECKPOINT_BYTES - 100)
+    s.apply([put(uid, "c", {"big": big}), writes(uid, "c", [(0, big[: 3 * PART_CHARS])])])
+    assert values(s, uid, "c") == {"big": big}
+    assert pending(s, uid, "c") == {0: big[: 3 * PART_CHARS]}
+    parts = s.read_rows("checkpoint_blob", uid, f"{uid}|")
+    assert len(parts) > 1 and all(len(p.data["data"]) <= PART_CHARS for p in parts)
+
+
+def test_more_than_16_mb_fails_at_the_call() -> None:
+    with pytest.raises(ValidationError, match="limit is 16,000,000 bytes"):
+        put("t", "c", {"big": b"x" * (MAX_CHECKPOINT_BYTES + 10)})
