@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any
+from typing import Any, cast
 
 import redis
 
 from broker import deadletters, keys, wire
 from broker.publisher import Publisher
 from storage.ops import make_op
+from tests.queued import pop_message
 from tests.unit.flaky import FlakyStore
-from worker.apply import BatchApplier
+from worker.apply import Batch, BatchApplier
 from worker.reaper import Reaper
 from worker.settings import WorkerSettings
 
@@ -30,9 +31,9 @@ def _publish(rds: redis.Redis, n: int, poison: int | None = None) -> list[str]:
     return ids
 
 
-def _deliver(applier: BatchApplier, rds: redis.Redis) -> Any:
+def _deliver(applier: BatchApplier, rds: redis.Redis) -> Batch:
     """What Celery does: pop one message and run the task with its argument."""
-    message = wire.parse_message(rds.rpop(keys.QUEUE))
+    message = pop_message(rds)
     return applier.run(message.id, message.ops)
 
 
@@ -147,7 +148,7 @@ def test_dead_letters_replay_and_purge(rds: redis.Redis) -> None:
     assert original is not None
     assert dlq.replay([ids[1], "unknown"]) == 1
     assert dlq.count() == 1
-    message = wire.parse_message(rds.lindex(keys.QUEUE, 0))
+    message = wire.parse_message(cast(bytes, rds.lindex(keys.QUEUE, 0)))
     assert message.ops == [original["op"]] and message.id == ids[1]
     store.poison.clear()
     _deliver(_applier(store, rds), rds)
