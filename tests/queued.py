@@ -12,7 +12,7 @@ from broker import keys, wire
 def op_id_of(saved: str | None) -> str:
     """The op id a `Producer.save_*` returned; typed `str | None` by the `StorageClient`
     contract, whose direct stores return None."""
-    assert saved is not None, "a Producer's save returns its op id"
+    assert isinstance(saved, str), f"a Producer's save returns its op id, got {saved!r}"
     return saved
 
 

@@ -19,6 +19,7 @@ from storage.ops import make_op
 from tests.forking import Child
 from tests.integration.helpers import producer
 from tests.plugin import WorkerFactory
+from tests.queued import op_id_of
 
 T = TypeVar("T")
 
@@ -100,7 +101,7 @@ def test_interop_with_producer_both_ways(
     broker: str, database: str, start_worker: WorkerFactory
 ) -> None:
     with producer(broker, database) as sync:
-        from_sync = sync.save_state("a", "from-sync", {"by": "Producer"})
+        from_sync = op_id_of(sync.save_state("a", "from-sync", {"by": "Producer"}))
 
         async def body(store: AsyncProducer) -> str:
             await store.wait([from_sync], timeout=60)  # a worker starts only below

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from typing import cast
 
 import pytest
 import redis
@@ -14,8 +15,9 @@ from broker import keys, wire
 from broker.deadletters import DeadLetters
 from producer import Producer, PublishError
 from storage.pg_url import options
-from tests.integration.helpers import pending, producer, rows, wait_until
+from tests.integration.helpers import pending, pending_at_most, producer, rows, wait_until
 from tests.plugin import RedisFactory, WorkerFactory
+from tests.queued import pending_ids
 
 # Small batches and no batch wait: many batches in flight, so kills land mid-batch.
 SLOW = {"AGENTSTORE_BATCH_MAX": "20", "AGENTSTORE_BATCH_WAIT_MS": "0"}
@@ -40,10 +42,13 @@ class Workload:
         return self.keys * self.versions + self.messages
 
     def check(self, prod: Producer, database: str) -> None:
-        states = rows(database, "SELECT state_id, state FROM agent_states")
+        states = cast(
+            list[tuple[str, dict[str, int]]],
+            rows(database, "SELECT state_id, state FROM agent_states"),
+        )
         assert len(states) == self.keys, "nothing lost"
         newest = {"v": self.versions - 1}
-        stale = [sid for sid, state in states if state["v"] != newest["v"]]  # type: ignore[index]
+        stale = [sid for sid, state in states if state["v"] != newest["v"]]
         assert not stale, f"{len(stale)} states not at their newest version"
         for c in range(self.conversations):
             history = prod.get_conversation_history(f"conv{c}")
@@ -52,10 +57,10 @@ class Workload:
             )
 
 
-def _in_flight(client: redis.Redis) -> set[bytes]:
+def _in_flight(client: redis.Redis) -> set[str]:
     """Pending messages that are not in the queue: taken by the worker, not yet confirmed."""
     queued = {wire.message_id_of(raw) for raw in client.lrange(keys.QUEUE, 0, -1)}
-    return {mid for mid in client.zrange(keys.PENDING_KEY, 0, -1) if mid.decode() not in queued}
+    return {mid for mid in pending_ids(client) if mid not in queued}
 
 
 class RecoveryClock:
@@ -63,13 +68,13 @@ class RecoveryClock:
 
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
-        self._open: list[tuple[float, list[bytes]]] = []
+        self._open: list[tuple[float, list[str]]] = []
         self.times: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def killed(self, in_flight: set[bytes]) -> None:
+    def killed(self, in_flight: set[str]) -> None:
         if in_flight:
             self._open.append((time.monotonic(), list(in_flight)))
 
@@ -101,7 +106,7 @@ def test_sigkill_mid_drain_ten_times_loses_nothing(
                 worker = start_worker(broker, database, **SLOW)
                 before = pending(client)
                 # Triggered by progress, not by a timer: 150 more messages confirmed.
-                wait_until("progress", lambda b=before: pending(client) <= b - 150, 60, 0.005)
+                wait_until("progress", pending_at_most(client, before - 150), 60, 0.005)
                 in_flight = _in_flight(client)
                 worker.kill()
                 lost_in_flight += len(in_flight)
@@ -157,7 +162,7 @@ def test_terminated_database_connections_are_retried(
             if before == 0:
                 break  # drained already: waiting for 200 more would wait forever
             target = max(0, before - 200)
-            wait_until("progress", lambda t=target: pending(client) <= t, 60, 0.005)
+            wait_until("progress", pending_at_most(client, target), 60, 0.005)
             terminated += _terminate_backends(database)
         prod.wait(timeout=120)
         work.check(prod, database)
