@@ -71,7 +71,8 @@ def test_a_permanently_failing_op_is_isolated_by_halving(rds: redis.Redis) -> No
     _deliver(_applier(store, rds), rds)
     assert store.list_states("a") == sorted(f"s{i}" for i in range(16) if i != 5)
     dlq = deadletters.DeadLetters(client=rds)
-    assert dlq.count() == 1 and f"cannot store {ids[5]}" in dlq.get(ids[5])["error"]  # type: ignore[index]
+    record = dlq.get(ids[5])
+    assert dlq.count() == 1 and record is not None and f"cannot store {ids[5]}" in record["error"]
     assert rds.zcard(keys.PENDING_KEY) == 0
 
 
@@ -104,7 +105,8 @@ def test_pickle_and_foreign_messages_are_refused_never_decoded(
     assert not (tmp_path / "pwned").exists()
     assert len(batch.dead) == 3 and store.calls == [ids]
     dlq = deadletters.DeadLetters(client=rds)
-    assert "x-python-serialize" in dlq.get("evil1")["error"]  # type: ignore[index]
+    record = dlq.get("evil1")
+    assert record is not None and "x-python-serialize" in record["error"]
     assert {r["error"] for r in dlq.list()} >= {"message is not JSON"}
 
 
