@@ -27,7 +27,7 @@ test: venv node
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy storage broker producer worker agentstore_cli agentstore_langgraph
+	$(BIN)/mypy storage broker producer worker agentstore_cli agentstore_langgraph tests bench
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 

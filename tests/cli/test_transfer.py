@@ -17,7 +17,7 @@ from agentstore_cli.transfer import (
     parse_line,
 )
 from storage import InMemoryStorageClient
-from storage.records import Tombstone
+from storage.records import Record, Tombstone
 from tests.cli.conftest import (
     DELETE_VERSION,
     Cli,
@@ -187,9 +187,11 @@ def test_parse_line_says_what_is_wrong() -> None:
         "version": "001.000000.abc",
         "position": "001.000000.abc",
     }
-    assert parse_line(json.dumps(good), 1).data == {"x": 1}
-    assert parse_line(json.dumps(good), 1).deleted is False, "older files have no 'deleted'"
-    assert parse_line(json.dumps({**good, "deleted": True}), 1).deleted is True
+    record = parse_line(json.dumps(good), 1)
+    assert isinstance(record, Record) and record.data == {"x": 1}
+    assert record.deleted is False, "older files have no 'deleted'"
+    deleted = parse_line(json.dumps({**good, "deleted": True}), 1)
+    assert isinstance(deleted, Record) and deleted.deleted is True
     cases = {
         "{": "not JSON",
         "[1]": "expected a JSON object",

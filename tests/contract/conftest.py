@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from agentstore_cli.launch import CosmosServer
-from storage import StorageClient, create_storage_client
+from storage import StorageBackend, StorageClient, create_storage_client
 from tests.services import fresh_pg_database
 
 
@@ -43,7 +43,7 @@ class Backend:
             "COSMOS_DATABASE_NAME": f"t_{uuid.uuid4().hex[:12]}",
         }
 
-    def client(self, env: dict[str, str] | None = None) -> StorageClient:
+    def client(self, env: dict[str, str] | None = None) -> StorageBackend:
         settings: dict[str, Any] = {k.lower(): v for k, v in (env or self.fresh_env()).items()}
         # Explicit None keeps a POSTGRES_CONNECTION_STRING in the environment from winning.
         settings.setdefault("postgres_connection_string", None)

@@ -25,6 +25,7 @@ from storage.errors import ConfigError, StorageError, TransientStorageError  # n
 from storage.ids import row_id  # noqa: E402
 from storage.ops import make_op  # noqa: E402
 from storage.payload import MAX_PAYLOAD_BYTES  # noqa: E402
+from storage.records import Scope  # noqa: E402
 from storage.retention import RetentionPolicy  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Unverified HTTPS request:Warning")
@@ -32,6 +33,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:Unverified HTTPS request:Warning
 CONTAINERS = ("agent_states", "agent_tasks", "conversations", "transactions")
 # A different, valid base64 key: the test server accepts only the emulator's key.
 WRONG_KEY = base64.b64encode(b"not-the-emulator-key-" * 3).decode()
+# `make_client(database=None, **settings)`: a client of the test server, closed after the test.
+MakeClient = Callable[..., CosmosDBClient]
 
 
 @pytest.fixture
@@ -45,7 +48,7 @@ def raw(cosmos_server: CosmosServer) -> Iterator[CosmosClient]:
 
 
 @pytest.fixture
-def make_client(cosmos_server: CosmosServer) -> Iterator[Callable[..., CosmosDBClient]]:
+def make_client(cosmos_server: CosmosServer) -> Iterator[MakeClient]:
     made: list[CosmosDBClient] = []
 
     def make(database: str | None = None, **overrides: Any) -> CosmosDBClient:
@@ -75,7 +78,7 @@ def partition_paths(raw: CosmosClient, database: str) -> dict[str, list[str]]:
     return {n: db.get_container_client(n).read()["partitionKey"]["paths"] for n in CONTAINERS}
 
 
-def test_new_containers_get_partition_key_paths(raw: CosmosClient, make_client: Any) -> None:
+def test_new_containers_get_partition_key_paths(raw: CosmosClient, make_client: MakeClient) -> None:
     database = f"test-{uuid.uuid4().hex}"
     make_client(database)
     assert partition_paths(raw, database) == {
@@ -89,7 +92,9 @@ def test_new_containers_get_partition_key_paths(raw: CosmosClient, make_client: 
 
 
 @pytest.mark.parametrize("layout", ["/id", "new"])
-def test_every_method_on_both_layouts(raw: CosmosClient, make_client: Any, layout: str) -> None:
+def test_every_method_on_both_layouts(
+    raw: CosmosClient, make_client: MakeClient, layout: str
+) -> None:
     database = f"test-{uuid.uuid4().hex}"
     if layout == "/id":
         seed_layout(raw, database)
@@ -152,7 +157,7 @@ def test_every_method_on_both_layouts(raw: CosmosClient, make_client: Any, layou
     assert {"id", "case_id", "transaction_id", "version", "position", "data"} <= txn.keys()
 
 
-def test_missing_item_is_a_quick_404(raw: CosmosClient, make_client: Any) -> None:
+def test_missing_item_is_a_quick_404(raw: CosmosClient, make_client: MakeClient) -> None:
     database = f"test-{uuid.uuid4().hex}"
     client = make_client(database)
     client.save_state("a", "s", {"v": 1})
@@ -165,7 +170,7 @@ def test_missing_item_is_a_quick_404(raw: CosmosClient, make_client: Any) -> Non
         states.read_item("a|s", partition_key="wrong-agent")
 
 
-def test_item_near_two_megabytes_round_trips(raw: CosmosClient, make_client: Any) -> None:
+def test_item_near_two_megabytes_round_trips(raw: CosmosClient, make_client: MakeClient) -> None:
     client = make_client()
     # Multi-byte characters: escaped as \\uXXXX this would be ~4 MB on the wire.
     text = "é" * ((MAX_PAYLOAD_BYTES - 20) // 2)
@@ -181,7 +186,7 @@ def test_item_near_two_megabytes_round_trips(raw: CosmosClient, make_client: Any
     assert info.value.status_code == 413
 
 
-def test_concurrent_writers_keep_the_newest_version(make_client: Any) -> None:
+def test_concurrent_writers_keep_the_newest_version(make_client: MakeClient) -> None:
     database = f"test-{uuid.uuid4().hex}"
     clients = [make_client(database) for _ in range(4)]
     versions = [f"{v:04d}" for v in range(40)]
@@ -202,7 +207,7 @@ def test_concurrent_writers_keep_the_newest_version(make_client: Any) -> None:
     assert clients[0].get_transactions("k") == [{"id": "t", "v": "0039"}]
 
 
-def test_apply_retried_in_any_order_converges(make_client: Any) -> None:
+def test_apply_retried_in_any_order_converges(make_client: MakeClient) -> None:
     ops = [
         make_op("save_state", {"agent_id": "a", "state_id": "s", "state": {"v": i}}, version=v)
         for i, v in enumerate(["0003", "0001", "0002"])
@@ -222,7 +227,7 @@ def test_apply_retried_in_any_order_converges(make_client: Any) -> None:
         assert client.get_transactions("k") == [{"id": "t", "v": "0007"}]
 
 
-def test_key_never_shows(cosmos_server: CosmosServer, make_client: Any) -> None:
+def test_key_never_shows(cosmos_server: CosmosServer, make_client: MakeClient) -> None:
     client = make_client()
     assert cosmos_server.key not in repr(client)
     assert repr(client) == (
@@ -236,20 +241,22 @@ def test_key_never_shows(cosmos_server: CosmosServer, make_client: Any) -> None:
         assert cosmos_server.key not in text
 
 
-def test_unusable_partition_key_path_is_a_config_error(raw: CosmosClient, make_client: Any) -> None:
+def test_unusable_partition_key_path_is_a_config_error(
+    raw: CosmosClient, make_client: MakeClient
+) -> None:
     database = f"test-{uuid.uuid4().hex}"
     seed_layout(raw, database, path="/tenant")
     with pytest.raises(ConfigError, match="partitioned on"):
         make_client(database)
 
 
-def test_unreachable_endpoint_is_transient(make_client: Any) -> None:
+def test_unreachable_endpoint_is_transient(make_client: MakeClient) -> None:
     with pytest.raises(TransientStorageError) as info:
         make_client(cosmos_endpoint="https://127.0.0.1:9/")
     assert "could not be reached" in str(info.value)
 
 
-def test_closed_client_refuses_calls(make_client: Any) -> None:
+def test_closed_client_refuses_calls(make_client: MakeClient) -> None:
     client = make_client()
     client.close()
     client.close()
@@ -257,7 +264,7 @@ def test_closed_client_refuses_calls(make_client: Any) -> None:
         client.get_state("a", "s")
 
 
-def test_ids_the_sdk_refuses_are_mapped_reversibly(make_client: Any) -> None:
+def test_ids_the_sdk_refuses_are_mapped_reversibly(make_client: MakeClient) -> None:
     # The Python SDK refuses item ids with tab/CR/LF or a trailing space; Cosmos DB allows them.
     client = make_client()
     owner, name = "tab\there", "line\r\nend "
@@ -288,7 +295,7 @@ def test_unusable_database_name_is_a_config_error(cosmos_server: CosmosServer, n
 )
 def test_http_errors_map_to_storage_errors(
     cosmos_server: CosmosServer,
-    make_client: Any,
+    make_client: MakeClient,
     monkeypatch: pytest.MonkeyPatch,
     status: int,
     transient: bool,
@@ -312,7 +319,7 @@ def test_http_errors_map_to_storage_errors(
 
 @pytest.mark.parametrize("layout", ["/id", "new"])
 def test_deletes_erase_and_prune_on_both_layouts(
-    raw: CosmosClient, make_client: Any, layout: str
+    raw: CosmosClient, make_client: MakeClient, layout: str
 ) -> None:
     database = f"test-{uuid.uuid4().hex}"
     if layout == "/id":
@@ -385,7 +392,7 @@ TOMBSTONE_CATEGORIES = (
 
 
 def test_a_save_that_missed_a_concurrent_erase_is_taken_back(
-    make_client: Any, monkeypatch: pytest.MonkeyPatch
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The race the second tombstone read closes: a save checks its partition (no tombstone
     # yet), an erase then stores its tombstone and deletes what it finds, and only then does
@@ -395,7 +402,7 @@ def test_a_save_that_missed_a_concurrent_erase_is_taken_back(
     checks: list[str] = []
     real = client._remover.tombstone
 
-    def check_then_erase(scope: str, key: str) -> str | None:
+    def check_then_erase(scope: Scope, key: str) -> str | None:
         found = real(scope, key)
         if not checks:
             eraser.erase_agent(key, version="5")
@@ -415,7 +422,7 @@ def test_a_save_that_missed_a_concurrent_erase_is_taken_back(
     assert checks == ["agent", "agent"]  # one read per partition before, one after the writes
 
 
-def test_two_pruners_at_once_keep_exactly_the_newest_n(make_client: Any) -> None:
+def test_two_pruners_at_once_keep_exactly_the_newest_n(make_client: MakeClient) -> None:
     database = f"test-{uuid.uuid4().hex}"
     clients = [make_client(database) for _ in range(3)]
     for conversation in ("a", "b", "c"):
@@ -444,7 +451,7 @@ def test_two_pruners_at_once_keep_exactly_the_newest_n(make_client: Any) -> None
 
 
 def test_tombstone_container_on_another_key_is_a_config_error(
-    raw: CosmosClient, make_client: Any
+    raw: CosmosClient, make_client: MakeClient
 ) -> None:
     database = f"test-{uuid.uuid4().hex}"
     raw.create_database(database).create_container("agentstore_tombstones", PartitionKey("/id"))

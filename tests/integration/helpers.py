@@ -12,8 +12,8 @@ from broker import keys
 from producer import Producer
 
 
-def producer(broker: str, database: str, **kw: float) -> Producer:
-    return Producer(broker_url=broker, postgres_connection_string=database, **kw)  # type: ignore[arg-type]
+def producer(broker: str, database: str, linger_ms: float = 0.0) -> Producer:
+    return Producer(broker_url=broker, postgres_connection_string=database, linger_ms=linger_ms)
 
 
 def wait_until(what: str, check: Callable[[], bool], timeout: float, step: float = 0.02) -> float:
@@ -28,6 +28,11 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float, step: float
 
 def pending(client: redis.Redis) -> int:
     return int(client.zcard(keys.PENDING_KEY))
+
+
+def pending_at_most(client: redis.Redis, n: int) -> Callable[[], bool]:
+    """A `wait_until` check: at most `n` messages published and not yet confirmed."""
+    return lambda: pending(client) <= n
 
 
 def rows(database: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:

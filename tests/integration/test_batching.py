@@ -6,13 +6,14 @@ import re
 
 from tests.integration.helpers import producer, rows
 from tests.plugin import WorkerFactory
+from tests.queued import op_id_of
 
 
 def test_single_save_messages_are_applied_many_per_transaction(
     broker: str, database: str, start_worker: WorkerFactory
 ) -> None:
     with producer(broker, database) as prod:
-        ids = [prod.save_state("agent", f"s{i}", {"i": i}) for i in range(400)]
+        ids = [op_id_of(prod.save_state("agent", f"s{i}", {"i": i})) for i in range(400)]
         worker = start_worker(broker, database)
         prod.wait(ids, timeout=60)
     assert rows(database, "SELECT count(*) FROM agent_states") == [(400,)]

@@ -13,6 +13,7 @@ from broker import keys, wire
 from producer import Producer
 from tests.integration.helpers import producer, rows
 from tests.plugin import ROOT, WorkerFactory
+from tests.queued import op_id_of
 
 LONG = 60_000.0  # only flush/close/exit publish
 
@@ -32,7 +33,7 @@ def test_a_forked_child_starts_empty_and_never_resends_the_parents_buffer(broker
         code = 1
         try:
             assert prod.buffered == 0 and prod.unconfirmed == 0
-            child_id = prod.save_state("child", "s", {"from": "child"})
+            child_id = op_id_of(prod.save_state("child", "s", {"from": "child"}))
             prod.flush(timeout=10)
             prod.close()
             os.write(write, child_id.encode())

@@ -28,8 +28,13 @@ def test_the_sdk_logs_no_http_request_at_info_unless_asked(
         "COSMOS_DATABASE_NAME": f"log-{uuid.uuid4().hex[:12]}",
     }
     worker = start_worker(broker, "", AGENTSTORE_COSMOS_HTTP_LOG=http_log, **env)
-    settings = {k.lower(): v for k, v in env.items()}
-    with Producer(broker_url=broker, postgres_connection_string=None, **settings) as prod:
+    with Producer(
+        broker_url=broker,
+        postgres_connection_string=None,
+        cosmos_endpoint=cosmos_server.endpoint,
+        cosmos_key=cosmos_server.key,
+        cosmos_database_name=env["COSMOS_DATABASE_NAME"],
+    ) as prod:
         for i in range(100):
             prod.save_state(f"agent-{i % 10}", f"s{i}", {"i": i})
             prod.save_conversation("conv", {"i": i})

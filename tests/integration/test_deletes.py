@@ -8,6 +8,7 @@ from storage.ops import make_op
 from storage.versions import new_version
 from tests.integration.helpers import producer, wait_until
 from tests.plugin import WorkerFactory
+from tests.queued import op_id_of
 
 
 def test_deletes_through_the_queue_stay_deleted_against_late_older_saves(
@@ -23,12 +24,11 @@ def test_deletes_through_the_queue_stay_deleted_against_late_older_saves(
         prod.save_transactions("k", [{"id": "x"}, {"id": "y"}])
         prod.wait(timeout=30)
         op_ids = [
-            prod.delete_state("a", "gone"),
-            prod.delete_task("a", "t"),
-            prod.delete_conversation("c"),
-            prod.delete_transactions("k", ["x"]),
+            op_id_of(prod.delete_state("a", "gone")),
+            op_id_of(prod.delete_task("a", "t")),
+            op_id_of(prod.delete_conversation("c")),
+            op_id_of(prod.delete_transactions("k", ["x"])),
         ]
-        assert all(isinstance(op_id, str) for op_id in op_ids)
         prod.wait(op_ids, timeout=30)
         assert prod.get_state("a", "gone") is None
         assert prod.list_states("a") == ["keep"]

@@ -13,6 +13,7 @@ import redis
 from broker import keys
 from tests.integration.helpers import pending, producer, wait_until
 from tests.plugin import WorkerFactory
+from tests.queued import op_id_of
 
 # The worker's apply blocks on the test's table lock four recovery periods long.
 RECOVERY = {
@@ -51,9 +52,9 @@ def test_a_batch_slower_than_the_recovery_period_is_not_republished(
     client = redis.Redis.from_url(broker)
     worker = start_worker(broker, database, **RECOVERY)
     with producer(broker, database) as prod:
-        prod.wait([prod.save_state("a", "s", {"v": 0})], timeout=60)
+        prod.wait([op_id_of(prod.save_state("a", "s", {"v": 0}))], timeout=60)
         with states_locked(database):
-            op_id = prod.save_state("a", "s", {"v": 1})
+            op_id = op_id_of(prod.save_state("a", "s", {"v": 1}))
             wait_until("the worker to take the save", lambda: _blocked(client), 30)
             # Four recovery periods, with a reaper round every 0.2 s, to push it back.
             time.sleep(BLOCKED_S)
@@ -70,9 +71,9 @@ def test_a_killed_workers_slow_batch_is_still_recovered(
     client = redis.Redis.from_url(broker)
     first = start_worker(broker, database, **RECOVERY)
     with producer(broker, database) as prod:
-        prod.wait([prod.save_state("a", "s", {"v": 0})], timeout=60)
+        prod.wait([op_id_of(prod.save_state("a", "s", {"v": 0}))], timeout=60)
         with states_locked(database):
-            op_id = prod.save_state("a", "s", {"v": 1})
+            op_id = op_id_of(prod.save_state("a", "s", {"v": 1}))
             wait_until("the worker to take the save", lambda: _blocked(client), 30)
             time.sleep(1.0)  # a few heartbeats
             first.kill()

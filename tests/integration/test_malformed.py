@@ -18,6 +18,7 @@ from broker.deadletters import DeadLetters
 from broker.publisher import Publisher
 from tests.integration.helpers import pending, producer, wait_until
 from tests.plugin import WorkerFactory
+from tests.queued import op_id_of
 
 
 def _op(mid: str, **fields: object) -> str:
@@ -116,7 +117,7 @@ def test_raw_garbage_on_the_queue_is_dead_lettered_and_the_worker_goes_on(
                 # Pushed while the worker is idle, so its BRPOP (not our batching) takes it.
                 client.lpush(keys.QUEUE, raw)
                 wait_until("taken", lambda: client.llen(keys.QUEUE) == 0, 10)
-                op_id = prod.save_state("agent", f"g{n}", {"n": n})
+                op_id = op_id_of(prod.save_state("agent", f"g{n}", {"n": n}))
                 for _ in range(60):
                     assert worker.alive(), f"{raw!r} stopped the worker:\n{worker.log()[-2000:]}"
                     with contextlib.suppress(TimeoutError):

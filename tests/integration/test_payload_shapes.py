@@ -8,6 +8,7 @@ import pytest
 
 from tests.integration.helpers import producer
 from tests.plugin import WorkerFactory
+from tests.queued import op_id_of
 
 TAGGED: list[dict[str, Any]] = [
     {"__type__": "datetime", "__value__": "2024-01-01T00:00:00"},
@@ -22,7 +23,7 @@ def test_tagged_looking_payloads_round_trip(
 ) -> None:
     start_worker(broker, database)
     with producer(broker, database, linger_ms=linger_ms) as prod:
-        ids = [prod.save_state("agent", f"s{n}", payload) for n, payload in enumerate(TAGGED)]
+        ids = [op_id_of(prod.save_state("agent", f"s{n}", p)) for n, p in enumerate(TAGGED)]
         prod.wait(ids, timeout=60)
         for n, payload in enumerate(TAGGED):
             assert prod.get_state("agent", f"s{n}") == payload

@@ -13,6 +13,7 @@ import redis
 from agentstore_cli.launch import RedisServer, free_port
 from broker import keys
 from producer import Producer, PublishError
+from tests.queued import op_id_of
 
 
 class ReplyEater:
@@ -90,7 +91,7 @@ def test_a_publish_that_landed_without_an_answer_is_a_success(
 ) -> None:
     client = redis.Redis.from_url(broker)
     with Producer(broker_url=eater.url, publish_timeout=2) as prod:
-        op_id = prod.save_state("a", "s", {"x": 1})
+        op_id = op_id_of(prod.save_state("a", "s", {"x": 1}))
     assert [m for m in client.zrange(keys.PENDING_KEY, 0, -1)] == [op_id.encode()]
     assert client.llen(keys.QUEUE) == 1, "published once, not again"
 

@@ -20,6 +20,7 @@ from producer import DeadLetteredError
 from storage import PostgreSQLClient
 from tests.integration.helpers import execute, pending, producer, rows, wait_until
 from tests.plugin import ROOT, WorkerFactory
+from tests.queued import op_id_of
 
 THREADS = 8
 SAVES = 10_000
@@ -62,7 +63,9 @@ def test_ten_thousand_saves_of_every_kind_from_eight_threads(
                         prod.save_conversation(conv, message)
                     else:
                         case = f"case-{t}-{rng.randrange(5)}"
-                        batch = [{"id": f"tx-{rng.randrange(30)}", "n": n} for _ in range(2)]
+                        batch: list[dict[str, Any]] = [
+                            {"id": f"tx-{rng.randrange(30)}", "n": n} for _ in range(2)
+                        ]
                         batch = list({tx["id"]: tx for tx in batch}.values())
                         for tx in batch:
                             txns.setdefault(case, {})[tx["id"]] = tx  # first save fixes order
@@ -104,8 +107,8 @@ def test_wait_returns_only_once_reads_see_the_data(
     start_worker(broker, database)
     with producer(broker, database) as prod:
         for i in range(50):
-            op_id = prod.save_state("agent", f"s{i}", {"i": i})
-            conv_op = prod.save_conversation("conv", {"i": i})
+            op_id = op_id_of(prod.save_state("agent", f"s{i}", {"i": i}))
+            conv_op = op_id_of(prod.save_conversation("conv", {"i": i}))
             prod.wait([op_id, conv_op], timeout=30)
             assert prod.get_state("agent", f"s{i}") == {"i": i}
             assert prod.get_conversation_history("conv", limit=1) == [{"i": i}]
@@ -125,9 +128,9 @@ def test_poison_ops_are_dead_lettered_the_rest_applied_and_replay_works(
         "ALTER TABLE agent_states ADD CONSTRAINT no_poison CHECK (state_id <> 'poison')",
     )
     with producer(broker, database) as prod:
-        good = [prod.save_state("agent", f"ok{i}", {"i": i}) for i in range(40)]
-        poisoned = prod.save_state("agent", "poison", {"fails": "until fixed"})
-        more = [prod.save_state("agent", f"ok{i}", {"i": i}) for i in range(40, 80)]
+        good = [op_id_of(prod.save_state("agent", f"ok{i}", {"i": i})) for i in range(40)]
+        poisoned = op_id_of(prod.save_state("agent", "poison", {"fails": "until fixed"}))
+        more = [op_id_of(prod.save_state("agent", f"ok{i}", {"i": i})) for i in range(40, 80)]
         invalid_id = "0123456789abcdef0123456789abcdef"
         invalid = json.dumps(
             {"op": "save_state", "id": invalid_id, "version": "1", "args": {"agent_id": ""}}
@@ -183,7 +186,7 @@ def test_a_pickle_message_is_refused_and_never_unpickled(
         message["body"] = base64.b64encode(_pickle_bomb(target)).decode()
         r.lpush(keys.QUEUE, json.dumps(message))
     with producer(broker, database) as prod:
-        op_id = prod.save_state("agent", "after", {"still": "running"})
+        op_id = op_id_of(prod.save_state("agent", "after", {"still": "running"}))
         prod.wait([op_id], timeout=30)
         assert prod.get_state("agent", "after") == {"still": "running"}
     dlq = DeadLetters(broker)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from typing import cast
 
 import pytest
 import redis
@@ -14,8 +15,9 @@ from broker import keys, wire
 from broker.deadletters import DeadLetters
 from producer import Producer, PublishError
 from storage.pg_url import options
-from tests.integration.helpers import pending, producer, rows, wait_until
+from tests.integration.helpers import pending, pending_at_most, producer, rows, wait_until
 from tests.plugin import RedisFactory, WorkerFactory
+from tests.queued import pending_ids
 
 # The workers' recovery period (tests/plugin.py's start_worker), with a round every 0.5 s.
 RECOVERY_AFTER_S = 3.0
@@ -42,10 +44,13 @@ class Workload:
         return self.keys * self.versions + self.messages
 
     def check(self, prod: Producer, database: str) -> None:
-        states = rows(database, "SELECT state_id, state FROM agent_states")
+        states = cast(
+            list[tuple[str, dict[str, int]]],
+            rows(database, "SELECT state_id, state FROM agent_states"),
+        )
         assert len(states) == self.keys, "nothing lost"
         newest = {"v": self.versions - 1}
-        stale = [sid for sid, state in states if state["v"] != newest["v"]]  # type: ignore[index]
+        stale = [sid for sid, state in states if state["v"] != newest["v"]]
         assert not stale, f"{len(stale)} states not at their newest version"
         for c in range(self.conversations):
             history = prod.get_conversation_history(f"conv{c}")
@@ -54,10 +59,10 @@ class Workload:
             )
 
 
-def _in_flight(client: redis.Redis) -> set[bytes]:
+def _in_flight(client: redis.Redis) -> set[str]:
     """Pending messages that are not in the queue: taken by the worker, not yet confirmed."""
     queued = {wire.message_id_of(raw) for raw in client.lrange(keys.QUEUE, 0, -1)}
-    return {mid for mid in client.zrange(keys.PENDING_KEY, 0, -1) if mid.decode() not in queued}
+    return {mid for mid in pending_ids(client) if mid not in queued}
 
 
 class RecoveryClock:
@@ -67,7 +72,7 @@ class RecoveryClock:
 
     def __init__(self, client: redis.Redis) -> None:
         self._redis = client
-        self._open: list[tuple[float, list[bytes]]] = []
+        self._open: list[tuple[float, list[str]]] = []
         self._up_since = 0.0
         self.times: list[float] = []
         self._stop = threading.Event()
@@ -77,7 +82,7 @@ class RecoveryClock:
     def worker_ready(self) -> None:
         self._up_since = time.monotonic()
 
-    def killed(self, in_flight: set[bytes]) -> None:
+    def killed(self, in_flight: set[str]) -> None:
         if in_flight:
             self._open.append((time.monotonic(), list(in_flight)))
 
@@ -91,10 +96,10 @@ class RecoveryClock:
                     self.times.append(time.monotonic() - max(start, self._up_since))
                     self._open.remove(item)
 
-    def _queued(self, ids: list[bytes]) -> set[bytes]:
+    def _queued(self, ids: list[str]) -> set[str]:
         # Pushed back to the consuming end, so they are among the last entries until taken.
         tail = self._redis.lrange(keys.QUEUE, -len(ids) - 100, -1)
-        return {mid.encode() for raw in tail if (mid := wire.message_id_of(raw))} & set(ids)
+        return {mid for raw in tail if (mid := wire.message_id_of(raw))} & set(ids)
 
     def close(self) -> None:
         self._stop.set()
@@ -117,7 +122,7 @@ def test_sigkill_mid_drain_ten_times_loses_nothing(
                 clock.worker_ready()
                 before = pending(client)
                 # Triggered by progress, not by a timer: 150 more messages confirmed.
-                wait_until("progress", lambda b=before: pending(client) <= b - 150, 60, 0.005)
+                wait_until("progress", pending_at_most(client, before - 150), 60, 0.005)
                 in_flight = _in_flight(client)
                 worker.kill()
                 lost_in_flight += len(in_flight)
@@ -208,7 +213,7 @@ def test_terminated_database_connections_are_retried(
             if before == 0:
                 break  # drained already: waiting for 200 more would wait forever
             target = max(0, before - 200)
-            wait_until("progress", lambda t=target: pending(client) <= t, 60, 0.005)
+            wait_until("progress", pending_at_most(client, target), 60, 0.005)
             terminated += _terminate_backends(database)
         prod.wait(timeout=120)
         work.check(prod, database)

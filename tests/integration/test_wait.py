@@ -13,6 +13,7 @@ from producer import BrokerUnavailableError, DeadLetteredError, LostOpsError
 from storage import PostgreSQLClient
 from tests.integration.helpers import execute, producer
 from tests.plugin import RedisFactory, WorkerFactory
+from tests.queued import op_id_of
 
 
 def test_every_dead_lettered_op_is_reported_on_every_wait_until_replayed(
@@ -25,8 +26,8 @@ def test_every_dead_lettered_op_is_reported_on_every_wait_until_replayed(
     )
     start_worker(broker, database)
     with producer(broker, database) as prod:
-        poisoned = [prod.save_state("agent", f"poison{i}", {"i": i}) for i in range(3)]
-        good = prod.save_state("agent", "fine", {"ok": True})
+        poisoned = [op_id_of(prod.save_state("agent", f"poison{i}", {"i": i})) for i in range(3)]
+        good = op_id_of(prod.save_state("agent", "fine", {"ok": True}))
         for _ in range(3):
             with pytest.raises(DeadLetteredError) as info:
                 prod.wait(timeout=60)
@@ -58,7 +59,7 @@ def test_ops_the_broker_lost_are_named_never_reported_applied(
     client = redis.Redis.from_url(broker)
     try:
         with producer(broker, database, linger_ms=linger_ms) as prod:
-            lost = [prod.save_state("agent", f"s{i}", {"i": i}) for i in range(3)]
+            lost = [op_id_of(prod.save_state("agent", f"s{i}", {"i": i})) for i in range(3)]
             prod.flush()
             client.flushall()  # what a restart without AOF does
             started = time.monotonic()
@@ -75,7 +76,7 @@ def test_ops_the_broker_lost_are_named_never_reported_applied(
             # A confirmed op is reported applied, here and (a durable save, whose message
             # id is its op id) from another producer.
             start_worker(broker, database)
-            kept = prod.save_state("agent", "kept", {"kept": True})
+            kept = op_id_of(prod.save_state("agent", "kept", {"kept": True}))
             prod.wait(timeout=60)
             assert prod.get_state("agent", "kept") == {"kept": True}
         if linger_ms == 0:
@@ -89,7 +90,7 @@ def test_ops_the_broker_lost_are_named_never_reported_applied(
 def test_wait_says_the_broker_is_unreachable(start_redis: RedisFactory, database: str) -> None:
     server = start_redis()
     with producer(server.url, database) as prod:
-        op_id = prod.save_state("agent", "s", {})
+        op_id = op_id_of(prod.save_state("agent", "s", {}))
         server.kill()
         with pytest.raises(BrokerUnavailableError, match="unreachable") as info:
             prod.wait([op_id], timeout=2)

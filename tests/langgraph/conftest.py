@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from agentstore_cli.launch import CeleryWorker
+from storage.config import load_settings
 from tests.plugin import WorkerFactory
 from tests.services import fresh_pg_database
 
@@ -34,8 +35,8 @@ class Stack:
         self._savers: list[AgentStoreSaver] = []
 
     def saver(self, **kwargs: Any) -> AgentStoreSaver:
-        settings = {k.lower(): v for k, v in self.env.items()}
-        saver = AgentStoreSaver(**settings, **kwargs)
+        settings = load_settings(**{k.lower(): v for k, v in self.env.items()})
+        saver = AgentStoreSaver(settings, **kwargs)
         self._savers.append(saver)
         return saver
 

@@ -15,7 +15,8 @@ conformance = pytest.importorskip("langgraph.checkpoint.conformance")
 def test_conformance_all_base_and_extended_capabilities(
     stack: Stack, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    @conformance.checkpointer_test(name=f"AgentStoreSaver ({stack.name})")
+    # The conformance package ships no type information for its decorator.
+    @conformance.checkpointer_test(name=f"AgentStoreSaver ({stack.name})")  # type: ignore[untyped-decorator]
     async def factory() -> AsyncIterator[object]:
         yield stack.saver()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import empty_checkpoint
 
 from storage.errors import ValidationError
@@ -13,7 +14,7 @@ from tests.langgraph.conftest import Stack
 
 def test_15_mb_of_channel_values_round_trip_and_17_mb_publish_nothing(stack: Stack) -> None:
     saver = stack.saver(read_timeout=120)
-    config = {"configurable": {"thread_id": "big", "checkpoint_ns": ""}}
+    config: RunnableConfig = {"configurable": {"thread_id": "big", "checkpoint_ns": ""}}
     big = os.urandom(15_000_000)
     checkpoint = empty_checkpoint()
     checkpoint["channel_values"] = {"blob": big}

@@ -27,6 +27,7 @@ class JsonLinesExporter(SpanExporter):
         with open(self._directory / f"{os.getpid()}.jsonl", "a") as out:
             for span in spans:
                 context = span.get_span_context()
+                assert context is not None  # a finished SDK span always has one
                 record = {
                     "name": span.name,
                     "trace_id": f"{context.trace_id:032x}",

@@ -8,9 +8,9 @@ from contextlib import ExitStack
 import pytest
 from hypothesis import HealthCheck, settings
 
+from agentstore_cli.embedded import on_ci
 from storage import StorageBackend
 from tests.contract.conftest import Backend
-from tests.services import on_ci
 
 # Examples are drawn once per test; the stores are shared, examples keep apart by uid.
 settings.register_profile(

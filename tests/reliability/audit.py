@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from storage import PostgreSQLClient
 from tests.integration.helpers import rows
@@ -115,7 +115,7 @@ def _conversations(result: Audit, saves: list[Save], store: PostgreSQLClient) ->
             else:
                 result.lost += 1
                 result.problem(f"conversation {conv}: acknowledged message {key} missing")
-        order = [m.get("n") for m in history]
+        order: list[int] = [m["n"] for m in history]  # every message the load sends has one
         inversions = sum(1 for a, b in itertools.pairwise(order) if a >= b)
         if inversions:
             result.out_of_order += inversions
@@ -125,9 +125,13 @@ def _conversations(result: Audit, saves: list[Save], store: PostgreSQLClient) ->
 def _transactions(result: Audit, saves: list[Save], database: str) -> None:
     stored = {
         (case, txid): (version, position, data)
-        for case, txid, version, position, data in rows(
-            database,
-            "SELECT case_id, transaction->>'id', version, position, transaction FROM transactions",
+        for case, txid, version, position, data in cast(
+            list[tuple[str, str, str, str, dict[str, Any]]],
+            rows(
+                database,
+                "SELECT case_id, transaction->>'id', version, position, transaction "
+                "FROM transactions",
+            ),
         )
     }
     # Every transaction a save carried, under the id it is stored with: its own, or for an

@@ -14,6 +14,7 @@ from agentstore_cli.launch import CeleryWorker, RedisServer
 from broker import keys, wire
 from storage.pg_url import options
 from tests.integration.helpers import rows
+from tests.queued import pending_ids
 
 KILL, TERMINATE, RESTART = "worker SIGKILL", "pg_terminate_backend", "redis restart"
 
@@ -52,7 +53,7 @@ class Cluster:
         client = self.redis.client()
         try:
             queued = {wire.message_id_of(raw) for raw in client.lrange(keys.QUEUE, 0, -1)}
-            pending = {m.decode() for m in client.zrange(keys.PENDING_KEY, 0, -1)}
+            pending = set(pending_ids(client))
             return len(pending - queued)
         finally:
             client.close()

@@ -11,9 +11,9 @@ from typing import Any
 
 from producer import Producer, PublishError
 from storage.versions import new_version
-from tests.reliability.ledger import Save
+from tests.reliability.ledger import Kind, Save
 
-_KINDS = ("state", "task", "conversation", "transaction")
+_KINDS: tuple[Kind, ...] = ("state", "task", "conversation", "transaction")
 _WEIGHTS = (3, 2, 3, 2)
 _PAD = "aé漢🙂 -"
 
@@ -97,30 +97,32 @@ class ProducerThread(threading.Thread):
         base = {"t": t, "n": seq, "pad": rng.choice(_PAD) * rng.randrange(0, 200)}
         version = new_version()  # what `save_*` would assign; the audit needs it
         call: Callable[[], str | None]
+        payload: dict[str, Any] | list[dict[str, Any]] = base
         if kind == "state":
-            owner, sub, payload = f"agent-{rng.randrange(3)}", f"s{rng.randrange(30)}", base
-            call = lambda: prod.save_state(owner, sub, payload, version=version)  # noqa: E731
+            owner, sub = f"agent-{rng.randrange(3)}", f"s{rng.randrange(30)}"
+            call = lambda: prod.save_state(owner, sub, base, version=version)  # noqa: E731
         elif kind == "task":
-            owner, sub, payload = f"agent-{rng.randrange(3)}", f"t{rng.randrange(30)}", base
-            call = lambda: prod.save_task(owner, sub, payload, version=version)  # noqa: E731
+            owner, sub = f"agent-{rng.randrange(3)}", f"t{rng.randrange(30)}"
+            call = lambda: prod.save_task(owner, sub, base, version=version)  # noqa: E731
         elif kind == "conversation":
             # One sender per conversation: its send order is its seq order.
-            owner, sub, payload = f"conv-{t}-{rng.randrange(4)}", "", base
-            call = lambda: prod.save_conversation(owner, payload, version=version)  # noqa: E731
+            owner, sub = f"conv-{t}-{rng.randrange(4)}", ""
+            call = lambda: prod.save_conversation(owner, base, version=version)  # noqa: E731
         else:
             owner, sub = f"case-{t}-{rng.randrange(4)}", ""
             ids = rng.sample(range(25), rng.randrange(1, 4))
-            payload = [{"id": f"tx-{i}", **base, "i": n} for n, i in enumerate(ids)]
+            txns = [{"id": f"tx-{i}", **base, "i": n} for n, i in enumerate(ids)]
             if rng.random() < 0.2:  # one without "id": the worker derives it from the op id
-                payload.append({**base, "i": len(payload)})
-            call = lambda: prod.save_transactions(owner, payload, version=version)  # noqa: E731
+                txns.append({**base, "i": len(txns)})
+            payload = txns
+            call = lambda: prod.save_transactions(owner, txns, version=version)  # noqa: E731
         try:
             op_id = call()
         except PublishError:
             self.publish_failures += 1
             op_id = None
             self._halt.wait(0.1)  # the broker is away; an agent would back off too
-        save = Save(kind, owner, sub, version, payload, op_id, t, seq)  # type: ignore[arg-type]
+        save = Save(kind, owner, sub, version, payload, op_id, t, seq)
         if self.buffered and op_id is not None:
             self._unflushed.append(save)
         else:

@@ -6,11 +6,11 @@ from storage import PostgreSQLClient
 from storage.ops import make_op
 from storage.versions import normalize_version as _v
 from tests.reliability.audit import audit
-from tests.reliability.ledger import Save
+from tests.reliability.ledger import Kind, Save
 
 
-def _save(kind: str, owner: str, sub: str, v: str, payload: object, seq: int) -> Save:
-    return Save(kind, owner, sub, v, payload, f"op{seq}", 0, seq)  # type: ignore[arg-type]
+def _save(kind: Kind, owner: str, sub: str, v: str, payload: object, seq: int) -> Save:
+    return Save(kind, owner, sub, v, payload, f"op{seq}", 0, seq)
 
 
 def test_audit_counts_lost_stale_duplicated_out_of_order_and_foreign(database: str) -> None:

@@ -17,6 +17,7 @@ from broker import keys, wire
 from broker.deadletters import DeadLetters
 from tests.integration.helpers import pending, producer, wait_until
 from tests.plugin import WorkerFactory
+from tests.queued import op_id_of
 
 
 def _payloads(target: Path) -> dict[str, bytes]:
@@ -47,7 +48,7 @@ def test_every_non_json_content_type_is_refused_and_dead_lettered(
             message["body"] = base64.b64encode(body).decode()
             client.lpush(keys.QUEUE, json.dumps(message))
         with producer(broker, database) as prod:
-            op_id = prod.save_state("agent", "after", {"still": "applied"})
+            op_id = op_id_of(prod.save_state("agent", "after", {"still": "applied"}))
             prod.wait([op_id], timeout=30)
             assert prod.get_state("agent", "after") == {"still": "applied"}
         wait_until("every dead letter", lambda: dlq.count() == len(payloads), 15)

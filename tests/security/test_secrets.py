@@ -13,8 +13,9 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -28,6 +29,7 @@ from storage import CosmosDBClient, PostgreSQLClient, StorageError, load_setting
 from storage.pg_url import with_database
 from tests.integration.helpers import execute, rows, wait_until
 from tests.plugin import ROOT, worker_env
+from tests.queued import op_id_of
 from tests.security.conftest import PG_SECRET, REDIS_SECRET
 from tests.services import unavailable
 
@@ -87,8 +89,8 @@ def _pg_path(evidence: Evidence, broker: str, pg_url: str) -> None:
     execute(pg_url, "ALTER TABLE agent_states ADD CONSTRAINT no_poison CHECK (state_id <> 'p')")
     with Producer(broker_url=broker, postgres_connection_string=pg_url) as prod:
         evidence.add("repr(Producer)", repr(prod))
-        ok = [prod.save_state("agent", f"s{i}", {"i": i}) for i in range(20)]
-        poisoned = prod.save_state("agent", "p", {"fails": True})
+        ok = [op_id_of(prod.save_state("agent", f"s{i}", {"i": i})) for i in range(20)]
+        poisoned = op_id_of(prod.save_state("agent", "p", {"fails": True}))
         mid = "0123456789abcdef0123456789abcdef"
         bad = json.dumps({"op": "save_state", "id": mid, "version": "1", "args": {}})
         publisher = Publisher(broker)
@@ -103,19 +105,20 @@ def _pg_path(evidence: Evidence, broker: str, pg_url: str) -> None:
                 "WHERE datname = current_database() AND usename = current_user "
                 "AND application_name = 'agentstore' AND pid <> pg_backend_pid()",
             )
-            prod.wait([prod.save_state("agent", "after-kill", {"t": time.time()})], timeout=30)
+            after_kill = op_id_of(prod.save_state("agent", "after-kill", {"t": time.time()}))
+            prod.wait([after_kill], timeout=30)
         assert prod.get_state("agent", "s19") == {"i": 19}
         evidence.add("repr(PostgreSQLClient)", repr(prod._store()))
 
 
 def _cosmos_path(evidence: Evidence, broker: str, config: dict[str, str]) -> None:
-    settings = {k.lower(): v for k, v in config.items()}
-    with Producer(broker_url=broker, **settings) as prod:
-        prod.wait([prod.save_conversation("conv", {"hello": "world"})], timeout=30)
+    overrides = {k.lower(): v for k, v in config.items()}
+    with Producer(load_settings(**overrides), broker_url=broker) as prod:
+        prod.wait([op_id_of(prod.save_conversation("conv", {"hello": "world"}))], timeout=30)
         assert prod.get_conversation_history("conv") == [{"hello": "world"}]
         evidence.add("repr(CosmosDBClient)", repr(prod._store()))
-    wrong = {**settings, "cosmos_key": "bm90" + EMULATOR_KEY[4:]}
-    exc = evidence.error("Cosmos DB, wrong key", lambda: CosmosDBClient(**wrong))
+    wrong = {**overrides, "cosmos_key": "bm90" + EMULATOR_KEY[4:]}
+    exc = evidence.error("Cosmos DB, wrong key", lambda: CosmosDBClient(load_settings(**wrong)))
     assert isinstance(exc, StorageError) and "401" in str(exc)
 
 
@@ -127,7 +130,7 @@ def _errors_at_the_call(evidence: Evidence, redis_port: int, pg_url: str) -> Non
     closed_pg = pg_url.replace(":5432/", f":{free_port()}/")
     for where, url in (("closed port", closed_pg), ("no database", _missing_db(pg_url))):
         evidence.error(
-            f"StorageError, {where}", lambda u=url: PostgreSQLClient(postgres_connection_string=u)
+            f"StorageError, {where}", partial(PostgreSQLClient, postgres_connection_string=url)
         )
     bad_port = pg_url.replace(":5432/", ":99999/")
     evidence.error("ConfigError", lambda: load_settings(postgres_connection_string=bad_port))
@@ -151,7 +154,7 @@ def _cli(evidence: Evidence, env: dict[str, str], cwd: Path) -> None:
 
 
 def _value(client: redis.Redis, key: bytes) -> object:
-    kind = client.type(key).decode()
+    kind = cast(bytes, client.type(key)).decode()
     if kind == "string":
         return client.get(key)
     if kind == "hash":

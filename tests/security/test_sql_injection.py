@@ -112,7 +112,11 @@ def sql_built_from(source: str) -> tuple[set[str], list[str]]:
     formatted: list[str] = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.JoinedStr):
-            text = "".join(v.value for v in node.values if isinstance(v, ast.Constant))
+            text = "".join(
+                v.value
+                for v in node.values
+                if isinstance(v, ast.Constant) and isinstance(v.value, str)
+            )
             if _SQL.search(text):
                 interpolated |= {
                     ast.unparse(v.value) for v in node.values if isinstance(v, ast.FormattedValue)

@@ -23,6 +23,7 @@ from storage import CosmosDBClient, PostgreSQLClient, StorageError, load_setting
 from storage.pg_url import options, with_options
 from tests.integration.helpers import rows
 from tests.plugin import ROOT, WorkerFactory
+from tests.queued import op_id_of
 from tests.security.tls import tls_redis
 
 __all__ = ["tls_redis"]
@@ -61,7 +62,7 @@ def test_producer_and_worker_over_tls_and_a_certificate_is_verified(
 ) -> None:
     worker = start_worker(tls_redis.url, database)
     with Producer(broker_url=tls_redis.url, postgres_connection_string=database) as prod:
-        op_id = prod.save_state("agent", "over-tls", {"secure": True})
+        op_id = op_id_of(prod.save_state("agent", "over-tls", {"secure": True}))
         prod.wait([op_id], timeout=30)
         assert prod.get_state("agent", "over-tls") == {"secure": True}
     # Without our CA the server's certificate is unknown: refused, not silently accepted.

@@ -12,6 +12,7 @@ from broker import keys, wire
 from broker.publisher import Publisher
 from storage.ops import Op, encode_op, make_op, parse_op
 from storage.records import records
+from tests.queued import pop_message
 from tests.unit.flaky import FlakyStore
 from worker.apply import BatchApplier
 from worker.settings import WorkerSettings
@@ -48,7 +49,7 @@ def test_many_single_save_messages_are_applied_in_one_call_and_confirmed_after_i
     applier = BatchApplier(
         lambda: store, rds, WorkerSettings(batch_wait_ms=0), sleep=lambda s: None
     )
-    first = wire.parse_message(rds.rpop(keys.QUEUE))
+    first = pop_message(rds)
     batch = applier.run(first.id, first.ops)
     assert store.calls == [ids], "one apply call for all 50 messages"
     assert store.pending_at_apply == [50], "nothing was confirmed before the apply returned"
@@ -70,7 +71,7 @@ def test_a_failed_apply_confirms_nothing(rds: redis.Redis) -> None:
 
     applier = BatchApplier(lambda: store, rds, settings, sleep=lambda s: None)
     applier._confirm = confirm  # type: ignore[method-assign]
-    first = wire.parse_message(rds.rpop(keys.QUEUE))
+    first = pop_message(rds)
     with pytest.raises(Broken):
         applier.run(first.id, first.ops)
     assert rds.zcard(keys.PENDING_KEY) == 5, "still pending: the reaper will bring them back"
@@ -126,7 +127,7 @@ def test_a_batch_is_bounded_by_ops_not_by_messages(rds: redis.Redis) -> None:
     store = FlakyStore()
     settings = WorkerSettings(batch_max=500, batch_wait_ms=0)
     applier = BatchApplier(lambda: store, rds, settings, sleep=lambda s: None)
-    first = wire.parse_message(rds.rpop(keys.QUEUE))
+    first = pop_message(rds)
     batch = applier.run(first.id, first.ops)
     assert len(batch.message_ids) == 3, "1 + 300 + 300 ops: the message that reached 500 is last"
     assert len(store.calls[0]) == 601
@@ -139,7 +140,7 @@ def test_a_batch_of_large_saves_is_bounded_by_bytes_too(rds: redis.Redis) -> Non
     store = FlakyStore()
     settings = WorkerSettings(batch_wait_ms=0)
     applier = BatchApplier(lambda: store, rds, settings, sleep=lambda s: None)
-    first = wire.parse_message(rds.rpop(keys.QUEUE))
+    first = pop_message(rds)
     batch = applier.run(first.id, first.ops)
     # ~2.5 MB per message as base64: 32 MB of them, plus the delivered one and the last.
     assert 10 <= len(batch.message_ids) <= 15, len(batch.message_ids)

@@ -7,7 +7,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import fakeredis
 import pytest
@@ -20,6 +20,7 @@ from broker.deadletters import DeadLetters, settle
 from producer import DeadLetteredError, LostOpsError, Producer, PublishError
 from storage import InMemoryStorageClient, StorageError, ValidationError
 from storage.ops import make_op
+from tests.queued import op_id_of, pending_ids
 
 
 @pytest.fixture
@@ -44,10 +45,10 @@ def test_save_publishes_one_message_per_op_with_its_recovery_record(
     prod: Producer, fake: fakeredis.FakeRedis
 ) -> None:
     ids = [
-        prod.save_state("a", "s", {"x": 1}),
-        prod.save_task("a", "t", {"y": 2}),
-        prod.save_conversation("c", {"role": "user", "text": "hi"}),
-        prod.save_transactions("case", [{"id": "t1", "amount": 3}]),
+        op_id_of(prod.save_state("a", "s", {"x": 1})),
+        op_id_of(prod.save_task("a", "t", {"y": 2})),
+        op_id_of(prod.save_conversation("c", {"role": "user", "text": "hi"})),
+        op_id_of(prod.save_transactions("case", [{"id": "t1", "amount": 3}])),
     ]
     messages = _queued(fake)
     assert [m.id for m in messages] == ids
@@ -57,7 +58,7 @@ def test_save_publishes_one_message_per_op_with_its_recovery_record(
         "save_conversation",
         "save_transactions",
     ]
-    pending = fake.zrange(keys.PENDING_KEY, 0, -1, withscores=True)
+    pending = cast(list[tuple[bytes, float]], fake.zrange(keys.PENDING_KEY, 0, -1, withscores=True))
     assert [mid.decode() for mid, _ in pending] == ids
     assert [score for _, score in pending] == sorted(score for _, score in pending)
     assert fake.hget(keys.MESSAGES_KEY, ids[0]) == fake.lindex(keys.QUEUE, -1)
@@ -93,7 +94,7 @@ def test_message_matches_what_celery_itself_builds(
     app = Celery("probe", set_as_current=False)
     celery_msg = app.amqp.as_task_v2("x" * 32, wire.TASK_NAME, args=[[{"op": "save_state"}]])
     prod.save_state("a", "s", {"x": 1})
-    ours = json.loads(fake.lindex(keys.QUEUE, 0))
+    ours = json.loads(cast(bytes, fake.lindex(keys.QUEUE, 0)))
     assert set(ours["headers"]) == set(celery_msg.headers)
     assert ours["content-type"] == "application/json"
     assert ours["properties"]["body_encoding"] == "base64"
@@ -118,7 +119,7 @@ def test_apply_publishes_many_ops_per_message(prod: Producer, fake: fakeredis.Fa
 def _confirm_later(fake: fakeredis.FakeRedis, delay: float) -> threading.Thread:
     def run() -> None:
         time.sleep(delay)
-        settle(fake, [m.decode() for m in fake.zrange(keys.PENDING_KEY, 0, -1)])
+        settle(fake, pending_ids(fake))
 
     thread = threading.Thread(target=run)
     thread.start()
@@ -126,7 +127,7 @@ def _confirm_later(fake: fakeredis.FakeRedis, delay: float) -> threading.Thread:
 
 
 def test_wait_returns_when_confirmed_and_forgets(prod: Producer, fake: fakeredis.FakeRedis) -> None:
-    op_id = prod.save_state("a", "s", {})
+    op_id = op_id_of(prod.save_state("a", "s", {}))
     thread = _confirm_later(fake, 0.05)
     prod.wait(timeout=5)
     thread.join()
@@ -143,9 +144,9 @@ def test_wait_times_out(prod: Producer) -> None:
 
 
 def test_wait_raises_for_a_dead_lettered_op(prod: Producer, fake: fakeredis.FakeRedis) -> None:
-    good = prod.save_state("a", "s", {})
-    bad = prod.save_state("a", "t", {})
-    worse = prod.save_state("a", "u", {})
+    good = op_id_of(prod.save_state("a", "s", {}))
+    bad = op_id_of(prod.save_state("a", "t", {}))
+    worse = op_id_of(prod.save_state("a", "u", {}))
     dead = [(bad, json.dumps({"error": "boom"}), 1.0), (worse, json.dumps({"error": "bang"}), 1.0)]
     settle(fake, [good, bad, worse], dead)
     for _ in range(3):  # every time it is asked
@@ -163,9 +164,9 @@ def test_wait_raises_for_a_dead_lettered_op(prod: Producer, fake: fakeredis.Fake
 
 
 def test_wait_names_ops_the_broker_lost(prod: Producer, fake: fakeredis.FakeRedis) -> None:
-    kept = prod.save_state("a", "s", {})
+    kept = op_id_of(prod.save_state("a", "s", {}))
     settle(fake, [kept])
-    lost = [prod.save_state("a", f"t{i}", {}) for i in range(7)]
+    lost = [op_id_of(prod.save_state("a", f"t{i}", {})) for i in range(7)]
     fake.delete(keys.PENDING_KEY, keys.QUEUE)  # as after a restart without AOF
     with pytest.raises(LostOpsError) as info:
         prod.wait(timeout=5)

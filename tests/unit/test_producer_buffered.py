@@ -16,6 +16,7 @@ from broker import keys, wire
 from broker.deadletters import settle
 from producer import BufferFullError, DeadLetteredError, Producer, PublishError
 from storage import ValidationError
+from tests.queued import op_id_of, pending_ids
 
 LONG = 60_000.0  # a linger that never ends within a test: only flush/close publish
 
@@ -177,11 +178,11 @@ def test_a_full_buffer_takes_saves_again_once_it_drains(fake: fakeredis.FakeRedi
 
 def test_wait_flushes_buffered_ops_first(fake: fakeredis.FakeRedis) -> None:
     with _buffered() as prod:
-        op_id = prod.save_state("a", "s", {})
+        op_id = op_id_of(prod.save_state("a", "s", {}))
 
         def confirm() -> None:
             _until(lambda: fake.zcard(keys.PENDING_KEY) == 1)
-            settle(fake, [m.decode() for m in fake.zrange(keys.PENDING_KEY, 0, -1)])
+            settle(fake, pending_ids(fake))
 
         thread = threading.Thread(target=confirm)
         thread.start()
@@ -214,7 +215,7 @@ def test_bad_buffer_settings_are_refused(fake: fakeredis.FakeRedis, kw: dict[str
 
 def test_wait_reports_ops_of_a_message_refused_as_a_whole(fake: fakeredis.FakeRedis) -> None:
     with _buffered() as prod:
-        ids = [prod.save_state("a", f"s{i}", {}) for i in range(3)]
+        ids = [op_id_of(prod.save_state("a", f"s{i}", {})) for i in range(3)]
         prod.flush()
         (message,) = _queued(fake)
         record = json.dumps({"error": "undecodable: boom"})

@@ -12,6 +12,7 @@ from opentelemetry import trace
 from broker import deadletters, keys, tracing, wire
 from producer import Producer
 from storage.ops import make_op
+from tests.queued import op_id_of, pop_message
 from tests.tracing import named, recording
 from tests.unit.flaky import FlakyStore
 from worker.apply import BatchApplier
@@ -27,7 +28,7 @@ def _applier(store: FlakyStore, rds: redis.Redis) -> BatchApplier:
 
 def _deliver(rds: redis.Redis, store: FlakyStore) -> Any:
     """What Celery does: pop one message and run the task with its ops and trace header."""
-    message = wire.parse_message(rds.rpop(keys.QUEUE))
+    message = pop_message(rds)
     return _applier(store, rds).run(message.id, message.ops, message.traces)
 
 
@@ -41,7 +42,7 @@ def test_without_a_provider_nothing_is_traced_and_messages_are_unchanged(
     with tracing.save_span("save_state") as carrier:
         assert carrier is None
     prod = Producer(broker_url=URL)
-    op_id = prod.save_state("a", "s", {"x": 1})
+    op_id = op_id_of(prod.save_state("a", "s", {"x": 1}))
     raw = rds.lindex(keys.QUEUE, 0)
     assert raw is not None and tracing.HEADER.encode() not in raw
     message = wire.parse_message(raw)
@@ -60,7 +61,7 @@ def test_a_save_span_is_a_child_of_the_callers_span_and_travels_in_its_message(
     (save,) = named(spans, "agentstore.save_state")
     (step,) = named(spans, "agent step")
     assert save.parent is not None and save.parent.span_id == step.context.span_id
-    message = wire.parse_message(rds.rpop(keys.QUEUE))
+    message = pop_message(rds)
     assert message.traces is not None
     (carrier,) = message.traces
     assert carrier is not None
@@ -93,7 +94,7 @@ def test_a_dead_letter_keeps_its_saves_trace_and_a_replay_carries_it_again(
 ) -> None:
     with recording() as exporter:
         prod = Producer(broker_url=URL)
-        op_id = prod.save_state("a", "s", {"x": 1})
+        op_id = op_id_of(prod.save_state("a", "s", {"x": 1}))
         store = FlakyStore()
         store.poison = {op_id}
         _deliver(rds, store)
@@ -104,7 +105,7 @@ def test_a_dead_letter_keeps_its_saves_trace_and_a_replay_carries_it_again(
     assert f"{save.context.trace_id:032x}" in record["trace"]["traceparent"]
     dlq._publisher = prod._publisher
     assert dlq.replay([op_id]) == 1
-    replayed = wire.parse_message(rds.rpop(keys.QUEUE))
+    replayed = pop_message(rds)
     assert replayed.traces == [record["trace"]]
 
 

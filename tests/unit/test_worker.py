@@ -5,15 +5,16 @@ from __future__ import annotations
 import base64
 import json
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis
 
 from broker import deadletters, keys, wire
 from broker.publisher import Publisher
 from storage.ops import make_op
+from tests.queued import pop_message
 from tests.unit.flaky import FlakyStore
-from worker.apply import BatchApplier
+from worker.apply import Batch, BatchApplier
 from worker.reaper import Reaper
 from worker.settings import WorkerSettings
 
@@ -31,9 +32,9 @@ def _publish(rds: redis.Redis, n: int, poison: int | None = None) -> list[str]:
     return [mid for mid, _ in messages]
 
 
-def _deliver(applier: BatchApplier, rds: redis.Redis) -> Any:
+def _deliver(applier: BatchApplier, rds: redis.Redis) -> Batch:
     """What Celery does: pop one message and run the task with its argument."""
-    message = wire.parse_message(rds.rpop(keys.QUEUE))
+    message = pop_message(rds)
     return applier.run(message.id, message.ops)
 
 
@@ -71,7 +72,8 @@ def test_a_permanently_failing_op_is_isolated_by_halving(rds: redis.Redis) -> No
     _deliver(_applier(store, rds), rds)
     assert store.list_states("a") == sorted(f"s{i}" for i in range(16) if i != 5)
     dlq = deadletters.DeadLetters(client=rds)
-    assert dlq.count() == 1 and f"cannot store {ids[5]}" in dlq.get(ids[5])["error"]  # type: ignore[index]
+    record = dlq.get(ids[5])
+    assert dlq.count() == 1 and record is not None and f"cannot store {ids[5]}" in record["error"]
     assert rds.zcard(keys.PENDING_KEY) == 0
 
 
@@ -104,7 +106,8 @@ def test_pickle_and_foreign_messages_are_refused_never_decoded(
     assert not (tmp_path / "pwned").exists()
     assert len(batch.dead) == 3 and store.calls == [ids]
     dlq = deadletters.DeadLetters(client=rds)
-    assert "x-python-serialize" in dlq.get("evil1")["error"]  # type: ignore[index]
+    record = dlq.get("evil1")
+    assert record is not None and "x-python-serialize" in record["error"]
     assert {r["error"] for r in dlq.list()} >= {"message is not JSON"}
 
 
@@ -186,7 +189,7 @@ def test_dead_letters_replay_and_purge(rds: redis.Redis) -> None:
     assert original is not None
     assert dlq.replay([ids[1], "unknown"]) == 1
     assert dlq.count() == 1
-    message = wire.parse_message(rds.lindex(keys.QUEUE, 0))
+    message = wire.parse_message(cast(bytes, rds.lindex(keys.QUEUE, 0)))
     assert message.ops == [original["op"]] and message.id == ids[1]
     store.poison.clear()
     _deliver(_applier(store, rds), rds)
