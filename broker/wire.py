@@ -13,6 +13,7 @@ import json
 import os
 import re
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,11 +39,14 @@ _ORIGIN = json.dumps(f"agentstore@{socket.gethostname()}")[1:-1]
 
 # Derived from what Celery 5's `send_task` writes to the list (`LRANGE agentstore 0 -1`).
 # `argsrepr` is a count, not the payload: the worker logs it on every received task.
+# `published` (ours, Unix time) is when the producer published it: the worker's apply lag
+# and the age of the oldest pending message are measured from it.
 _TEMPLATE = (
     '{"body":"%(body)s","content-encoding":"utf-8","content-type":"application/json",'
     '"headers":{"lang":"py","task":"' + TASK_NAME + '","id":"%(id)s","shadow":null,'
     '"eta":null,"expires":null,"group":null,"group_index":null,"retries":0,'
-    '"timelimit":[null,null],"root_id":"%(id)s","parent_id":null,"argsrepr":"<%(n)d ops>",'
+    '"timelimit":[null,null],"root_id":"%(id)s","parent_id":null,"published":%(published).3f,'
+    '"argsrepr":"<%(n)d ops>",'
     '"kwargsrepr":"{}","origin":"' + _ORIGIN + '","ignore_result":true,'
     '"replaced_task_nesting":0,"stamped_headers":null,"stamps":{}},'
     '"properties":{"correlation_id":"%(id)s","reply_to":"","delivery_mode":2,'
@@ -68,7 +72,12 @@ def build_message(message_id: str, op_jsons: list[str]) -> bytes:
     if not _MESSAGE_ID_RE.match(message_id):
         raise ValueError("message id must be 1-64 characters from [0-9A-Za-z_-]")
     body = b"[[[" + ",".join(op_jsons).encode() + b"]],{}," + _EMBED + b"]"
-    fields = {"body": base64.b64encode(body).decode(), "id": message_id, "n": len(op_jsons)}
+    fields = {
+        "body": base64.b64encode(body).decode(),
+        "id": message_id,
+        "n": len(op_jsons),
+        "published": time.time(),
+    }
     return (_TEMPLATE % fields).encode()
 
 
@@ -106,6 +115,12 @@ class MalformedMessage(Exception):
 class Message:
     id: str
     ops: list[Any]
+    published: float | None = None  # the producer's clock; None from other publishers
+
+
+def published_at(value: object) -> float | None:
+    """A message's `published` header as a time, or None if it is missing or unusable."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def message_id_of(raw: bytes | str) -> str | None:
@@ -146,7 +161,7 @@ def parse_message(raw: bytes | str) -> Message:
     if headers.get("task") != TASK_NAME:
         raise MalformedMessage(f"unknown task {str(headers.get('task'))[:100]!r}", message_id)
     ops = _decode_body(envelope, properties, message_id)
-    return Message(message_id, ops)
+    return Message(message_id, ops, published_at(headers.get("published")))
 
 
 def _decode_body(envelope: dict[str, Any], properties: dict[str, Any], mid: str) -> list[Any]:

@@ -21,6 +21,8 @@ import redis
 
 from broker import keys
 
+from .metrics import REAPER_REPUBLISHED
+
 log = logging.getLogger(__name__)
 _SCAN_TAIL = 100
 
@@ -153,6 +155,7 @@ class Reaper:
         cutoff = f"{now - self._after:.6f}"
         pushed = int(self._republish(keys=names, args=[cutoff, *(mid for mid, _ in due)]))
         if pushed:
+            REAPER_REPUBLISHED.inc(pushed)
             log.warning("republished %d message(s) lost out of the queue", pushed)
         return pushed
 
