@@ -5,6 +5,7 @@ from __future__ import annotations
 from .context import Context, Scenario
 from .cosmos import cosmos
 from .e2e import buffered, unbuffered
+from .metrics_cost import metrics_cost
 from .naive import naive
 from .publish import publish
 from .reads import reads
@@ -21,6 +22,7 @@ SCENARIOS: dict[str, Scenario] = {
     "reads": Scenario(reads, "get_state and a 1,000-message history vs raw psycopg2"),
     "cosmos": Scenario(cosmos, "Cosmos DB apply vs the SDK's upsert_item loop (test server)"),
     "sweep": Scenario(sweep, "throughput vs batch size, agentstore and raw (the plot)"),
+    "metrics": Scenario(metrics_cost, "drain and durable publish, Prometheus metrics on vs off"),
 }
 
 __all__ = ["SCENARIOS", "Context", "Scenario"]
