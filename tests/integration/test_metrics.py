@@ -205,3 +205,26 @@ def test_a_real_prometheus_scrapes_the_worker(
         assert value == 50
         up = _query(prom, 'up{job="agentstore"}')
         assert up and up[0]["value"][1] == "1"  # type: ignore[index]
+
+
+def test_json_logs_carry_ids_and_sizes_but_no_payload(
+    broker: str, database: str, start_worker: WorkerFactory
+) -> None:
+    with producer(broker, database) as prod:
+        prod.save_state("agent", "s", {"secret_payload": "do-not-log-me"})
+    publish(broker, database, 0, 0, 1)
+    worker = start_worker(broker, database, AGENTSTORE_LOG_FORMAT="json")
+    client = redis.Redis.from_url(broker)
+    try:
+        wait_until("the drain", lambda: pending(client) == 0, 60)
+    finally:
+        client.close()
+    worker.stop()
+    text = worker.log()
+    assert "do-not-log-me" not in text
+    entries = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    batches = [e for e in entries if e["message"].startswith("applied batch")]
+    assert batches and all("batch_ops" in e and "duration_ms" in e for e in batches)
+    assert all({"time", "level", "logger", "message"} <= e.keys() for e in entries)
+    dead = [e for e in entries if e["message"].startswith("dead-lettered op")]
+    assert len(dead) == 1 and dead[0]["level"] == "ERROR" and dead[0]["message_id"]
