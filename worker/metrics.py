@@ -5,7 +5,8 @@ Pool children count what they do in prometheus-client's multiprocess files (see
 numbers are the worker's. A child killed by SIGKILL leaves its counters' file behind, so
 nothing it counted is lost; it is counted once because ops are counted only when the store
 reports them written (`StorageBackend.commit`): an op applied again after a redelivery has
-lost on version and counts as stale.
+lost on version and counts as stale. (A child killed between the database's commit and
+its count leaves those ops uncounted: redelivered, they count as stale.)
 """
 
 from __future__ import annotations
