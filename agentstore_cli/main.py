@@ -252,16 +252,27 @@ def health(ctx: click.Context, no_workers: bool, timeout: float) -> None:
 
 @cli.command()
 @click.option("--no-workers", is_flag=True, help="Skip pinging the workers.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of lines.")
+@click.option("--json", "as_json", is_flag=True, help="Short for --format json.")
+@click.option(
+    "--format",
+    "form",
+    type=click.Choice(["text", "json", "prometheus"]),
+    default="text",
+    help="prometheus: the broker's gauges once, in Prometheus' text format (for a cron job "
+    "or a sidecar); no worker ping, no rate sampling.",
+)
 @click.pass_context
-def stats(ctx: click.Context, no_workers: bool, as_json: bool) -> None:
+def stats(ctx: click.Context, no_workers: bool, as_json: bool, form: str) -> None:
     """Queue depth, pending and in-flight messages, dead letters, workers."""
     url = read_settings(ctx).celery_broker_url.get_secret_value()
+    if form == "prometheus":
+        click.echo(operate.prometheus_stats(url), nl=False)
+        return
     try:
         numbers = operate.collect_stats(url, workers=not no_workers)
     except operate.WorkerPingError as exc:
         fail(ctx, str(exc))
-    if as_json:
+    if as_json or form == "json":
         click.echo(json.dumps(numbers))
         return
     for line in operate.stats_lines(numbers):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -12,6 +13,7 @@ import redis
 
 from broker import keys
 from broker.connection import connect
+from broker.stats import exposition, queue_stats
 from storage import backends
 from storage.config import Settings, mask_url
 from storage.errors import SchemaNotReadyError, StorageError
@@ -156,22 +158,6 @@ def run_health(settings: Settings, workers: bool = True, timeout: float = 8.0) -
     return checks
 
 
-def queue_stats(client: redis.Redis) -> dict[str, int]:
-    """Queue depth, messages published but not yet confirmed, in flight, dead letters."""
-    pipe = client.pipeline(transaction=False)
-    pipe.llen(keys.QUEUE)
-    pipe.zcard(keys.PENDING_KEY)
-    pipe.hlen(keys.KOMBU_UNACKED_KEY)
-    pipe.hlen(keys.DLQ_KEY)
-    queued, pending, unacked, dead = pipe.execute()
-    return {
-        "queued": int(queued),
-        "pending": int(pending),
-        "unacked": int(unacked),
-        "dead_letters": int(dead),
-    }
-
-
 class WorkerPingError(Exception):
     """The broker answered but the Celery ping over it failed."""
 
@@ -186,11 +172,11 @@ def applied_per_s(client: redis.Redis, sample_s: float) -> float:
 
 
 def collect_stats(url: str, workers: bool = True, sample_s: float = 1.0) -> dict[str, Any]:
-    """`queue_stats`, applied ops/s over `sample_s`, and the workers consuming the queue
-    (None when not asked)."""
+    """`broker.stats.queue_stats`, applied ops/s over `sample_s`, and the workers consuming
+    the queue (None when not asked)."""
     client = connect(url, 5.0)
     try:
-        numbers: dict[str, Any] = dict(queue_stats(client))
+        numbers: dict[str, Any] = dataclasses.asdict(queue_stats(client))
         numbers["applied_per_s"] = round(applied_per_s(client, sample_s), 1)
     finally:
         client.close()
@@ -206,12 +192,28 @@ def collect_stats(url: str, workers: bool = True, sample_s: float = 1.0) -> dict
     return numbers
 
 
+def prometheus_stats(url: str) -> str:
+    """The broker's gauges in Prometheus' text format; `agentstore_broker_up 0` alone while
+    the broker does not answer."""
+    client = connect(url, 5.0)
+    try:
+        return exposition(client).decode()
+    finally:
+        client.close()
+
+
 def stats_lines(numbers: dict[str, Any]) -> list[str]:
     """`collect_stats` for humans: name, value, what it means."""
     names = numbers["worker_names"]
     rows = [
         ("queue depth", numbers["queued"], f"LLEN {keys.QUEUE}"),
+        ("queued ops", numbers["queued_ops"], "ops in the queued messages"),
         ("pending", numbers["pending"], "published, not yet applied or dead-lettered"),
+        (
+            "oldest (s)",
+            round(numbers["oldest_pending_s"], 1),
+            "since the oldest pending was published",
+        ),
         ("in flight", numbers["unacked"], "delivered to a worker, not yet acknowledged"),
         ("dead letters", numbers["dead_letters"], "agentstore dlq list"),
         ("workers", "-" if names is None else len(names), ", ".join(names or [])),

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,11 +41,14 @@ _ORIGIN = json.dumps(f"agentstore@{socket.gethostname()}")[1:-1]
 # Derived from what Celery 5's `send_task` writes to the list (`LRANGE agentstore 0 -1`).
 # `argsrepr` is a count, not the payload: the worker logs it on every received task. The
 # trace header, if any, goes before it: the worker's batch script finds `argsrepr` near the end.
+# `published` (ours, Unix time) is when the producer published it: the worker's apply lag
+# and the age of the oldest pending message are measured from it.
 _TEMPLATE = (
     '{"body":"%(body)s","content-encoding":"utf-8","content-type":"application/json",'
     '"headers":{"lang":"py","task":"' + TASK_NAME + '","id":"%(id)s",%(traces)s"shadow":null,'
     '"eta":null,"expires":null,"group":null,"group_index":null,"retries":0,'
-    '"timelimit":[null,null],"root_id":"%(id)s","parent_id":null,"argsrepr":"<%(n)d ops>",'
+    '"timelimit":[null,null],"root_id":"%(id)s","parent_id":null,"published":%(published).3f,'
+    '"argsrepr":"<%(n)d ops>",'
     '"kwargsrepr":"{}","origin":"' + _ORIGIN + '","ignore_result":true,'
     '"replaced_task_nesting":0,"stamped_headers":null,"stamps":{}},'
     '"properties":{"correlation_id":"%(id)s","reply_to":"","delivery_mode":2,'
@@ -85,6 +89,7 @@ def build_message(
         "id": message_id,
         "n": len(op_jsons),
         "traces": header,
+        "published": time.time(),
     }
     return (_TEMPLATE % fields).encode()
 
@@ -130,6 +135,12 @@ class Message:
     ops: list[Any]
     # Each op's trace context or None, if the message has a usable trace header.
     traces: list[tracing.Carrier | None] | None = None
+    published: float | None = None  # the producer's clock; None from other publishers
+
+
+def published_at(value: object) -> float | None:
+    """A message's `published` header as a time, or None if it is missing or unusable."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def message_id_of(raw: bytes | str) -> str | None:
@@ -170,7 +181,12 @@ def parse_message(raw: bytes | str) -> Message:
     if headers.get("task") != TASK_NAME:
         raise MalformedMessage(f"unknown task {str(headers.get('task'))[:100]!r}", message_id)
     ops = _decode_body(envelope, properties, message_id)
-    return Message(message_id, ops, tracing.carriers_of(headers.get(tracing.HEADER), len(ops)))
+    return Message(
+        message_id,
+        ops,
+        tracing.carriers_of(headers.get(tracing.HEADER), len(ops)),
+        published_at(headers.get("published")),
+    )
 
 
 def _decode_body(envelope: dict[str, Any], properties: dict[str, Any], mid: str) -> list[Any]:

@@ -10,6 +10,8 @@ import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from broker import tracing, wire
 from broker.errors import PublishError
 from broker.publisher import Publisher
@@ -21,6 +23,7 @@ from storage.factory import create_storage_client
 from storage.ops import Op, OpName, encode_op
 
 from .buffer import SendBuffer
+from .metrics import ProducerMetrics, metrics_for
 from .tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,9 @@ class Producer(StorageClient):
         max_batch: buffered ops per task message.
         max_buffer: buffered ops not yet published, at most; a save then blocks.
         buffer_timeout: seconds a save blocks on a full buffer before `BufferFullError`.
+        metrics: True counts publishes, publish errors and latency and buffered ops in
+            prometheus-client's default registry, or give a `CollectorRegistry`; the
+            application serves it (README "Observe it").
         **overrides: other settings, as for `load_settings`.
     """
 
@@ -62,6 +68,7 @@ class Producer(StorageClient):
         max_batch: int = MAX_OPS_PER_MESSAGE,
         max_buffer: int = 100_000,
         buffer_timeout: float = 5.0,
+        metrics: bool | CollectorRegistry = False,
         **overrides: Any,
     ) -> None:
         self._settings, url = configure(settings, broker_url, linger_ms, max_batch, overrides)
@@ -71,6 +78,10 @@ class Producer(StorageClient):
         self._reader: StorageClient | None = None
         self._reader_lock = threading.Lock()
         self._closed = False
+        self._metrics: ProducerMetrics | None = None
+        if metrics is not False:
+            self._metrics = metrics_for(None if metrics is True else metrics)
+            self._metrics.watch(self)
         self._buffer: SendBuffer | None = None
         if linger_ms > 0:
             self._buffer = SendBuffer(
@@ -99,7 +110,7 @@ class Producer(StorageClient):
 
     def _publish_batch(self, batch: Batch) -> None:
         # The sender thread's publish: the same atomic Lua publish as a durable save.
-        self._publisher.publish([(mid, message) for mid, message, _ in batch])
+        self._send(batch)
         for mid, _, op_ids in batch:
             self._tracker.add(op_ids, mid)
 
@@ -132,9 +143,18 @@ class Producer(StorageClient):
     def _publish(self, batch: Batch) -> None:
         if self._closed:
             raise RuntimeError("Producer is closed")
-        self._publisher.publish([(mid, message) for mid, message, _ in batch])
+        self._send(batch)
         for mid, _, op_ids in batch:
             self._tracker.add(op_ids, mid)
+
+    def _send(self, batch: Batch) -> None:
+        if self._metrics is None:
+            self._send_unmeasured(batch)
+        else:
+            self._metrics.publish(self._send_unmeasured, batch)
+
+    def _send_unmeasured(self, batch: Batch) -> None:
+        self._publisher.publish([(mid, message) for mid, message, _ in batch])
 
     def wait(self, op_ids: Iterable[str] | None = None, timeout: float = 30.0) -> None:
         """Block until a worker confirmed the ops applied (readable); by default all this

@@ -11,7 +11,7 @@ from typing import Any, Self
 from .config import Settings
 from .errors import ValidationError
 from .ops import Op, OpName, make_op
-from .records import Kind, Record, StreamKind, Tombstone, plan
+from .records import Kind, Record, StreamKind, Tombstone, Written, changed, plan
 from .retention import RetentionPolicy
 
 # No store holds more rows than this (PostgreSQL's bigint): a larger limit means all of them.
@@ -211,14 +211,21 @@ class StorageBackend(StorageClient):
         PostgreSQL applies them in one transaction. Re-applying any op, or applying them in
         another order, ends in the same stored state.
         """
+        self.commit(ops)
+
+    def commit(self, ops: Sequence[Op]) -> list[bool]:
+        """`apply(ops)`, telling for each op whether it changed the store: False when its
+        version lost (already applied, or older than what is stored), as a redelivered op's
+        does. What the worker counts as applied vs stale."""
         batch = plan(ops)
-        self.write_records(batch.records, batch.tombstones)
+        return changed(ops, self.write_records(batch.records, batch.tombstones))
 
     @abstractmethod
     def write_records(
         self, grouped: dict[Kind, list[Record]], tombstones: Sequence[Tombstone] = ()
-    ) -> None:
-        """Write `tombstones`, then records deduped per row id (`storage.records.dedupe`).
+    ) -> Written:
+        """Write `tombstones`, then records deduped per row id (`storage.records.dedupe`);
+        return the ones this call stored, with their versions (`storage.records.Written`).
 
         A record is written only if it is newer than the stored one and than any tombstone
         of its partition; a tombstone deletes its partition's older rows at once.

@@ -51,6 +51,8 @@ from .records import (
     Scope,
     StreamKind,
     Tombstone,
+    Written,
+    key_of,
     tombstone_cursor,
 )
 from .retention import RetentionPolicy
@@ -204,7 +206,7 @@ class CosmosDBClient(StorageBackend):
 
     def write_records(
         self, grouped: dict[Kind, list[Record]], tombstones: Sequence[Tombstone] = ()
-    ) -> None:
+    ) -> Written:
         """Write `tombstones`, then the records they do not cover; not atomic (see the class).
 
         A record is written only if newer than the stored one and than its partition's
@@ -217,18 +219,24 @@ class CosmosDBClient(StorageBackend):
         self._check_open()
         # Tombstones first, each deleting its partition's older items (bounded concurrency).
         buried: dict[tuple[Scope, str], str | None] = {}
+        stored: Written = {}
         for tombstone in tombstones:
             erase = functools.partial(self._remover.erase, tombstone)
-            buried[(tombstone.scope, tombstone.key)] = self._call(erase)
+            version, wrote = self._call(erase)
+            buried[(tombstone.scope, tombstone.key)] = version
+            if wrote:
+                stored[key_of(tombstone)] = version
         recs = [rec for kind in KINDS for rec in grouped.get(kind, ())]
         if not recs:
-            return
+            return stored
         # One tombstone read per partition, not per record; an older record is skipped.
         buried.update(self._tombstones_of({_partition(rec) for rec in recs} - buried.keys()))
         recs = [rec for rec in recs if not _covered(rec.version, buried[_partition(rec)])]
         written = self._write_all(recs)
         if written:
             self._take_back(written)
+        stored.update((key_of(rec), item["version"]) for _, rec, item in written)
+        return stored
 
     def _tombstones_of(
         self, partitions: set[tuple[Scope, str]]

@@ -81,20 +81,21 @@ class Remover:
         items = self._tombstones.query(sql, params, None)
         return [Tombstone(scope, str(i["key"]), str(i["version"])) for i in items]
 
-    def erase(self, tombstone: Tombstone) -> str:
+    def erase(self, tombstone: Tombstone) -> tuple[str, bool]:
         """Store `tombstone`, then delete its partition's items up to the stored one's version.
 
-        Returns the stored tombstone's version (the newer of this one and the one before).
+        Returns the stored tombstone's version (the newer of this one and the one before),
+        and whether it is this one, newly stored.
         """
-        version = self._put(tombstone)
+        version, wrote = self._put(tombstone)
         for kind in SCOPE_KINDS[tombstone.scope]:
             container = self._containers[kind]
             where = f"c.{container.layout.partition_field} = @k AND c.version <= @v"
             params = {"@k": tombstone.key, "@v": version}
             self._delete_where(container, where, params, tombstone.key, _ERASE_PAGE, None)
-        return version
+        return version, wrote
 
-    def _put(self, t: Tombstone) -> str:
+    def _put(self, t: Tombstone) -> tuple[str, bool]:
         proxy = self._tombstones.proxy
         item = {"id": t.scope, "key": t.key, "version": t.version}
         for _ in range(MAX_WRITE_ATTEMPTS):
@@ -103,7 +104,7 @@ class Remover:
                 if current is None:
                     proxy.create_item(item)
                 elif current["version"] >= t.version:
-                    return str(current["version"])
+                    return str(current["version"]), False
                 else:
                     proxy.replace_item(
                         t.scope,
@@ -111,7 +112,7 @@ class Remover:
                         etag=current["_etag"],
                         match_condition=MatchConditions.IfNotModified,
                     )
-                return t.version
+                return t.version, True
             except (
                 exceptions.CosmosResourceExistsError,
                 exceptions.CosmosAccessConditionFailedError,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 from urllib.parse import urlsplit
 
 from azure.cosmos import CosmosClient
+from prometheus_client import Counter
 from pydantic import SecretStr
 
 from .config import Settings
@@ -15,6 +17,11 @@ from .errors import ConfigError
 _HTTP_LOGGERS = (
     "azure.core.pipeline.policies.http_logging_policy",
     "azure.cosmos._cosmos_http_logging_policy",
+)
+# Every HTTP request to Cosmos DB, retries and throttled ones included, and what it cost.
+REQUESTS = Counter("agentstore_cosmos_requests", "HTTP requests to Cosmos DB", ["operation"])
+REQUEST_CHARGE = Counter(
+    "agentstore_cosmos_request_charge", "request units Cosmos DB charged (x-ms-request-charge)"
 )
 
 
@@ -64,6 +71,7 @@ def connect(endpoint: str, key: str, http_log: bool = False) -> CosmosClient:
             retry_backoff_max=1,
             retry_write=2,
             enable_compact_utf8_item_writes=True,  # a ~2 MB non-ASCII payload stays ~2 MB
+            raw_response_hook=count_request,
         )
     except (ValueError, TypeError):
         # The SDK base64-decodes the key to sign the first request; its error says little.
@@ -87,3 +95,24 @@ def _configured(logger: logging.Logger) -> bool:
             return True
         node = node.parent
     return False
+
+
+def count_request(response: Any) -> None:
+    """Count one HTTP response (an azure-core `PipelineResponse`) and its request charge."""
+    http = response.http_response
+    REQUESTS.labels(_operation(http.request.method, http.request.headers)).inc()
+    charge = http.headers.get("x-ms-request-charge")
+    if charge:
+        REQUEST_CHARGE.inc(float(charge))
+
+
+def _operation(method: str, headers: Any) -> str:
+    if method != "POST":
+        return {"GET": "read", "PUT": "replace", "DELETE": "delete"}.get(method, method.lower())
+    if headers.get("x-ms-documentdb-isquery"):
+        return "query"
+    if headers.get("x-ms-cosmos-is-batch-request"):
+        return "batch"
+    if str(headers.get("x-ms-documentdb-is-upsert", "")).lower() == "true":
+        return "upsert"
+    return "create"

@@ -27,6 +27,8 @@ from .records import (
     Scope,
     StreamKind,
     Tombstone,
+    Written,
+    key_of,
     tombstone_cursor,
 )
 from .retention import RetentionPolicy, prune_limits
@@ -126,7 +128,7 @@ class InMemoryStorageClient(StorageBackend):
 
     def write_records(
         self, grouped: dict[Kind, list[Record]], tombstones: Sequence[Tombstone] = ()
-    ) -> None:
+    ) -> Written:
         """Write `tombstones`, then `grouped`, at once (readers never see a part of it)."""
         now = time.time()
         # Serialised before taking the lock: readers wait only for the dict updates.
@@ -135,10 +137,12 @@ class InMemoryStorageClient(StorageBackend):
             for kind in KINDS
             for rec in grouped.get(kind, ())
         ]
+        written: Written = {}
         with self._lock:
             self._check_open()
             for tombstone in tombstones:
-                self._bury(tombstone, now)
+                if self._bury(tombstone, now):
+                    written[key_of(tombstone)] = tombstone.version
             for row in incoming:
                 rec = row.meta
                 stamp = self._tombstones.get((SCOPE_OF[rec.kind], rec.partition))
@@ -148,16 +152,22 @@ class InMemoryStorageClient(StorageBackend):
                 wanted = _merge(rows.get(rec.row_id), row)
                 if wanted is not None:
                     rows[rec.row_id] = wanted
+                    written[key_of(rec)] = wanted.meta.version
+        return written
 
-    def _bury(self, tombstone: Tombstone, now: float) -> None:
+    def _bury(self, tombstone: Tombstone, now: float) -> bool:
+        """Store `tombstone` and delete what it covers; whether it was newer than the last."""
         key = (tombstone.scope, tombstone.key)
         stamp = self._tombstones.get(key)
+        newer = False
         if stamp is None or stamp.version < tombstone.version:
             stamp = self._tombstones[key] = _Stamp(tombstone.version, now)
+            newer = True
         for kind in SCOPE_KINDS[tombstone.scope]:
             rows = self._rows[kind].get(tombstone.key, {})
             for row_id in [rid for rid, row in rows.items() if row.meta.version <= stamp.version]:
                 del rows[row_id]
+        return newer
 
     # -- reads ------------------------------------------------------------------------------
 

@@ -42,7 +42,17 @@ from .postgres_sql import (
     prune_delete,
     prune_statements,
 )
-from .records import KIND_SPECS, SCOPE_OF, Kind, Record, StreamKind, Tombstone, tombstone_cursor
+from .records import (
+    KIND_SPECS,
+    SCOPE_OF,
+    Kind,
+    Record,
+    StreamKind,
+    Tombstone,
+    Written,
+    key_of,
+    tombstone_cursor,
+)
 from .retention import RetentionPolicy
 
 log = logging.getLogger(__name__)
@@ -229,31 +239,32 @@ class PostgreSQLClient(StorageBackend):
 
     def write_records(
         self, grouped: dict[Kind, list[Record]], tombstones: Sequence[Tombstone] = ()
-    ) -> None:
+    ) -> Written:
         """Write `tombstones`, then `grouped`, in one transaction."""
         if not tombstones and not any(grouped.values()):
-            return
+            return {}
 
-        def action(conn: Any) -> None:
+        def action(conn: Any) -> Written:
             with conn.cursor() as cur:
                 cur.execute("BEGIN")
                 try:
                     _lock_partitions(cur, grouped, tombstones)
-                    if tombstones:
-                        _write_tombstones(cur, tombstones)
+                    written = _write_tombstones(cur, tombstones) if tombstones else {}
                     for kind, sql in UPSERTS.items():
                         # Sorted keys make concurrent batches lock rows in one order (pages too).
                         rows = sorted(grouped.get(kind, ()), key=lambda r: r.row_id)
                         for page in pages(rows):
                             cur.execute(sql, (page,))
+                            written.update(((kind, rid), v) for rid, v in cur.fetchall())
                     cur.execute("COMMIT")
+                    return written
                 except BaseException:
                     if not conn.closed:
                         with contextlib.suppress(psycopg2.Error):
                             cur.execute("ROLLBACK")
                     raise
 
-        self._run(action)
+        return self._run(action)
 
     def _one(self, sql: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
         rows = self._fetch(sql, params)
@@ -432,13 +443,17 @@ def _records(kind: Kind, rows: list[tuple[Any, ...]]) -> list[Record]:
     ]
 
 
-def _write_tombstones(cur: Any, tombstones: Sequence[Tombstone]) -> None:
+def _write_tombstones(cur: Any, tombstones: Sequence[Tombstone]) -> Written:
     ordered = sorted(tombstones, key=lambda t: (t.scope, t.key))
-    execute_values(cur, TOMBSTONE_UPSERT, [(t.scope, t.key, t.version) for t in ordered])
+    stored = execute_values(
+        cur, TOMBSTONE_UPSERT, [(t.scope, t.key, t.version) for t in ordered], fetch=True
+    )
+    written: Written = {key_of(Tombstone(scope, key, v)): v for scope, key, v in stored}
     for scope, deletes in TOMBSTONE_DELETES.items():
         keyed = [(t.key, t.version) for t in ordered if t.scope == scope]
         for delete in deletes if keyed else ():
             execute_values(cur, delete, keyed)
+    return written
 
 
 def _bucket(scope: str, key: str) -> int:

@@ -35,7 +35,9 @@ def _guarded(kind: Kind, columns: tuple[str, ...], on_conflict: str) -> str:
         f"WHERE NOT EXISTS (SELECT 1 FROM {TOMBSTONE_TABLE} tb "
         f"WHERE tb.scope = '{spec.scope}' AND tb.key = r.part "
         'AND tb.version >= r.version COLLATE "C") '
-        f'ORDER BY r.id COLLATE "C" ON CONFLICT {on_conflict}'
+        f'ORDER BY r.id COLLATE "C" ON CONFLICT {on_conflict} '
+        # The rows this statement wrote: what the worker counts as applied.
+        "RETURNING t.id, t.version"
     )
 
 
@@ -129,7 +131,7 @@ def pages(recs: list[Record]) -> Iterator[str]:
 TOMBSTONE_UPSERT = (
     f"INSERT INTO {TOMBSTONE_TABLE} AS t (scope, key, version) VALUES %s "
     "ON CONFLICT (scope, key) DO UPDATE SET version = EXCLUDED.version, created_at = now() "
-    "WHERE t.version < EXCLUDED.version"
+    "WHERE t.version < EXCLUDED.version RETURNING t.scope, t.key, t.version"
 )
 
 

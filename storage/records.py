@@ -211,6 +211,31 @@ def collect(items: Iterable[Record | Tombstone]) -> Plan:
     return Plan(dedupe(recs), list(newest.values()))
 
 
+# What one write changed: (stream kind, row id) -> the version it stored there, for each
+# record and tombstone it wrote; one whose version lost (an equal or newer one was stored, or
+# a newer tombstone covers it) is absent.
+Written: TypeAlias = dict[tuple[StreamKind, str], str]
+
+
+def key_of(item: Record | Tombstone) -> tuple[StreamKind, str]:
+    """Where `item` is in a `Written`."""
+    return ("tombstone", item.row_id) if isinstance(item, Tombstone) else (item.kind, item.row_id)
+
+
+def changed(ops: Sequence[Op], written: Written) -> list[bool]:
+    """For each of `ops`, whether the write of their plan stored any of its records or its
+    tombstone: False means its version lost (a redelivered op lands here). Of two ops writing
+    one row at the same version, the first counts, as the first is the one kept."""
+    left = dict(written)
+    result = []
+    for op in ops:
+        hits = [k for k in map(key_of, _records_of(op)) if left.get(k) == op.version]
+        for k in hits:
+            del left[k]
+        result.append(bool(hits))
+    return result
+
+
 def records(ops: Sequence[Op]) -> dict[Kind, list[Record]]:
     """The deduped records `ops` write, per kind (their tombstones aside)."""
     return plan(ops).records

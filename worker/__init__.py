@@ -11,6 +11,10 @@ __all__ = ["app"]
 
 def __getattr__(name: str) -> Any:
     if name == "app":
+        from .multiproc import prepare
+
+        # Before `.app` imports prometheus-client (see worker.multiproc).
+        prepare()
         from .app import app
 
         return app

@@ -17,12 +17,14 @@ from kombu.utils import json as kombu_json
 
 from broker import deadletters, keys, tracing, wire
 from broker.connection import connect
+from storage import backends
 from storage.base import StorageBackend
 from storage.config import load_settings
 from storage.errors import ConfigError
 from storage.factory import create_storage_client
 from storage.retention import RetentionPolicy
 
+from . import logs, metrics
 from .apply import BatchApplier
 from .lease import Heartbeat
 from .reaper import Reaper, ReaperThread
@@ -106,8 +108,13 @@ class _Process:
         self.heartbeat.start()
         self._store: StorageBackend | None = None
         self._store_lock = threading.Lock()
+        chosen = backends.chosen(_settings)
         self.applier = BatchApplier(
-            self.store, self.redis, _worker_settings, heartbeat=self.heartbeat
+            self.store,
+            self.redis,
+            _worker_settings,
+            heartbeat=self.heartbeat,
+            backend=chosen.name if chosen else "unknown",
         )
         self.pruner = PrunerThread(
             self.store,
@@ -148,6 +155,7 @@ def _get_process() -> _Process:
 
 def _init_process(**_: Any) -> None:
     # After fork: connections made in the parent must never be shared with a child.
+    metrics.WORKER_PROCESSES.set(1)
     process = _get_process()
     try:
         process.store()
@@ -171,6 +179,22 @@ def _close_process(**_: Any) -> None:
             _process = None
 
 
+def _serve_metrics(**_: Any) -> None:
+    # In the main process, before the pool forks: it sums every child's files (worker.metrics).
+    port = _worker_settings.metrics_port
+    if port is not None:
+        metrics.serve(metrics.worker_registry(connect(BROKER_URL, 5.0)), port)
+        log.info("serving Prometheus metrics on port %d at /metrics", port)
+
+
+def _setup_logging(logger: logging.Logger, **_: Any) -> None:
+    if _worker_settings.log_format == "json":
+        logs.use_json(logger)
+
+
+signals.worker_init.connect(_serve_metrics, weak=False)
+signals.after_setup_logger.connect(_setup_logging, weak=False)
+signals.after_setup_task_logger.connect(_setup_logging, weak=False)
 signals.worker_process_init.connect(_init_process, weak=False)
 signals.worker_process_shutdown.connect(_close_process, weak=False)
 
@@ -179,9 +203,11 @@ def _apply_ops(self: Task, *args: Any, **kwargs: Any) -> None:
     # Any arguments are accepted, so a malformed message is dead-lettered by our code
     # instead of failing in Celery's call and being republished forever.
     ops: object = args[0] if len(args) == 1 and not kwargs else {"args": args, "kwargs": kwargs}
-    # Celery puts a message's headers on the request: our trace header, if the save had one.
+    # Celery puts a message's headers on the request: our trace header, if the save had one,
+    # and when the producer published it.
     traces = getattr(self.request, tracing.HEADER, None)
-    _get_process().applier.run(str(self.request.id), ops, traces)
+    published = wire.published_at(self.request.get("published"))
+    _get_process().applier.run(str(self.request.id), ops, traces, published)
 
 
 apply_ops: Task = app.task(name=wire.TASK_NAME, bind=True, acks_late=True, ignore_result=True)(
@@ -215,7 +241,8 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
             now = time.time()
             key, record = deadletters.message_record(raw, reason, mid, now)
             deadletters.settle(self._dlq_redis, [mid] if mid else [], [(key, record, now)])
-            log.error("dead-lettered message %s: %s", key, reason)
+            metrics.DEAD_LETTERS.labels("malformed").inc()
+            log.error("dead-lettered message %s: %s", key, reason, extra={"message_id": key})
         except Exception:
             log.exception("could not dead-letter a refused message")
 

@@ -13,10 +13,11 @@ from typing import Any
 import redis
 
 from broker import deadletters, keys, tracing, wire
-from storage.base import StorageClient
+from storage.base import StorageBackend
 from storage.errors import StoreUnavailableError, TransientStorageError, ValidationError
 from storage.ops import MAX_SAVE_BYTES, Op, parse_op
 
+from . import metrics
 from .lease import Heartbeat
 from .settings import WorkerSettings
 
@@ -62,6 +63,7 @@ class Batch:
 
     message_ids: list[str] = field(default_factory=list)
     ops: list[tuple[Op, str]] = field(default_factory=list)
+    published: dict[str, float] = field(default_factory=dict)  # message id -> publish time
     # (key, record JSON, failure time): refused messages and ops that could not be applied.
     dead: list[tuple[str, str, float]] = field(default_factory=list)
     failed_ops: int = 0  # of `ops`, dead-lettered instead of applied
@@ -89,34 +91,48 @@ class BatchApplier:
     dies before confirming them, the reaper republishes them from `pending`. While a batch
     runs, `heartbeat` (if given) keeps the reaper off its messages. `store()` gives the
     store, opening it if need be; it may raise `StoreUnavailableError`, which is retried.
+    `backend` names the store in metrics.
     """
 
     def __init__(
         self,
-        store: Callable[[], StorageClient],
+        store: Callable[[], StorageBackend],
         client: redis.Redis,
         settings: WorkerSettings,
         *,
         sleep: Callable[[float], None] = time.sleep,
         heartbeat: Heartbeat | None = None,
+        backend: str = "unknown",
     ) -> None:
         self.store = store
+        self.backend = backend
         self._redis = client
         self._settings = settings
         self._sleep = sleep
         self._heartbeat = heartbeat
         self._take = client.register_script(_TAKE)
 
-    def run(self, message_id: str, ops: object, traces: object = None) -> Batch:
+    def run(
+        self,
+        message_id: str,
+        ops: object,
+        traces: object = None,
+        published: float | None = None,
+    ) -> Batch:
         """Process the delivered message (`ops` and its trace header `traces` as the task
-        received them) and any others."""
+        received them, `published` its publish time) and any others."""
         started = time.monotonic()
         batch = Batch()
         if self._heartbeat is not None:
             self._heartbeat.hold(batch.message_ids)
         try:
             self._add_message(
-                batch, message_id, lambda: wire.ops_of_args(ops, message_id), ops, traces
+                batch,
+                message_id,
+                lambda: wire.ops_of_args(ops, message_id),
+                ops,
+                traces,
+                published,
             )
             self._fill(batch)
             with tracing.batch_span(
@@ -132,12 +148,15 @@ class BatchApplier:
         finally:
             if self._heartbeat is not None:
                 self._heartbeat.release()
+        elapsed = time.monotonic() - started
+        metrics.batch_done(len(batch.ops), elapsed)
         log.info(
             "applied batch: %d ops from %d messages in %.1f ms, %d dead-lettered",
             len(batch.ops),
             len(batch.message_ids),
-            (time.monotonic() - started) * 1000,
+            elapsed * 1000,
             len(batch.dead),
+            extra={"batch_ops": len(batch.ops), "duration_ms": round(elapsed * 1000, 3)},
         )
         return batch
 
@@ -175,7 +194,9 @@ class BatchApplier:
         except wire.MalformedMessage as exc:
             self._refuse(batch, raw, exc)
             return
-        self._add_message(batch, message.id, lambda: message.ops, None, message.traces)
+        self._add_message(
+            batch, message.id, lambda: message.ops, None, message.traces, message.published
+        )
 
     def _add_message(
         self,
@@ -184,8 +205,11 @@ class BatchApplier:
         ops_of: Callable[[], list[Any]],
         raw_args: object,
         traces: object,
+        published: float | None,
     ) -> None:
         batch.message_ids.append(mid)
+        if published is not None:
+            batch.published[mid] = published
         try:
             ops = ops_of()
         except wire.MalformedMessage as exc:
@@ -200,7 +224,14 @@ class BatchApplier:
                 parsed = parse_op(op)
             except ValidationError as exc:
                 key, record = deadletters.op_record(op, str(exc), 0, now, now, mid, trace)
-                log.error("dead-lettered op %s of message %s: %s", key, mid, exc)
+                log.error(
+                    "dead-lettered op %s of message %s: %s",
+                    key,
+                    mid,
+                    exc,
+                    extra={"op_id": key, "message_id": mid},
+                )
+                metrics.DEAD_LETTERS.labels("invalid").inc()
                 batch.dead.append((key, record, now))
                 continue
             batch.ops.append((parsed, mid))
@@ -210,7 +241,8 @@ class BatchApplier:
     def _refuse(self, batch: Batch, raw: bytes | str, exc: wire.MalformedMessage) -> None:
         now = time.time()
         key, record = deadletters.message_record(raw, exc.reason, exc.message_id, now)
-        log.error("dead-lettered message %s: %s", key, exc.reason)
+        log.error("dead-lettered message %s: %s", key, exc.reason, extra={"message_id": key})
+        metrics.DEAD_LETTERS.labels("malformed").inc()
         batch.dead.append((key, record, now))
         if exc.message_id is not None and exc.message_id not in batch.message_ids:
             batch.message_ids.append(exc.message_id)
@@ -222,7 +254,7 @@ class BatchApplier:
         while stack:
             part = stack.pop()
             try:
-                error, transient = self._apply_with_retry(part)
+                error, transient = self._apply_with_retry(part, batch)
             except StoreUnavailableError as exc:
                 batch.unavailable = True
                 log.warning(
@@ -241,16 +273,16 @@ class BatchApplier:
                 continue
             self._dead_letter(batch, part, error, transient)
 
-    def _apply_with_retry(self, part: _Part) -> tuple[str | None, bool]:
+    def _apply_with_retry(self, part: _Part, batch: Batch) -> tuple[str | None, bool]:
         s = self._settings
         started = time.monotonic()
         ops = [op for op, _ in part.ops]
         for attempt in range(1, s.retry_tries + 1):
             part.attempts += 1
             try:
-                self.store().apply(ops)
-                return None, False
+                changed = self.store().commit(ops)
             except TRANSIENT as exc:
+                metrics.STORE_ERRORS.labels(self.backend, type(exc).__name__).inc()
                 error = f"{type(exc).__name__}: {exc}"
                 part.first_failure = part.first_failure or time.time()
                 left = s.retry_max_s - (time.monotonic() - started)
@@ -259,6 +291,7 @@ class BatchApplier:
                     if isinstance(exc, StoreUnavailableError):
                         raise
                     return f"gave up after {attempt} tries: {error}", True
+                metrics.RETRIES.labels(type(exc).__name__).inc()
                 # One line, no traceback: an outage must not flood the log.
                 log.warning(
                     "transient failure applying %d ops (try %d/%d), retrying in %.2fs: %s",
@@ -271,14 +304,20 @@ class BatchApplier:
                 self._sleep(delay)
             except Exception as exc:
                 # Anything else is this op's (or this code's) fault: retrying will not help.
+                metrics.STORE_ERRORS.labels(self.backend, type(exc).__name__).inc()
                 part.first_failure = part.first_failure or time.time()
                 return f"{type(exc).__name__}: {exc}", False
+            else:
+                # Counted here, by the process that committed, once: see worker.metrics.
+                metrics.committed(part.ops, changed, batch.published, self.backend)
+                return None, False
         raise AssertionError("unreachable")
 
     def _dead_letter(self, batch: Batch, part: _Part, error: str, transient: bool) -> None:
         now = time.time()
         first = part.first_failure or now
         batch.failed_ops += len(part.ops)
+        metrics.DEAD_LETTERS.labels("transient" if transient else "permanent").inc(len(part.ops))
         for op, mid in part.ops:
             key, record = deadletters.op_record(
                 op.model_dump(mode="json"),
@@ -298,6 +337,7 @@ class BatchApplier:
             # The first line only: PostgreSQL's DETAIL line can quote the row, i.e. payload.
             error.split("\n", 1)[0][:300],
             ", ".join(op.id for op, _ in part.ops[:20]),
+            extra={"op_ids": [op.id for op, _ in part.ops[:20]], "batch_ops": len(part.ops)},
         )
 
     def _confirm(self, batch: Batch) -> None:

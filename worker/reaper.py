@@ -26,6 +26,8 @@ import redis
 
 from broker import keys
 
+from .metrics import REAPER_REPUBLISHED
+
 log = logging.getLogger(__name__)
 _SCAN_TAIL = 100
 
@@ -166,6 +168,7 @@ class Reaper:
                 break
             below = found[2]
         if pushed:
+            REAPER_REPUBLISHED.inc(pushed)
             log.warning("republished %d message(s) lost out of the queue", pushed)
         return pushed
 

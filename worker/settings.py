@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -30,6 +32,8 @@ class WorkerSettings(BaseSettings):
     visibility_timeout_s: int = Field(300, ge=1)  # kombu's own redelivery
     prune_interval_s: float = Field(3600.0, ge=0.1)  # retention job period
     confirm_ttl_s: float = Field(600.0, ge=1)  # how long wait() sees a confirmation
+    metrics_port: int | None = Field(None, ge=1, le=65535)  # /metrics; off when unset
+    log_format: Literal["text", "json"] = "text"  # json: one object per line
 
 
 def load_worker_settings() -> WorkerSettings:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .context import Context, Scenario
 from .cosmos import cosmos
 from .e2e import buffered, unbuffered
+from .metrics_cost import metrics_cost
 from .naive import naive
 from .publish import publish
 from .reads import reads
@@ -25,6 +26,7 @@ SCENARIOS: dict[str, Scenario] = {
         tracing_cost, "durable publish and drain with tracing on vs no tracer provider"
     ),
     "sweep": Scenario(sweep, "throughput vs batch size, agentstore and raw (the plot)"),
+    "metrics": Scenario(metrics_cost, "drain and durable publish, Prometheus metrics on vs off"),
 }
 
 __all__ = ["SCENARIOS", "Context", "Scenario"]

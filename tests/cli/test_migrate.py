@@ -129,7 +129,7 @@ def test_a_failing_target_leaves_a_checkpoint_and_the_same_command_resumes(
             real_write(grouped, tombstones)
             writes.append(sum(len(v) for v in grouped.values()))
 
-        target.write_records = failing_write  # type: ignore[method-assign]
+        target.write_records = failing_write  # type: ignore[method-assign,assignment]
         with pytest.raises(StorageError, match="went away"):
             migrate_stores(source, target, plan, page_size=100)
         saved = json.loads(plan.path.read_text())
@@ -441,7 +441,7 @@ def test_restart_copies_from_the_start_and_keeps_the_counts_before_the_first_run
                     raise StorageError("target went away (test)")
                 real_write(grouped, tombstones)
 
-            target.write_records = fail_third  # type: ignore[method-assign]
+            target.write_records = fail_third  # type: ignore[method-assign,assignment]
             with pytest.raises(StorageError):
                 migrate_stores(source_store := open_store(pg), target, plan, page_size=100)
             source_store.close()

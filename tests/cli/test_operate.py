@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg2
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from agentstore_cli import operate
 from agentstore_cli.launch import free_port
@@ -154,8 +155,10 @@ def test_stats_counts_queued_pending_and_dead_letters(run: Cli, spare_redis_url:
     assert "dead letters          1" in text
     assert "applied ops/s       0.0  sampled over the last second" in text
     numbers = json.loads(run(["stats", "--json", "--no-workers"], config(spare_redis_url)).stdout)
+    assert 0 <= numbers.pop("oldest_pending_s") < 60
     assert numbers == {
         "queued": 3,
+        "queued_ops": 3,
         "pending": 3,
         "unacked": 0,
         "dead_letters": 1,
@@ -163,6 +166,32 @@ def test_stats_counts_queued_pending_and_dead_letters(run: Cli, spare_redis_url:
         "applied_per_s": 0.0,
         "worker_names": None,
     }
+
+
+def test_stats_prints_the_broker_gauges_for_prometheus(run: Cli, spare_redis_url: str) -> None:
+    publisher = Publisher(spare_redis_url)
+    ops = [json.dumps(save_state_op("p", n)) for n in range(5)]
+    publisher.publish(
+        [
+            (mid, message)
+            for mid, message, _ in wire.build_messages([f"op{n}" for n in range(5)], ops, max_ops=2)
+        ]
+    )
+    publisher.close()
+    result = run(["stats", "--format", "prometheus"], config(spare_redis_url))
+    assert result.exit_code == 0, result.stderr
+    samples = {
+        s.name: s.value
+        for family in text_string_to_metric_families(result.stdout)
+        for s in family.samples
+    }
+    assert samples["agentstore_broker_up"] == 1
+    assert samples["agentstore_queue_depth"] == 3, "5 ops in messages of at most 2"
+    assert samples["agentstore_queue_ops"] == 5
+    assert samples["agentstore_pending_messages"] == 3
+    assert 0 <= samples["agentstore_pending_oldest_seconds"] < 60
+    down = run(["stats", "--format", "prometheus"], config("redis://127.0.0.1:1/0"))
+    assert down.exit_code == 0 and "agentstore_broker_up 0.0" in down.stdout
 
 
 def test_stats_samples_the_workers_applied_counter(spare_redis_url: str) -> None:

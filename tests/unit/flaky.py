@@ -18,7 +18,7 @@ class FlakyStore(InMemoryStorageClient):
         self.poison: set[str] = set()
         self.transient_failures = 0
 
-    def apply(self, ops: Sequence[Op]) -> None:
+    def commit(self, ops: Sequence[Op]) -> list[bool]:
         self.calls.append([op.id for op in ops])
         if self.transient_failures > 0:
             self.transient_failures -= 1
@@ -26,4 +26,4 @@ class FlakyStore(InMemoryStorageClient):
         bad = [op.id for op in ops if op.id in self.poison]
         if bad:
             raise StorageError(f"cannot store {bad[0]}")
-        super().apply(ops)
+        return super().commit(ops)

@@ -26,9 +26,9 @@ class WatchingStore(FlakyStore):
         self.client = client
         self.pending_at_apply: list[int] = []
 
-    def apply(self, ops: Sequence[Op]) -> None:
+    def commit(self, ops: Sequence[Op]) -> list[bool]:
         self.pending_at_apply.append(int(self.client.zcard(keys.PENDING_KEY)))
-        super().apply(ops)
+        return super().commit(ops)
 
 
 def _publish_single_saves(n: int) -> list[str]:

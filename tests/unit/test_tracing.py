@@ -47,7 +47,14 @@ def test_without_a_provider_nothing_is_traced_and_messages_are_unchanged(
     assert raw is not None and tracing.HEADER.encode() not in raw
     message = wire.parse_message(raw)
     assert message.traces is None
-    assert raw == wire.build_message(op_id, [json.dumps(message.ops[0], separators=(",", ":"))])
+    rebuilt = wire.build_message(op_id, [json.dumps(message.ops[0], separators=(",", ":"))])
+
+    def without_publish_time(raw_message: bytes | str) -> dict[str, Any]:
+        envelope: dict[str, Any] = json.loads(raw_message)
+        envelope["headers"].pop("published")
+        return envelope
+
+    assert without_publish_time(raw) == without_publish_time(rebuilt)
 
 
 def test_a_save_span_is_a_child_of_the_callers_span_and_travels_in_its_message(
