@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import random
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -101,7 +102,7 @@ class AgentStoreSaver(StoreReads):
     async def aclose(self) -> None:
         """`close()` for async code: the running loop's producer is closed on that loop."""
         await self._async.aclose()
-        await self._async.read(self.close)
+        await asyncio.to_thread(self.close)  # the store's pool closes blocking
 
     def __enter__(self) -> Self:
         return self
