@@ -6,40 +6,42 @@ import asyncio
 import base64
 import random
 from collections.abc import AsyncIterator, Iterator, Sequence
+from functools import partial
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     WRITES_IDX_MAP,
-    BaseCheckpointSaver,
     ChannelVersions,
     Checkpoint,
     CheckpointMetadata,
     CheckpointTuple,
-    get_checkpoint_id,
     get_checkpoint_metadata,
-    writes_sort_key,
 )
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
-from producer import Producer
+from producer import AsyncProducer, Producer
 from storage import checkpoint_reads as reads
 from storage.base import StorageBackend
-from storage.checkpoints import checkpoint_rid
 from storage.config import Settings, load_settings
 from storage.factory import create_storage_client
 from storage.ops import OpName, make_op
 from storage.records import Record
 
+from .aio import AsyncSide
 from .pending import Pending
+from .reading import StoreReads
+from .steps import Publish, Read, Settle, Step, Steps, drive
+
+T = TypeVar("T")
 
 
 def _blob(typed: tuple[str, bytes]) -> dict[str, str]:
     return {"type": typed[0], "data": base64.b64encode(typed[1]).decode("ascii")}
 
 
-class AgentStoreSaver(BaseCheckpointSaver[str]):
+class AgentStoreSaver(StoreReads):
     """Checkpoints in agentstore's store: writes are queued ops, reads go straight to the store.
 
     `put`, `put_writes`, `delete_thread`, `delete_for_runs`, `copy_thread` and `prune`
@@ -50,11 +52,20 @@ class AgentStoreSaver(BaseCheckpointSaver[str]):
     applied it (session consistency). Values are serialised by LangGraph's
     `JsonPlusSerializer` without its pickle fallback; the workers never deserialise them.
 
+    The async methods (`aput`, `aget_tuple`, ...) do the same without blocking the event
+    loop: they publish through an `AsyncProducer` (one per event loop, made on first use)
+    and read the store on at most `max_readers` threads. Sync and async calls may be mixed
+    on one saver: each sees the other's writes. Close with `close()`, or in async code with
+    `async with` / `aclose()`, which also closes the running loop's producer.
+
     Args:
         settings: as from `storage.load_settings()`; read from the environment and `.env`
             when omitted, as `Producer` does.
         read_timeout: seconds a read waits for this saver's pending writes to its thread.
         producer: publish through this producer instead of one of the saver's own.
+        async_producer: the async methods publish through this one (on its event loop
+            only) instead of the saver's own.
+        max_readers: threads reading the store for the async methods, at most.
         **overrides: settings to use when `settings` is None.
     """
 
@@ -64,6 +75,8 @@ class AgentStoreSaver(BaseCheckpointSaver[str]):
         *,
         read_timeout: float = 30.0,
         producer: Producer | None = None,
+        async_producer: AsyncProducer | None = None,
+        max_readers: int = 8,
         **overrides: Any,
     ) -> None:
         super().__init__(serde=JsonPlusSerializer(pickle_fallback=False))
@@ -74,15 +87,22 @@ class AgentStoreSaver(BaseCheckpointSaver[str]):
         if not isinstance(store, StorageBackend):
             raise TypeError(f"AgentStoreSaver needs a storage backend, got {store!r}")
         self._store = store
-        self._pending = Pending(self._producer.wait, read_timeout)
+        self._pending = Pending(read_timeout)
+        self._async = AsyncSide(self._settings, self._pending, async_producer, max_readers)
 
     # -- lifecycle --------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the store's connections and, if the saver made it, its producer."""
+        """Close the store's connections and the producers the saver made."""
+        self._async.close()
         self._store.close()
         if self._own_producer:
             self._producer.close()
+
+    async def aclose(self) -> None:
+        """`close()` for async code: the running loop's producer is closed on that loop."""
+        await self._async.aclose()
+        await asyncio.to_thread(self.close)  # the store's pool closes blocking
 
     def __enter__(self) -> Self:
         return self
@@ -104,22 +124,33 @@ class AgentStoreSaver(BaseCheckpointSaver[str]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await asyncio.to_thread(self.close)
+        await self.aclose()
 
-    # -- writes -----------------------------------------------------------------------------
+    # -- method bodies: steps the sync and the async drivers run (steps.py) -------------------
 
-    def _publish(self, name: OpName, args: dict[str, Any]) -> None:
-        op = make_op(name, args)  # validated here: a bad or oversized call publishes nothing
-        self._producer.apply([op])
-        self._pending.add(args["thread_id"], op.id)
+    def _run(self, steps: Steps[T]) -> T:
+        return drive(steps, self._do)
 
-    def put(
+    def _do(self, step: Step) -> Any:
+        if isinstance(step, Settle):
+            return self._pending.settle(self._producer.wait, step.threads)
+        if isinstance(step, Read):
+            return step.fn()
+        self._producer.apply([step.op])
+        self._pending.add(step.thread_id, step.op.id)
+        return None
+
+    def _op(self, name: OpName, args: dict[str, Any]) -> Publish:
+        # Validated here: a bad or oversized call publishes nothing.
+        return Publish(args["thread_id"], make_op(name, args))
+
+    def _put(
         self,
         config: RunnableConfig,
         checkpoint: Checkpoint,
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
-    ) -> RunnableConfig:
+    ) -> Steps[RunnableConfig]:
         conf = config["configurable"]
         thread_id, ns = conf["thread_id"], conf.get("checkpoint_ns", "")
         head = checkpoint.copy()
@@ -135,7 +166,7 @@ class AgentStoreSaver(BaseCheckpointSaver[str]):
             }
             for channel, version in new_versions.items()
         ]
-        self._publish(
+        yield self._op(
             "put_checkpoint",
             {
                 "thread_id": thread_id,
@@ -157,13 +188,13 @@ class AgentStoreSaver(BaseCheckpointSaver[str]):
             }
         }
 
-    def put_writes(
+    def _put_writes(
         self,
         config: RunnableConfig,
         writes: Sequence[tuple[str, Any]],
         task_id: str,
         task_path: str = "",
-    ) -> None:
+    ) -> Steps[None]:
         conf = config["configurable"]
         items = [
             {
@@ -173,7 +204,7 @@ class AgentStoreSaver(BaseCheckpointSaver[str]):
             }
             for idx, (channel, value) in enumerate(writes)
         ]
-        self._publish(
+        yield self._op(
             "put_writes",
             {
                 "thread_id": conf["thread_id"],
@@ -185,31 +216,37 @@ class AgentStoreSaver(BaseCheckpointSaver[str]):
             },
         )
 
-    def delete_thread(self, thread_id: str) -> None:
-        self._publish("delete_thread", {"thread_id": thread_id})
+    def _delete_thread(self, thread_id: str) -> Steps[None]:
+        yield self._op("delete_thread", {"thread_id": thread_id})
 
-    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
-        """Delete the checkpoints made by `run_ids` and their writes (a scan of every thread)."""
+    def _delete_for_runs(self, run_ids: Sequence[str]) -> Steps[None]:
         wanted = {str(r) for r in run_ids}
         if not wanted:
             return
-        self._pending.settle()
+        yield Settle(None)
+        doomed: list[dict[str, Any]] = yield Read(partial(self._runs_rows, wanted))
+        for rows in doomed:
+            yield self._op("delete_checkpoint_rows", rows)
+
+    def _runs_rows(self, wanted: set[str]) -> list[dict[str, Any]]:
         threads: dict[str, list[Record]] = {}
         for rec in reads.all_checkpoints(self._store):
             if rec.data.get("run_id") in wanted:
                 threads.setdefault(rec.partition, []).append(rec)
+        found = []
         for thread_id, doomed in threads.items():
             gone = {r.row_id for r in doomed}
             keep = [
                 r for r in reads.checkpoints(self._store, thread_id, None) if r.row_id not in gone
             ]
-            self._publish(
-                "delete_checkpoint_rows", reads.doomed_rows(self._store, thread_id, doomed, keep)
-            )
+            found.append(reads.doomed_rows(self._store, thread_id, doomed, keep))
+        return found
 
-    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
-        """Copy every checkpoint of every namespace, with its blobs and writes, to the target."""
-        for tup in reversed(list(self.list({"configurable": {"thread_id": source_thread_id}}))):
+    def _copy_thread(self, source_thread_id: str, target_thread_id: str) -> Steps[None]:
+        yield Settle([source_thread_id])
+        source: RunnableConfig = {"configurable": {"thread_id": source_thread_id}}
+        tuples: list[CheckpointTuple] = yield Read(lambda: list(self._list(source)))
+        for tup in reversed(tuples):
             conf = tup.config["configurable"]
             target: RunnableConfig = {
                 "configurable": {
@@ -221,40 +258,70 @@ class AgentStoreSaver(BaseCheckpointSaver[str]):
                 }
             }
             versions = tup.checkpoint["channel_versions"]
-            saved = self.put(target, tup.checkpoint, tup.metadata, versions)
+            saved = yield from self._put(target, tup.checkpoint, tup.metadata, versions)
             by_task: dict[str, list[tuple[str, Any]]] = {}
             for task_id, channel, value in tup.pending_writes or ():
                 by_task.setdefault(task_id, []).append((channel, value))
             for task_id, task_writes in by_task.items():
-                self.put_writes(saved, task_writes, task_id)
+                yield from self._put_writes(saved, task_writes, task_id)
 
-    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
-        """`"keep_latest"`: keep the newest checkpoint of each namespace, with every blob it
-        needs; `"delete"`: delete the threads."""
+    def _prune(self, thread_ids: Sequence[str], strategy: str) -> Steps[None]:
         if strategy not in ("keep_latest", "delete"):
             raise ValueError(f"strategy must be 'keep_latest' or 'delete', got {strategy!r}")
         for thread_id in thread_ids:
             if strategy == "delete":
-                self.delete_thread(thread_id)
+                yield from self._delete_thread(thread_id)
                 continue
-            self._pending.settle([thread_id])
-            rows = reads.prune_rows(self._store, thread_id, 1)
+            yield Settle([thread_id])
+            rows = yield Read(partial(reads.prune_rows, self._store, thread_id, 1))
             if rows is not None:
-                self._publish("delete_checkpoint_rows", rows)
+                yield self._op("delete_checkpoint_rows", rows)
+
+    def _get_tuple(self, config: RunnableConfig) -> Steps[CheckpointTuple | None]:
+        yield Settle([config["configurable"]["thread_id"]])
+        found: CheckpointTuple | None = yield Read(partial(self._read_tuple, config))
+        return found
+
+    # -- writes -----------------------------------------------------------------------------
+
+    def put(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        return self._run(self._put(config, checkpoint, metadata, new_versions))
+
+    def put_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        self._run(self._put_writes(config, writes, task_id, task_path))
+
+    def delete_thread(self, thread_id: str) -> None:
+        self._run(self._delete_thread(thread_id))
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Delete the checkpoints made by `run_ids` and their writes (a scan of every thread)."""
+        self._run(self._delete_for_runs(run_ids))
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """Copy every checkpoint of every namespace, with its blobs and writes, to the target."""
+        self._run(self._copy_thread(source_thread_id, target_thread_id))
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """`"keep_latest"`: keep the newest checkpoint of each namespace, with every blob it
+        needs; `"delete"`: delete the threads."""
+        self._run(self._prune(thread_ids, strategy))
 
     # -- reads ------------------------------------------------------------------------------
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        conf = config["configurable"]
-        thread_id, ns = conf["thread_id"], conf.get("checkpoint_ns", "")
-        self._pending.settle([thread_id])
-        checkpoint_id = get_checkpoint_id(config)
-        if checkpoint_id:
-            rid = checkpoint_rid(thread_id, ns, checkpoint_id)
-            rows = self._store.get_rows("checkpoint", thread_id, [rid])
-        else:
-            rows = reads.checkpoints(self._store, thread_id, ns, limit=1)
-        return self._tuple(rows[0]) if rows else None
+        return self._run(self._get_tuple(config))
 
     def list(
         self,
@@ -264,98 +331,21 @@ class AgentStoreSaver(BaseCheckpointSaver[str]):
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> Iterator[CheckpointTuple]:
-        before_id = get_checkpoint_id(before) if before else None
-        if config is None:
-            self._pending.settle()
-            rows: list[Record] = sorted(
-                reads.all_checkpoints(self._store),
-                key=lambda r: (r.partition, r.data["checkpoint_ns"], r.data["checkpoint_id"]),
-                reverse=True,
-            )
-        else:
-            conf = config["configurable"]
-            thread_id, ns = conf["thread_id"], conf.get("checkpoint_ns")
-            self._pending.settle([thread_id])
-            below = (
-                checkpoint_rid(thread_id, ns, before_id) if ns is not None and before_id else None
-            )
-            db_limit = limit if not filter and not get_checkpoint_id(config) else None
-            rows = reads.checkpoints(self._store, thread_id, ns, below=below, limit=db_limit)
-            if cid := get_checkpoint_id(config):
-                rows = [r for r in rows if r.data["checkpoint_id"] == cid]
-        left = limit
-        for rec in rows:
-            if before_id and rec.data["checkpoint_id"] >= before_id:
-                continue
-            if filter:
-                meta = self._loads(rec.data["metadata"])
-                if not all(meta.get(k) == v for k, v in filter.items()):
-                    continue
-            if left is not None:
-                if left <= 0:
-                    return
-                left -= 1
-            yield self._tuple(rec)
+        self._run(self._settle_list(config))
+        yield from self._list(config, filter=filter, before=before, limit=limit)
 
-    def _loads(self, typed: dict[str, str]) -> Any:
-        return self.serde.loads_typed((typed["type"], base64.b64decode(typed["data"])))
-
-    def _tuple(self, rec: Record) -> CheckpointTuple:
-        d = rec.data
-        thread_id, ns, cid = rec.partition, d["checkpoint_ns"], d["checkpoint_id"]
-        checkpoint: Checkpoint = self._loads(d)
-        found = reads.blobs(self._store, thread_id, ns, checkpoint["channel_versions"])
-        values = {}
-        for blob, text in zip(
-            found, reads.whole(self._store, "checkpoint_blob", thread_id, found), strict=True
-        ):
-            if blob.data["type"] != "empty":
-                values[blob.data["channel"]] = self._loads(
-                    {"type": blob.data["type"], "data": text}
-                )
-        rows = reads.writes(self._store, thread_id, ns, cid)
-        texts = reads.whole(self._store, "checkpoint_write", thread_id, rows)
-        ordered = sorted(
-            zip(rows, texts, strict=True),
-            key=lambda p: writes_sort_key(
-                p[0].data["task_path"], p[0].data["task_id"], p[0].data["idx"]
-            ),
-        )
-        parent = d.get("parent_checkpoint_id")
-        return CheckpointTuple(
-            config={
-                "configurable": {"thread_id": thread_id, "checkpoint_ns": ns, "checkpoint_id": cid}
-            },
-            checkpoint={**checkpoint, "channel_values": values},
-            metadata=self._loads(d["metadata"]),
-            parent_config={
-                "configurable": {
-                    "thread_id": thread_id,
-                    "checkpoint_ns": ns,
-                    "checkpoint_id": parent,
-                }
-            }
-            if parent
-            else None,
-            pending_writes=[
-                (
-                    w.data["task_id"],
-                    w.data["channel"],
-                    self._loads({"type": w.data["type"], "data": text}),
-                )
-                for w, text in ordered
-            ],
-        )
+    def _settle_list(self, config: RunnableConfig | None) -> Steps[None]:
+        yield Settle(None if config is None else [config["configurable"]["thread_id"]])
 
     def get_next_version(self, current: str | None, channel: None) -> str:
         # As InMemorySaver's: sortable strings, unique per put even from concurrent forks.
         number = 0 if current is None else int(str(current).split(".")[0])
         return f"{number + 1:032}.{random.random():016}"
 
-    # -- async: the sync methods on a thread -------------------------------------------------
+    # -- async: the same bodies, publishing through AsyncProducer, reading on threads ----------
 
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        return await asyncio.to_thread(self.get_tuple, config)
+        return await self._async.run(self._get_tuple(config))
 
     async def alist(
         self,
@@ -365,8 +355,9 @@ class AgentStoreSaver(BaseCheckpointSaver[str]):
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
-        found = await asyncio.to_thread(
-            lambda: list(self.list(config, filter=filter, before=before, limit=limit))
+        await self._async.run(self._settle_list(config))
+        found = await self._async.read(
+            lambda: list(self._list(config, filter=filter, before=before, limit=limit))
         )
         for tup in found:
             yield tup
@@ -378,7 +369,7 @@ class AgentStoreSaver(BaseCheckpointSaver[str]):
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> RunnableConfig:
-        return await asyncio.to_thread(self.put, config, checkpoint, metadata, new_versions)
+        return await self._async.run(self._put(config, checkpoint, metadata, new_versions))
 
     async def aput_writes(
         self,
@@ -387,16 +378,16 @@ class AgentStoreSaver(BaseCheckpointSaver[str]):
         task_id: str,
         task_path: str = "",
     ) -> None:
-        await asyncio.to_thread(self.put_writes, config, writes, task_id, task_path)
+        await self._async.run(self._put_writes(config, writes, task_id, task_path))
 
     async def adelete_thread(self, thread_id: str) -> None:
-        await asyncio.to_thread(self.delete_thread, thread_id)
+        await self._async.run(self._delete_thread(thread_id))
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
-        await asyncio.to_thread(self.delete_for_runs, run_ids)
+        await self._async.run(self._delete_for_runs(run_ids))
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
-        await asyncio.to_thread(self.copy_thread, source_thread_id, target_thread_id)
+        await self._async.run(self._copy_thread(source_thread_id, target_thread_id))
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
-        await asyncio.to_thread(self.prune, thread_ids, strategy=strategy)
+        await self._async.run(self._prune(thread_ids, strategy))

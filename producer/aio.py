@@ -15,10 +15,14 @@ from broker import tracing
 from broker.errors import PublishError
 from broker.wire import MAX_OPS_PER_MESSAGE, Batch
 from storage import forks
+from storage import postgres_reads as pg
+from storage.backends import backend_class
 from storage.base import StorageClient
 from storage.config import Settings
 from storage.factory import create_storage_client
 from storage.ops import Op, OpName, encode_op
+from storage.postgres import PostgreSQLClient
+from storage.postgres_async import AsyncPostgresReader
 
 from .aio_buffer import AsyncSendBuffer
 from .aio_publisher import AsyncPublisher, AsyncTracker
@@ -32,8 +36,9 @@ class AsyncProducer:
     """`Producer` with coroutines: the same settings, validation, errors and guarantees.
 
     Saves publish through `redis.asyncio` with the same atomic Lua script, so an op saved
-    here can be waited for by a `Producer` and the reverse. Reads run the blocking storage
-    client on a bounded thread pool (`max_readers` threads). A save whose task is
+    here can be waited for by a `Producer` and the reverse. Reads of PostgreSQL use psycopg
+    3's async driver, on the loop (threads would contend with it for the GIL); other stores
+    run the blocking client on a bounded thread pool (`max_readers` threads). A save whose task is
     cancelled is either published (and covered by `wait()`) or not published at all: once
     begun, its publish finishes shielded from the cancellation. Use it on one event loop;
     `async with AsyncProducer() as store:` or `await store.aclose()` publishes what is
@@ -42,7 +47,7 @@ class AsyncProducer:
     Args:
         settings, broker_url, publish_timeout, max_tracked, linger_ms, max_batch,
         max_buffer, buffer_timeout, **overrides: as for `Producer`.
-        max_readers: threads reading from the store at once, at most.
+        max_readers: threads reading from a store other than PostgreSQL at once, at most.
     """
 
     def __init__(
@@ -67,6 +72,7 @@ class AsyncProducer:
         self._buffering = (linger_ms / 1000, max_batch, max_buffer, buffer_timeout)
         self._connect()
         self._reader: StorageClient | None = None
+        self._native: AsyncPostgresReader | None = None
         self._reader_lock = threading.Lock()
         self._executor = forks.PerProcess(
             lambda: ThreadPoolExecutor(max_readers, thread_name_prefix="agentstore-read")
@@ -95,6 +101,7 @@ class AsyncProducer:
         # The parent's sockets, loop-bound streams, publishes and buffer stay the parent's;
         # the child connects on first use. (The reader forks safely by itself.)
         self._reader_lock = threading.Lock()
+        self._native = None  # its connections stay the parent's (psycopg checks the pid)
         self._connect()
 
     def __repr__(self) -> str:
@@ -260,39 +267,54 @@ class AsyncProducer:
                 self._reader = create_storage_client(self._settings)
             return self._reader
 
-    async def _read(self, read: Callable[[StorageClient], T]) -> T:
+    async def _read(
+        self, query: Callable[[], pg.Query[T]], read: Callable[[StorageClient], T]
+    ) -> T:
+        """`query` on PostgreSQL's async reader, else `read` with the blocking client on a
+        reader thread."""
         if self._closed:
             raise RuntimeError("AsyncProducer is closed")
+        if self._native is None and backend_class(self._settings) is PostgreSQLClient:
+            self._native = AsyncPostgresReader(self._settings)
+        if self._native is not None:
+            return await self._native.query(query())
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor.get(), lambda: read(self._store()))
 
     async def get_state(self, agent_id: str, state_id: str) -> dict[str, Any] | None:
         """As `Producer.get_state`."""
-        return await self._read(lambda store: store.get_state(agent_id, state_id))
+        return await self._read(
+            lambda: pg.get_state(agent_id, state_id), lambda s: s.get_state(agent_id, state_id)
+        )
 
     async def get_task(self, agent_id: str, task_id: str) -> dict[str, Any] | None:
         """As `Producer.get_task`."""
-        return await self._read(lambda store: store.get_task(agent_id, task_id))
+        return await self._read(
+            lambda: pg.get_task(agent_id, task_id), lambda s: s.get_task(agent_id, task_id)
+        )
 
     async def get_conversation_history(
         self, conversation_id: str, limit: int | None = None
     ) -> list[dict[str, Any]]:
         """As `Producer.get_conversation_history`."""
         return await self._read(
-            lambda store: store.get_conversation_history(conversation_id, limit)
+            lambda: pg.get_conversation_history(conversation_id, limit),
+            lambda s: s.get_conversation_history(conversation_id, limit),
         )
 
     async def get_transactions(self, case_id: str) -> list[dict[str, Any]]:
         """As `Producer.get_transactions`."""
-        return await self._read(lambda store: store.get_transactions(case_id))
+        return await self._read(
+            lambda: pg.get_transactions(case_id), lambda s: s.get_transactions(case_id)
+        )
 
     async def list_states(self, agent_id: str) -> list[str]:
         """As `Producer.list_states`."""
-        return await self._read(lambda store: store.list_states(agent_id))
+        return await self._read(lambda: pg.list_states(agent_id), lambda s: s.list_states(agent_id))
 
     async def list_tasks(self, agent_id: str) -> list[str]:
         """As `Producer.list_tasks`."""
-        return await self._read(lambda store: store.list_tasks(agent_id))
+        return await self._read(lambda: pg.list_tasks(agent_id), lambda s: s.list_tasks(agent_id))
 
     # -- closing ----------------------------------------------------------------------
 
@@ -310,6 +332,9 @@ class AsyncProducer:
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=timeout)
         await self._publisher.aclose()
+        native, self._native = self._native, None
+        if native is not None:
+            await native.aclose()
         executor = self._executor.made()
         with self._reader_lock:
             reader, self._reader = self._reader, None

@@ -265,7 +265,10 @@ def single_message(op_id: str, text: str, trace: tracing.Carrier | None = None) 
 
 
 def messages_of(ops: Sequence[Op]) -> Batch:
-    """Validated ops packed many per message, in bounded messages."""
+    """Validated ops packed many per message, in bounded messages; a lone op goes as a save
+    does (`single_message`), so any producer can wait for it by its id."""
+    if len(ops) == 1:
+        return single_message(ops[0].id, ops[0].model_dump_json())
     return wire.build_messages([op.id for op in ops], [op.model_dump_json() for op in ops])
 
 

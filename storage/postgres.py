@@ -18,6 +18,7 @@ import psycopg2.extensions
 import psycopg2.pool
 from psycopg2.extras import execute_values
 
+from . import postgres_reads as reads
 from .base import StorageBackend, check_limit, prefix_bounds
 from .config import Settings, load_settings, mask_url
 from .errors import (
@@ -28,7 +29,6 @@ from .errors import (
     TransientStorageError,
 )
 from .forks import PerProcess
-from .ids import check_id
 from .pg_url import options, server
 from .postgres_schema import MIGRATIONS, migrate, schema_version
 from .postgres_sql import (
@@ -266,68 +266,28 @@ class PostgreSQLClient(StorageBackend):
 
         return self._run(action)
 
-    def _one(self, sql: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
-        rows = self._fetch(sql, params)
-        return rows[0][0] if rows else None
+    def _query(self, query: reads.Query[T]) -> T:
+        return query.shape(self._fetch(query.sql, query.params))
 
     def get_state(self, agent_id: str, state_id: str) -> dict[str, Any] | None:
-        check_id("agent_id", agent_id)
-        check_id("state_id", state_id)
-        return self._one(
-            "SELECT state FROM agent_states WHERE agent_id = %s AND state_id = %s AND NOT deleted",
-            (agent_id, state_id),
-        )
+        return self._query(reads.get_state(agent_id, state_id))
 
     def get_task(self, agent_id: str, task_id: str) -> dict[str, Any] | None:
-        check_id("agent_id", agent_id)
-        check_id("task_id", task_id)
-        return self._one(
-            "SELECT task_data FROM agent_tasks "
-            "WHERE agent_id = %s AND task_id = %s AND NOT deleted",
-            (agent_id, task_id),
-        )
+        return self._query(reads.get_task(agent_id, task_id))
 
     def get_conversation_history(
         self, conversation_id: str, limit: int | None = None
     ) -> list[dict[str, Any]]:
-        check_id("conversation_id", conversation_id)
-        limit = check_limit(limit)
-        if limit is None:
-            rows = self._fetch(
-                "SELECT message FROM conversations WHERE conversation_id = %s ORDER BY position",
-                (conversation_id,),
-            )
-        else:
-            rows = self._fetch(
-                "SELECT message FROM (SELECT message, position FROM conversations "
-                "WHERE conversation_id = %s ORDER BY position DESC LIMIT %s) newest "
-                "ORDER BY position",
-                (conversation_id, limit),
-            )
-        return [row[0] for row in rows]
+        return self._query(reads.get_conversation_history(conversation_id, limit))
 
     def get_transactions(self, case_id: str) -> list[dict[str, Any]]:
-        check_id("case_id", case_id)
-        rows = self._fetch(
-            "SELECT transaction FROM transactions WHERE case_id = %s AND NOT deleted "
-            "ORDER BY position",
-            (case_id,),
-        )
-        return [row[0] for row in rows]
+        return self._query(reads.get_transactions(case_id))
 
     def list_states(self, agent_id: str) -> list[str]:
-        check_id("agent_id", agent_id)
-        rows = self._fetch(
-            "SELECT state_id FROM agent_states WHERE agent_id = %s AND NOT deleted", (agent_id,)
-        )
-        return sorted(row[0] for row in rows)
+        return self._query(reads.list_states(agent_id))
 
     def list_tasks(self, agent_id: str) -> list[str]:
-        check_id("agent_id", agent_id)
-        rows = self._fetch(
-            "SELECT task_id FROM agent_tasks WHERE agent_id = %s AND NOT deleted", (agent_id,)
-        )
-        return sorted(row[0] for row in rows)
+        return self._query(reads.list_tasks(agent_id))
 
     def scan_records(self, kind: Kind, after: str | None = None, limit: int = 500) -> list[Record]:
         rows = self._fetch(

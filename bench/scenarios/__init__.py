@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .checkpointers import checkpointers
 from .context import Context, Scenario
 from .cosmos import cosmos
 from .e2e import buffered, unbuffered
@@ -27,6 +28,10 @@ SCENARIOS: dict[str, Scenario] = {
     ),
     "sweep": Scenario(sweep, "throughput vs batch size, agentstore and raw (the plot)"),
     "metrics": Scenario(metrics_cost, "drain and durable publish, Prometheus metrics on vs off"),
+    "langgraph": Scenario(
+        checkpointers,
+        "LangGraph supersteps/s and latency: AgentStoreSaver vs AsyncPostgresSaver, in-memory",
+    ),
 }
 
 __all__ = ["SCENARIOS", "Context", "Scenario"]

@@ -18,10 +18,11 @@ class Sizes:
     reads: int  # read latency samples
     cosmos: int  # records per Cosmos DB apply
     rounds: int  # the main end-to-end figure and its baseline: best of this many
+    graph_runs: int  # LangGraph runs (10 supersteps each) per checkpointer and concurrency
 
 
-FULL = Sizes(100_000, 20_000, 10_000, 20_000, 5_000, 100_000, 1_000, 400, 2)
-QUICK = Sizes(10_000, 5_000, 2_000, 5_000, 2_000, 30_000, 300, 150, 1)
+FULL = Sizes(100_000, 20_000, 10_000, 20_000, 5_000, 100_000, 1_000, 400, 2, 256)
+QUICK = Sizes(10_000, 5_000, 2_000, 5_000, 2_000, 30_000, 300, 150, 1, 128)
 
 
 def state(i: int) -> dict[str, Any]:

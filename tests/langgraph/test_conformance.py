@@ -18,7 +18,11 @@ def test_conformance_all_base_and_extended_capabilities(
     # The conformance package ships no type information for its decorator.
     @conformance.checkpointer_test(name=f"AgentStoreSaver ({stack.name})")  # type: ignore[untyped-decorator]
     async def factory() -> AsyncIterator[object]:
-        yield stack.saver()
+        saver = stack.saver()
+        try:
+            yield saver
+        finally:
+            await saver.aclose()  # its producer on this event loop
 
     report = asyncio.run(conformance.validate(factory))
     with capsys.disabled():

@@ -1,0 +1,65 @@
+"""The saver's methods as steps, run by a blocking or an asyncio driver: one body per method.
+
+A method body is a generator that yields what it needs done (`Settle`, `Read`, `Publish`)
+and gets each read's result back; it does no I/O itself. `drive` runs it with blocking
+calls (`Producer`, the store), `adrive` with coroutines (`AsyncProducer`, the store on
+reader threads), so sync and async methods share every line of logic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass
+from typing import Any, TypeAlias, TypeVar
+
+from storage.ops import Op
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """Wait for this saver's pending writes to `threads` (None: to every thread)."""
+
+    threads: list[str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """Run `fn` against the store (blocking); the step's result is what it returns."""
+
+    fn: Callable[[], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Publish `op`, a write to `thread_id`, durably, and track it for read-your-writes."""
+
+    thread_id: str
+    op: Op
+
+
+Step: TypeAlias = Settle | Read | Publish
+Steps: TypeAlias = Generator[Step, Any, T]
+
+
+def drive(steps: Steps[T], do: Callable[[Step], Any]) -> T:
+    """Run `steps` to their end, each step by `do`; returns what the body returns."""
+    reply: Any = None
+    while True:
+        try:
+            step = steps.send(reply)
+        except StopIteration as end:
+            return end.value  # type: ignore[no-any-return]
+        reply = do(step)
+
+
+async def adrive(steps: Steps[T], do: Callable[[Step], Awaitable[Any]]) -> T:
+    """`drive`, each step awaited."""
+    reply: Any = None
+    while True:
+        try:
+            step = steps.send(reply)
+        except StopIteration as end:
+            return end.value  # type: ignore[no-any-return]
+        reply = await do(step)

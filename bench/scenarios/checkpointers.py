@@ -1,0 +1,228 @@
+"""LangGraph checkpointers under concurrent graphs: AgentStoreSaver (workers on this box) vs
+LangGraph's AsyncPostgresSaver on the same PostgreSQL (one connection, and a pool: the
+better is the baseline) vs InMemorySaver (the ceiling), durability "sync"."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
+from langgraph.graph import END, START, StateGraph
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from agentstore_langgraph import AgentStoreSaver
+from storage import PostgreSQLClient
+from storage.config import load_settings
+
+from ..report import Figure
+from ..services import WorkerBox, database
+from .context import Context
+from .drain import worker_env
+from .workload import percentile
+
+CONCURRENCY = (1, 16, 64)
+SUPERSTEPS = 10
+POOL_SIZE = 16
+READ_SAMPLES = 300
+
+
+class State(TypedDict):
+    count: int
+    notes: str
+
+
+def build(saver: BaseCheckpointSaver[Any]) -> Any:
+    """Two nodes in a loop, each superstep one node: 10 supersteps a run."""
+
+    def step(state: State) -> dict[str, Any]:
+        return {"count": state["count"] + 1, "notes": f"step {state['count']} " + "x" * 200}
+
+    builder = StateGraph(State)
+    builder.add_node("a", step)
+    builder.add_node("b", step)
+    builder.add_edge(START, "a")
+    builder.add_edge("a", "b")
+    builder.add_conditional_edges("b", lambda s: "a" if s["count"] < SUPERSTEPS else END)
+    return builder.compile(checkpointer=saver)
+
+
+@dataclass
+class Measured:
+    supersteps_per_s: float
+    p50_ms: float
+    p99_ms: float
+    read_p50_ms: float | None = None  # aget_tuple of a finished thread
+
+
+async def run_graphs(saver: BaseCheckpointSaver[Any], n: int, runs: int, tag: str) -> Measured:
+    """`n` tasks, each running its share of `runs` graphs one after another, each on its own
+    thread; a superstep's latency is the time between two of its run's streamed updates."""
+    graph = build(saver)
+    latencies: list[float] = []
+
+    async def task(t: int) -> None:
+        for r in range(max(1, runs // n)):
+            config = {"configurable": {"thread_id": f"{tag}-{t}-{r}"}}
+            last = time.perf_counter()
+            async for _ in graph.astream(
+                {"count": 0, "notes": ""}, config, durability="sync", stream_mode="updates"
+            ):
+                now = time.perf_counter()
+                latencies.append(now - last)
+                last = now
+
+    started = time.perf_counter()
+    await asyncio.gather(*(task(t) for t in range(n)))
+    elapsed = time.perf_counter() - started
+    assert len(latencies) == n * max(1, runs // n) * SUPERSTEPS, len(latencies)
+    return Measured(
+        len(latencies) / elapsed,
+        statistics.median(latencies) * 1000,
+        percentile(latencies, 99) * 1000,
+    )
+
+
+async def read_latency(saver: BaseCheckpointSaver[Any], threads: list[str]) -> float:
+    """p50 of `aget_tuple` for the latest checkpoint of finished threads, in ms."""
+    configs = [{"configurable": {"thread_id": t}} for t in threads]
+    for config in configs:  # AgentStoreSaver: its own writes applied first (not timed)
+        assert await saver.aget_tuple(config) is not None  # type: ignore[arg-type]
+    samples = []
+    for i in range(READ_SAMPLES):
+        started = time.perf_counter()
+        await saver.aget_tuple(configs[i % len(configs)])  # type: ignore[arg-type]
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples) * 1000
+
+
+async def measure(
+    make: Callable[[], contextlib.AbstractAsyncContextManager[BaseCheckpointSaver[Any]]],
+    runs: int,
+) -> dict[int, Measured]:
+    found = {}
+    async with make() as saver:
+        await run_graphs(saver, 4, 8, "warm")  # connections, prepared statements, the script
+        for n in CONCURRENCY:
+            found[n] = await run_graphs(saver, n, runs, f"n{n}")
+        found[CONCURRENCY[-1]].read_p50_ms = await read_latency(
+            saver, [f"n{CONCURRENCY[-1]}-{t}-0" for t in range(CONCURRENCY[-1])]
+        )
+    return found
+
+
+@contextlib.asynccontextmanager
+async def in_memory() -> AsyncIterator[BaseCheckpointSaver[Any]]:
+    yield InMemorySaver()
+
+
+def postgres_saver(
+    url: str, pooled: bool
+) -> Callable[[], contextlib.AbstractAsyncContextManager[BaseCheckpointSaver[Any]]]:
+    @contextlib.asynccontextmanager
+    async def make() -> AsyncIterator[BaseCheckpointSaver[Any]]:
+        if not pooled:
+            async with AsyncPostgresSaver.from_conn_string(url) as saver:
+                await saver.setup()
+                yield saver
+            return
+        # The settings LangGraph's documentation gives for a pool.
+        kwargs = {"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row}
+        async with AsyncConnectionPool(url, max_size=POOL_SIZE, kwargs=kwargs) as pool:
+            saver = AsyncPostgresSaver(pool)  # type: ignore[arg-type]
+            await saver.setup()
+            yield saver
+
+    return make
+
+
+def agentstore_saver(
+    broker: str, url: str
+) -> Callable[[], contextlib.AbstractAsyncContextManager[BaseCheckpointSaver[Any]]]:
+    @contextlib.asynccontextmanager
+    async def make() -> AsyncIterator[BaseCheckpointSaver[Any]]:
+        settings = load_settings(celery_broker_url=broker, postgres_connection_string=url)
+        async with AgentStoreSaver(settings) as saver:
+            yield saver
+
+    return make
+
+
+def compare(broker: str, admin: str, runs: int) -> dict[str, dict[int, Measured]]:
+    found: dict[str, dict[int, Measured]] = {}
+    found["InMemorySaver"] = asyncio.run(measure(in_memory, runs))
+    for pooled in (False, True):
+        name = f"AsyncPostgresSaver, {'pool of 16' if pooled else 'one connection'}"
+        with database(admin, "agentstore_lg") as url:
+            found[name] = asyncio.run(measure(postgres_saver(url, pooled), runs))
+    with database(admin, "agentstore_lg") as url:
+        PostgreSQLClient(postgres_connection_string=url).close()  # schema before the clock
+        with WorkerBox("worker", worker_env(broker, url)) as box:
+            box.wait_ready()
+            found["AgentStoreSaver"] = asyncio.run(measure(agentstore_saver(broker, url), runs))
+    return found
+
+
+def checkpointers(ctx: Context) -> None:
+    n = CONCURRENCY[-1]
+    ctx.step(f"langgraph: 2-node loop of {SUPERSTEPS} supersteps, {CONCURRENCY} concurrent runs")
+    found = compare(ctx.broker, ctx.admin, ctx.sizes.graph_runs)
+    ctx.results.raw["langgraph"] = {
+        name: {str(k): vars(m) for k, m in by_n.items()} for name, by_n in found.items()
+    }
+    ours = found["AgentStoreSaver"][n]
+    base_name, base = max(
+        ((k, v[n]) for k, v in found.items() if k.startswith("AsyncPostgresSaver")),
+        key=lambda kv: kv[1].supersteps_per_s,
+    )
+    ceiling = found["InMemorySaver"][n].supersteps_per_s
+    rate = ours.supersteps_per_s / base.supersteps_per_s
+    p50 = ours.p50_ms / base.p50_ms
+    assert ours.read_p50_ms is not None and base.read_p50_ms is not None
+    read = ours.read_p50_ms / base.read_p50_ms
+    figures = ctx.results.figures
+    figures.append(
+        Figure(
+            f"LangGraph supersteps/s, {n} concurrent runs, durability sync",
+            ours.supersteps_per_s,
+            "supersteps/s",
+            base.supersteps_per_s,
+            base_name,
+            rate,
+            ">= 2x",
+            rate >= 2,
+            {"in_memory_ceiling": ceiling, "p99_ms": ours.p99_ms, "base_p99_ms": base.p99_ms},
+        )
+    )
+    figures.append(
+        Figure(
+            f"LangGraph superstep latency p50, {n} concurrent runs",
+            ours.p50_ms,
+            "ms",
+            base.p50_ms,
+            base_name,
+            p50,
+            "<= 0.5x",
+            p50 <= 0.5,
+        )
+    )
+    figures.append(
+        Figure(
+            "LangGraph aget_tuple p50, latest checkpoint",
+            ours.read_p50_ms,
+            "ms",
+            base.read_p50_ms,
+            base_name,
+            read,
+            "<= 1.3x",
+            read <= 1.3,
+        )
+    )
