@@ -15,7 +15,7 @@ import builtins
 import hashlib
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal, cast
 
 import redis
@@ -104,17 +104,24 @@ def settle(
     message_ids: Iterable[str],
     dead: Iterable[tuple[str, str, float]] = (),
     *,
-    applied: int = 0,
+    applied: Mapping[str, int] | None = None,
     confirm_ttl_s: float = 600.0,
-) -> None:
+) -> set[str]:
     """Mark messages done (never republished, confirmed for `wait()`), store their dead
-    letters `(key, record JSON, failure time)` and count `applied` ops: one round trip."""
+    letters `(key, record JSON, failure time)` and count `applied` ops (per message id):
+    one round trip. Returns the ids this call settled first (still pending, or never
+    confirmed): a redelivered copy of a message settled before is not among them, and its
+    ops are not counted again."""
     mids = builtins.list(dict.fromkeys(message_ids))
-    args: builtins.list[str | float | int] = [len(mids), time.time(), confirm_ttl_s, applied]
+    counts = applied or {}
+    args: builtins.list[str | float | int] = [len(mids), time.time(), confirm_ttl_s]
     args += mids
+    args += [counts.get(mid, 0) for mid in mids]
     for key, record, when in dead:
         args += (key, record, when)
-    client.register_script(_SETTLE)(keys=_SETTLE_KEYS, args=args)
+    flags = client.register_script(_SETTLE)(keys=_SETTLE_KEYS, args=args)
+    flags = flags.decode() if isinstance(flags, bytes) else str(flags)
+    return {mid for mid, flag in zip(mids, flags, strict=True) if flag == "1"}
 
 
 class DeadLetters:

@@ -3,11 +3,18 @@
 -- has written may go on writing past `maxmemory` (scripts without flags, Redis 6 to 8): a
 -- Redis full of queued messages under `noeviction` must still let workers drain it.
 -- KEYS: pending, messages, out_since, dlq, dlq index, done, applied.
--- ARGV: n, now, confirm ttl, applied ops, n message ids, then key, record, time per letter.
+-- ARGV: n, now, confirm ttl, n message ids, their n op counts, then key, record, time per
+-- letter. Returns one character per message id: "1" if this is its first settle (it was
+-- still pending, or was never confirmed), else "0" (settled before: a redelivered copy).
+-- Its op count is added to `applied` only on its first settle, so no op is counted twice.
 local n = tonumber(ARGV[1])
 local now = tonumber(ARGV[2])
-for i = 5, 4 + n, 500 do
-  local ids = {unpack(ARGV, i, math.min(i + 499, 4 + n))}
+local first = {}
+local applied = 0
+for i = 4, 3 + n, 500 do
+  local ids = {unpack(ARGV, i, math.min(i + 499, 3 + n))}
+  local pending = redis.call('ZMSCORE', KEYS[1], unpack(ids))
+  local done = redis.call('ZMSCORE', KEYS[6], unpack(ids))
   redis.call('ZREM', KEYS[1], unpack(ids))
   redis.call('HDEL', KEYS[2], unpack(ids))
   redis.call('HDEL', KEYS[3], unpack(ids))
@@ -15,17 +22,23 @@ for i = 5, 4 + n, 500 do
   for j = 1, #ids do
     scored[2 * j - 1] = now
     scored[2 * j] = ids[j]
+    if pending[j] or not done[j] then
+      first[#first + 1] = '1'
+      applied = applied + tonumber(ARGV[i + n + j - 1])
+    else
+      first[#first + 1] = '0'
+    end
   end
   redis.call('ZADD', KEYS[6], unpack(scored))
 end
-for i = 5 + n, #ARGV, 3 do
+for i = 4 + 2 * n, #ARGV, 3 do
   redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
   redis.call('ZADD', KEYS[5], ARGV[i + 2], ARGV[i])
 end
 if n > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - tonumber(ARGV[3]))
 end
-if tonumber(ARGV[4]) > 0 then
-  redis.call('INCRBY', KEYS[7], ARGV[4])
+if applied > 0 then
+  redis.call('INCRBY', KEYS[7], applied)
 end
-return n
+return table.concat(first)

@@ -41,6 +41,7 @@ from .postgres_sql import (
     prune_count,
     prune_delete,
     prune_statements,
+    stored_versions_sql,
 )
 from .records import (
     KIND_SPECS,
@@ -265,6 +266,22 @@ class PostgreSQLClient(StorageBackend):
                     raise
 
         return self._run(action)
+
+    def stored_versions(self, items: Sequence[Record | Tombstone]) -> Written:
+        ids: dict[Kind, list[str]] = {}
+        buried: list[Tombstone] = []
+        for item in items:
+            if isinstance(item, Tombstone):
+                buried.append(item)
+            else:
+                ids.setdefault(item.kind, []).append(item.row_id)
+        if not items:
+            return {}
+        params: list[Any] = list(ids.values())
+        if buried:
+            params += [[t.scope for t in buried], [t.key for t in buried]]
+        rows = self._fetch(stored_versions_sql(list(ids), bool(buried)), tuple(params))
+        return {(kind, rid): version for kind, rid, version in rows}
 
     def _one(self, sql: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
         rows = self._fetch(sql, params)

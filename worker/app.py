@@ -240,8 +240,8 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
                 self._dlq_redis = connect(BROKER_URL, 10.0)
             now = time.time()
             key, record = deadletters.message_record(raw, reason, mid, now)
-            deadletters.settle(self._dlq_redis, [mid] if mid else [], [(key, record, now)])
-            metrics.DEAD_LETTERS.labels("malformed").inc()
+            first = deadletters.settle(self._dlq_redis, [mid] if mid else [], [(key, record, now)])
+            metrics.dead_lettered([(mid, "malformed")], first)
             log.error("dead-lettered message %s: %s", key, reason, extra={"message_id": key})
         except Exception:
             log.exception("could not dead-letter a refused message")

@@ -6,6 +6,7 @@ import json
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +68,10 @@ class Batch:
     # (key, record JSON, failure time): refused messages and ops that could not be applied.
     dead: list[tuple[str, str, float]] = field(default_factory=list)
     failed_ops: int = 0  # of `ops`, dead-lettered instead of applied
+    # What the store reported for each committed part, counted once the batch is settled.
+    committed: list[metrics.Committed] = field(default_factory=list)
+    # (message id or None, reason) of each dead letter, counted once the batch is settled.
+    dead_reasons: list[tuple[str | None, str]] = field(default_factory=list)
     # op id -> the trace context its save sent (`broker.tracing`), for ops that have one.
     traces: dict[str, tracing.Carrier] = field(default_factory=dict)
     # The store could not be reached within the retry budget: nothing is confirmed, and the
@@ -231,7 +236,7 @@ class BatchApplier:
                     exc,
                     extra={"op_id": key, "message_id": mid},
                 )
-                metrics.DEAD_LETTERS.labels("invalid").inc()
+                batch.dead_reasons.append((mid, "invalid"))
                 batch.dead.append((key, record, now))
                 continue
             batch.ops.append((parsed, mid))
@@ -242,7 +247,7 @@ class BatchApplier:
         now = time.time()
         key, record = deadletters.message_record(raw, exc.reason, exc.message_id, now)
         log.error("dead-lettered message %s: %s", key, exc.reason, extra={"message_id": key})
-        metrics.DEAD_LETTERS.labels("malformed").inc()
+        batch.dead_reasons.append((exc.message_id, "malformed"))
         batch.dead.append((key, record, now))
         if exc.message_id is not None and exc.message_id not in batch.message_ids:
             batch.message_ids.append(exc.message_id)
@@ -280,7 +285,7 @@ class BatchApplier:
         for attempt in range(1, s.retry_tries + 1):
             part.attempts += 1
             try:
-                changed = self.store().commit(ops)
+                outcomes = self.store().commit(ops)
             except TRANSIENT as exc:
                 metrics.STORE_ERRORS.labels(self.backend, type(exc).__name__).inc()
                 error = f"{type(exc).__name__}: {exc}"
@@ -308,8 +313,9 @@ class BatchApplier:
                 part.first_failure = part.first_failure or time.time()
                 return f"{type(exc).__name__}: {exc}", False
             else:
-                # Counted here, by the process that committed, once: see worker.metrics.
-                metrics.committed(part.ops, changed, batch.published, self.backend)
+                # Counted once settled, if this settle is the message's first: see
+                # worker.metrics.
+                batch.committed.append((part.ops, outcomes, time.time()))
                 return None, False
         raise AssertionError("unreachable")
 
@@ -317,8 +323,9 @@ class BatchApplier:
         now = time.time()
         first = part.first_failure or now
         batch.failed_ops += len(part.ops)
-        metrics.DEAD_LETTERS.labels("transient" if transient else "permanent").inc(len(part.ops))
+        reason = "transient" if transient else "permanent"
         for op, mid in part.ops:
+            batch.dead_reasons.append((mid, reason))
             key, record = deadletters.op_record(
                 op.model_dump(mode="json"),
                 error,
@@ -341,17 +348,21 @@ class BatchApplier:
         )
 
     def _confirm(self, batch: Batch) -> None:
-        """Record dead letters and mark the messages done, atomically, retrying a while."""
+        """Record dead letters and mark the messages done, atomically, retrying a while;
+        then count what the messages this settle was the first for hold."""
         started = time.monotonic()
+        applied = Counter(mid for ops, _, _ in batch.committed for _, mid in ops)
         for attempt in range(1, 100):
             try:
-                deadletters.settle(
+                first = deadletters.settle(
                     self._redis,
                     batch.message_ids,
                     batch.dead,
-                    applied=len(batch.ops) - batch.failed_ops,
+                    applied=applied,
                     confirm_ttl_s=self._settings.confirm_ttl_s,
                 )
+                metrics.settled(batch.committed, first, batch.published, self.backend)
+                metrics.dead_lettered(batch.dead_reasons, first)
                 return
             except TRANSIENT as exc:
                 if time.monotonic() - started > self._settings.retry_max_s:

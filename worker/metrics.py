@@ -3,10 +3,19 @@
 Pool children count what they do in prometheus-client's multiprocess files (see
 `worker.multiproc`); the main process sums every process's files at each scrape, so the
 numbers are the worker's. A child killed by SIGKILL leaves its counters' file behind, so
-nothing it counted is lost; it is counted once because ops are counted only when the store
-reports them written (`StorageBackend.commit`): an op applied again after a redelivery has
-lost on version and counts as stale. (A child killed between the database's commit and
-its count leaves those ops uncounted: redelivered, they count as stale.)
+nothing it counted is lost.
+
+Each message's ops are counted once, by the process whose settle (`broker/settle.lua`) was
+the first for that message, right after that settle answers: ops the store wrote ("new")
+or already held at their own version ("held": applied by a process killed before it
+settled) count as applied, ops whose version lost as stale (`StorageBackend.commit`). A
+redelivered copy of a message settled before counts nothing. So a child killed anywhere
+before its settle leaves the counting to the redelivery, and the only window left is
+between the settle's reply and the in-memory counter increments that follow it (no I/O):
+a child killed there, or a settle whose reply is lost, leaves its messages' ops uncounted.
+Two approximations remain: a store keeps no op id per row, so another op of exactly the
+same version (only if the caller picks versions) counts as "held"; and a redelivered op
+whose row a newer save overwrote meanwhile counts as stale.
 """
 
 from __future__ import annotations
@@ -15,8 +24,7 @@ import bisect
 import logging
 import os
 import threading
-import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, get_args
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -36,6 +44,7 @@ from prometheus_client.core import Metric
 
 from broker.stats import StatsCollector
 from storage.ops import Op, OpName
+from storage.records import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -165,33 +174,52 @@ KIND_OF: dict[str, str] = {
 }
 
 
-def committed(
-    ops: Sequence[tuple[Op, str]],
-    changed: Sequence[bool],
+# One committed part of a batch: its ops as (op, message id), what the store reported for
+# each (`StorageBackend.commit`), and when it committed (time.time()).
+Committed = tuple[Sequence[tuple[Op, str]], Sequence[Outcome], float]
+
+
+def settled(
+    parts: Iterable[Committed],
+    first: Container[str],
     published: Mapping[str, float],
     backend: str,
 ) -> None:
-    """Count one committed part of a batch: `ops` as (op, message id), `changed` what the
-    store reported for each, `published` the publish time of their messages."""
-    now = time.time()
+    """Count the committed `parts` of a settled batch: only the ops of the messages in
+    `first` (those this settle was the first for), "new" and "held" as applied, "stale" as
+    stale; `published` holds their messages' publish times."""
     applied: dict[str, int] = {}
     stale: dict[str, int] = {}
     lags: dict[str, list[float]] = {}
-    for (op, mid), wrote in zip(ops, changed, strict=True):
-        kind = KIND_OF[op.op]
-        if not wrote:
-            stale[kind] = stale.get(kind, 0) + 1
-            continue
-        applied[kind] = applied.get(kind, 0) + 1
-        sent = published.get(mid)
-        if sent is not None:  # messages of other publishers carry no publish time
-            lags.setdefault(kind, []).append(max(now - sent, 0.0))
+    for ops, outcomes, when in parts:
+        for (op, mid), outcome in zip(ops, outcomes, strict=True):
+            if mid not in first:
+                continue
+            kind = KIND_OF[op.op]
+            if outcome == "stale":
+                stale[kind] = stale.get(kind, 0) + 1
+                continue
+            applied[kind] = applied.get(kind, 0) + 1
+            sent = published.get(mid)
+            if sent is not None:  # messages of other publishers carry no publish time
+                lags.setdefault(kind, []).append(max(when - sent, 0.0))
     for kind, count in applied.items():
         OPS_APPLIED.labels(kind, backend).inc(count)
     for kind, count in stale.items():
         OPS_STALE.labels(kind).inc(count)
     for kind, values in lags.items():
         observe_all(APPLY_LAG.labels(kind), values)
+
+
+def dead_lettered(letters: Iterable[tuple[str | None, str]], first: Container[str]) -> None:
+    """Count dead letters `(message id or None, reason)`: those of messages in `first`
+    (settled for the first time) and those of messages without an id (never redelivered)."""
+    counts: dict[str, int] = {}
+    for mid, reason in letters:
+        if mid is None or mid in first:
+            counts[reason] = counts.get(reason, 0) + 1
+    for reason, count in counts.items():
+        DEAD_LETTERS.labels(reason).inc(count)
 
 
 def batch_done(ops: int, seconds: float) -> None:

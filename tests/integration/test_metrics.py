@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -30,10 +29,14 @@ from tests.services import unavailable
 SLOW = {"AGENTSTORE_BATCH_MAX": "20", "AGENTSTORE_BATCH_WAIT_MS": "0"}
 
 
+def scrape_text(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
 def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of the worker's /metrics: (name, sorted labels) -> value."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        text = response.read().decode()
+    text = scrape_text(port)
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
@@ -74,6 +77,13 @@ def publish(broker: str, database: str, states: int, messages: int, poison: int)
         publisher.close()
 
 
+def wait_counted(port: int, ops: int) -> None:
+    """Until `ops` ops are counted: a child counts a batch just after settling it, so the
+    last batch's counts may trail the drain by a moment."""
+    name = "agentstore_ops_applied_total"
+    wait_until("every op counted", lambda: total(scrape(port), name) >= ops, 30, 0.05)
+
+
 def children(worker: Worker) -> list[int]:
     path = Path(f"/proc/{worker.proc.pid}/task/{worker.proc.pid}/children")
     return [int(pid) for pid in path.read_text().split()]
@@ -92,6 +102,7 @@ def test_metrics_count_every_op_once(
         wait_until("the drain", lambda: pending(client) == 0, 120)
     finally:
         client.close()
+    wait_counted(port, good)
     samples = scrape(port)
     applied = by_label(samples, "agentstore_ops_applied_total", "kind")
     assert applied == {"state": states, "conversation": messages}
@@ -125,20 +136,34 @@ def test_a_sigkilled_child_is_neither_lost_nor_counted_twice(
                 with suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         wait_until("the drain", lambda: pending(client) == 0, 180)
-        samples = scrape(port)
     finally:
         client.close()
+    wait_until("dead children's gauges dropped", lambda: _processes(port) == 2, 30, 0.2)
+    wait_counted(port, states)
+    text = scrape_text(port)
+    # The scrape of a drain with SIGKILLs in it, for the record (`pytest -s` shows it).
+    print("\n".join(line for line in text.splitlines() if line.startswith(_SHOWN)))
+    samples = scrape(port)
     assert total(samples, "agentstore_reaper_republished_total") > 0
     assert total(samples, "agentstore_dead_letters_total") == poison
-    wait_until("dead children's gauges dropped", lambda: _processes(port) == 2, 30, 0.2)
-    applied = total(samples, "agentstore_ops_applied_total")
-    assert applied <= states, "never counted twice"
-    assert applied + total(samples, "agentstore_ops_stale_total") >= states
-    assert total(samples, "agentstore_apply_lag_seconds_count") == applied
-    if applied != states:
-        # A child killed while its COMMIT was in flight: PostgreSQL committed, the child
-        # never counted, and the redelivered ops lost on version (stale). Not yet closed.
-        pytest.xfail(f"known gap: {states - applied:.0f} ops committed by a killed child uncounted")
+    assert samples[("agentstore_dead_letters", ())] == poison
+    assert samples[("agentstore_queue_depth", ())] == 0
+    # Ops committed by a child killed before its settle are counted by the redelivery
+    # ("held" at their version), once; a redelivered copy of a settled message counts nothing.
+    assert total(samples, "agentstore_ops_applied_total") == states, "none lost, none twice"
+    assert total(samples, "agentstore_ops_stale_total") == 0
+    assert total(samples, "agentstore_apply_lag_seconds_count") == states
+
+
+_SHOWN = (
+    "agentstore_ops_applied_total",
+    "agentstore_ops_stale_total",
+    "agentstore_dead_letters",
+    "agentstore_queue_depth",
+    "agentstore_reaper_republished_total",
+    "agentstore_worker_processes",
+    "agentstore_apply_lag_seconds_count",
+)
 
 
 def _processes(port: int) -> float:

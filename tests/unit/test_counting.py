@@ -1,0 +1,94 @@
+"""Each message's ops are counted once, by the first settle of that message: a process
+killed after the store's commit but before its settle leaves the count to the redelivery,
+and a redelivered copy of a settled message counts nothing (`worker.metrics`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+from prometheus_client import REGISTRY
+
+from broker import keys, wire
+from broker.publisher import Publisher
+from storage.ops import encode_op
+from tests.queued import pop_message
+from tests.unit.flaky import FlakyStore
+from worker.apply import Batch, BatchApplier
+from worker.settings import WorkerSettings
+
+SAVES = 5
+
+
+class Killed(BaseException):
+    """Stands for a SIGKILL: nothing after it runs in that process."""
+
+
+def _applied(backend: str) -> float:
+    return (
+        REGISTRY.get_sample_value(
+            "agentstore_ops_applied_total", {"kind": "state", "backend": backend}
+        )
+        or 0.0
+    )
+
+
+def _stale() -> float:
+    return REGISTRY.get_sample_value("agentstore_ops_stale_total", {"kind": "state"}) or 0.0
+
+
+def _redeliver(client: redis.Redis, messages: list[tuple[str, bytes]]) -> None:
+    """What the reaper (or kombu's restore) does: the same messages back in the queue."""
+    client.rpush(keys.QUEUE, *[raw for _, raw in messages])
+
+
+@pytest.fixture
+def published(rds: redis.Redis) -> Iterator[list[tuple[str, bytes]]]:
+    messages = []
+    for i in range(SAVES):
+        op_id, text = encode_op("save_state", {"agent_id": "a", "state_id": f"s{i}", "state": {}})
+        messages.append((op_id, wire.build_message(op_id, [text])))
+    publisher = Publisher("redis://127.0.0.1:6379/0")  # connects to `rds` (see conftest)
+    publisher.publish(messages)
+    yield messages
+
+
+def _run(applier: BatchApplier, client: redis.Redis) -> Batch:
+    first = pop_message(client)
+    return applier.run(first.id, first.ops)
+
+
+def test_ops_committed_by_a_killed_process_are_counted_by_their_redelivery_once(
+    rds: redis.Redis, published: list[tuple[str, bytes]], request: pytest.FixtureRequest
+) -> None:
+    backend = request.node.name  # a label of this test's own
+    store = FlakyStore()
+    settings = WorkerSettings(batch_wait_ms=0)
+    killed = BatchApplier(lambda: store, rds, settings, sleep=lambda s: None, backend=backend)
+
+    def die(batch: Batch) -> None:
+        raise Killed
+
+    killed._confirm = die  # type: ignore[method-assign]
+    applied, stale = _applied(backend), _stale()
+    with pytest.raises(Killed):
+        _run(killed, rds)
+    ids = [mid for mid, _ in published]
+    assert store.calls == [ids], "the store committed every save"
+    assert _applied(backend) == applied, "nothing counted before the settle"
+    assert rds.zcard(keys.PENDING_KEY) == SAVES
+
+    survivor = BatchApplier(lambda: store, rds, settings, sleep=lambda s: None, backend=backend)
+    _redeliver(rds, published)
+    _run(survivor, rds)
+    assert rds.zcard(keys.PENDING_KEY) == 0
+    assert _applied(backend) == applied + SAVES, "held at their version: applied, once"
+    assert _stale() == stale
+    assert int(rds.get(keys.APPLIED_KEY) or 0) == SAVES
+
+    _redeliver(rds, published)  # a copy of messages settled before
+    _run(survivor, rds)
+    assert _applied(backend) == applied + SAVES, "a redelivered settled message counts nothing"
+    assert _stale() == stale
+    assert int(rds.get(keys.APPLIED_KEY) or 0) == SAVES
