@@ -16,47 +16,17 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import redis
-from prometheus_client.parser import text_string_to_metric_families
 
 from agentstore_cli.launch import CeleryWorker as Worker
 from agentstore_cli.launch import free_port
 from broker import wire
 from broker.publisher import Publisher
 from tests.integration.helpers import pending, pending_at_most, producer, wait_until
+from tests.integration.scrape import by_label, scrape, scrape_text, total, wait_counted
 from tests.plugin import WorkerFactory
 from tests.services import unavailable
 
 SLOW = {"AGENTSTORE_BATCH_MAX": "20", "AGENTSTORE_BATCH_WAIT_MS": "0"}
-
-
-def scrape_text(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-        return str(response.read().decode())
-
-
-def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of the worker's /metrics: (name, sorted labels) -> value."""
-    text = scrape_text(port)
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def total(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str) -> float:
-    return sum(v for (n, _), v in samples.items() if n == name)
-
-
-def by_label(
-    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, label: str
-) -> dict[str, float]:
-    found: dict[str, float] = {}
-    for (n, labels), v in samples.items():
-        if n == name:
-            key = dict(labels)[label]
-            found[key] = found.get(key, 0.0) + v
-    return found
 
 
 def publish(broker: str, database: str, states: int, messages: int, poison: int) -> None:
@@ -75,13 +45,6 @@ def publish(broker: str, database: str, states: int, messages: int, poison: int)
             publisher.publish([(mid, wire.build_message(mid, [bad]))])
     finally:
         publisher.close()
-
-
-def wait_counted(port: int, ops: int) -> None:
-    """Until `ops` ops are counted: a child counts a batch just after settling it, so the
-    last batch's counts may trail the drain by a moment."""
-    name = "agentstore_ops_applied_total"
-    wait_until("every op counted", lambda: total(scrape(port), name) >= ops, 30, 0.05)
 
 
 def children(worker: Worker) -> list[int]:
