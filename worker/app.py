@@ -241,7 +241,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
             now = time.time()
             key, record = deadletters.message_record(raw, reason, mid, now)
             first = deadletters.settle(self._dlq_redis, [mid] if mid else [], [(key, record, now)])
-            metrics.dead_lettered([(mid, "malformed")], first)
+            metrics.dead_lettered(mid, "malformed", first)
             log.error("dead-lettered message %s: %s", key, reason, extra={"message_id": key})
         except Exception:
             log.exception("could not dead-letter a refused message")

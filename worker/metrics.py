@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -92,12 +93,21 @@ def observe_all(histogram: Histogram, values: Iterable[float]) -> None:
     thousands of lags cost one bisect each instead of thousands of locked (in multiprocess
     mode, file-backed) updates. Relies on prometheus-client's `_upper_bounds`, `_buckets`
     and `_sum` (checked by tests/unit/test_metrics.py)."""
-    bounds: list[float] = histogram._upper_bounds
+    _observe_bucketed(histogram, _bucketed(histogram._upper_bounds, values))
+
+
+def _bucketed(bounds: list[float], values: Iterable[float]) -> tuple[list[int], float]:
+    """How many of `values` fall in each bucket of `bounds`, and their sum."""
     counts = [0] * len(bounds)
     total = 0.0
     for value in values:
         counts[bisect.bisect_left(bounds, value)] += 1
         total += value
+    return counts, total
+
+
+def _observe_bucketed(histogram: Histogram, bucketed: tuple[list[int], float]) -> None:
+    counts, total = bucketed
     for bucket, count in zip(histogram._buckets, counts, strict=True):
         if count:
             bucket.inc(count)
@@ -179,46 +189,66 @@ KIND_OF: dict[str, str] = {
 Committed = tuple[Sequence[tuple[Op, str]], Sequence[Outcome], float]
 
 
-def settled(
+@dataclass(slots=True)
+class Tally:
+    """What a settled batch adds to the counters, worked out before its settle, so that
+    little but the increments themselves runs after the settle's reply."""
+
+    applied: dict[str, int] = field(default_factory=dict)  # per kind
+    stale: dict[str, int] = field(default_factory=dict)  # per kind
+    lags: dict[str, tuple[list[int], float]] = field(default_factory=dict)  # kind -> buckets
+    dead: dict[str, int] = field(default_factory=dict)  # per reason
+
+
+def tally(
     parts: Iterable[Committed],
-    first: Container[str],
     published: Mapping[str, float],
-    backend: str,
-) -> None:
-    """Count the committed `parts` of a settled batch: only the ops of the messages in
-    `first` (those this settle was the first for), "new" and "held" as applied, "stale" as
-    stale; `published` holds their messages' publish times."""
-    applied: dict[str, int] = {}
-    stale: dict[str, int] = {}
+    letters: Iterable[tuple[str | None, str]],
+    first: Container[str] | None = None,
+) -> Tally:
+    """What to count of a batch: of its committed `parts`, "new" and "held" ops as applied
+    and "stale" ones as stale, with their lags from `published` (their messages' publish
+    times); its dead `letters` (message id or None, reason) by reason. With `first`, only
+    what belongs to those messages (the ones this settle was the first for), and letters
+    of messages without an id (never redelivered)."""
+    counts = Tally()
     lags: dict[str, list[float]] = {}
     for ops, outcomes, when in parts:
         for (op, mid), outcome in zip(ops, outcomes, strict=True):
-            if mid not in first:
+            if first is not None and mid not in first:
                 continue
             kind = KIND_OF[op.op]
             if outcome == "stale":
-                stale[kind] = stale.get(kind, 0) + 1
+                counts.stale[kind] = counts.stale.get(kind, 0) + 1
                 continue
-            applied[kind] = applied.get(kind, 0) + 1
+            counts.applied[kind] = counts.applied.get(kind, 0) + 1
             sent = published.get(mid)
             if sent is not None:  # messages of other publishers carry no publish time
                 lags.setdefault(kind, []).append(max(when - sent, 0.0))
-    for kind, count in applied.items():
+    counts.lags = {kind: _bucketed(_LAG_BOUNDS, values) for kind, values in lags.items()}
+    for letter_of, reason in letters:
+        if first is None or letter_of is None or letter_of in first:
+            counts.dead[reason] = counts.dead.get(reason, 0) + 1
+    return counts
+
+
+_LAG_BOUNDS: list[float] = APPLY_LAG._upper_bounds
+
+
+def dead_lettered(mid: str | None, reason: str, first: Container[str]) -> None:
+    """Count one dead letter of message `mid` (None: no id), settled with `first`."""
+    add(tally((), {}, [(mid, reason)], first), "")
+
+
+def add(counts: Tally, backend: str) -> None:
+    """Add a `tally` to the counters; `backend` names the store."""
+    for kind, count in counts.applied.items():
         OPS_APPLIED.labels(kind, backend).inc(count)
-    for kind, count in stale.items():
+    for kind, count in counts.stale.items():
         OPS_STALE.labels(kind).inc(count)
-    for kind, values in lags.items():
-        observe_all(APPLY_LAG.labels(kind), values)
-
-
-def dead_lettered(letters: Iterable[tuple[str | None, str]], first: Container[str]) -> None:
-    """Count dead letters `(message id or None, reason)`: those of messages in `first`
-    (settled for the first time) and those of messages without an id (never redelivered)."""
-    counts: dict[str, int] = {}
-    for mid, reason in letters:
-        if mid is None or mid in first:
-            counts[reason] = counts.get(reason, 0) + 1
-    for reason, count in counts.items():
+    for kind, bucketed in counts.lags.items():
+        _observe_bucketed(APPLY_LAG.labels(kind), bucketed)
+    for reason, count in counts.dead.items():
         DEAD_LETTERS.labels(reason).inc(count)
 
 

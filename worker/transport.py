@@ -110,7 +110,7 @@ class Channel(kombu_redis.Channel):
         try:
             with self.conn_or_acquire() as client:
                 first = deadletters.settle(client, [mid] if mid else [], [(key, record, now)])
-            metrics.dead_lettered([(mid, "malformed")], first)
+            metrics.dead_lettered(mid, "malformed", first)
             log.error("dead-lettered queue entry %s: %s", key, reason)
         except redis.RedisError:
             log.exception("could not dead-letter a queue entry (%s)", reason)

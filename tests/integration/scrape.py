@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import time
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
-
-from tests.integration.helpers import wait_until
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -39,8 +38,12 @@ def by_label(samples: Samples, name: str, label: str) -> dict[str, float]:
     return found
 
 
-def wait_counted(port: int, ops: int) -> None:
-    """Until `ops` ops are counted: a child counts a batch just after settling it, so the
-    last batch's counts may trail the drain by a moment."""
-    name = "agentstore_ops_applied_total"
-    wait_until("every op counted", lambda: total(scrape(port), name) >= ops, 30, 0.05)
+def wait_counted(port: int, ops: int, timeout: float = 30) -> float:
+    """Wait (at most `timeout` s) until `ops` ops are counted, and return how many are: a
+    child counts a batch just after settling it, so the last counts may trail the drain."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counted = total(scrape(port), "agentstore_ops_applied_total")
+        if counted >= ops or time.monotonic() > deadline:
+            return counted
+        time.sleep(0.05)
