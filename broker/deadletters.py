@@ -106,20 +106,29 @@ def settle(
     *,
     applied: Mapping[str, int] | None = None,
     confirm_ttl_s: float = 600.0,
+    tally: tuple[str, str, int] | None = None,
 ) -> set[str]:
     """Mark messages done (never republished, confirmed for `wait()`), store their dead
     letters `(key, record JSON, failure time)` and count `applied` ops (per message id):
     one round trip. Returns the ids this call settled first (still pending, or never
     confirmed): a redelivered copy of a message settled before is not among them, and its
-    ops are not counted again."""
+    ops are not counted again. `tally` (list key, text, ttl in s) is appended to that list
+    if this call settles every message first (`worker.tallies`)."""
     mids = builtins.list(dict.fromkeys(message_ids))
     counts = applied or {}
-    args: builtins.list[str | float | int] = [len(mids), time.time(), confirm_ttl_s]
+    tally_key, tally_text, tally_ttl = tally or (keys.TALLIES_PREFIX, "", 0)
+    args: builtins.list[str | float | int] = [
+        len(mids),
+        time.time(),
+        confirm_ttl_s,
+        tally_text,
+        tally_ttl,
+    ]
     args += mids
     args += [counts.get(mid, 0) for mid in mids]
     for key, record, when in dead:
         args += (key, record, when)
-    flags = client.register_script(_SETTLE)(keys=_SETTLE_KEYS, args=args)
+    flags = client.register_script(_SETTLE)(keys=[*_SETTLE_KEYS, tally_key], args=args)
     flags = flags.decode() if isinstance(flags, bytes) else str(flags)
     return {mid for mid, flag in zip(mids, flags, strict=True) if flag == "1"}
 

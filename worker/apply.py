@@ -18,7 +18,7 @@ from storage.base import StorageBackend
 from storage.errors import StoreUnavailableError, TransientStorageError, ValidationError
 from storage.ops import MAX_SAVE_BYTES, Op, parse_op
 
-from . import metrics
+from . import metrics, tallies
 from .lease import Heartbeat
 from .settings import WorkerSettings
 
@@ -69,7 +69,7 @@ class Batch:
     dead: list[tuple[str, str, float]] = field(default_factory=list)
     failed_ops: int = 0  # of `ops`, dead-lettered instead of applied
     # What the store reported for each committed part, counted once the batch is settled.
-    committed: list[metrics.Committed] = field(default_factory=list)
+    committed: list[tallies.Committed] = field(default_factory=list)
     # (message id or None, reason) of each dead letter, counted once the batch is settled.
     dead_reasons: list[tuple[str | None, str]] = field(default_factory=list)
     # op id -> the trace context its save sent (`broker.tracing`), for ops that have one.
@@ -96,7 +96,9 @@ class BatchApplier:
     dies before confirming them, the reaper republishes them from `pending`. While a batch
     runs, `heartbeat` (if given) keeps the reaper off its messages. `store()` gives the
     store, opening it if need be; it may raise `StoreUnavailableError`, which is retried.
-    `backend` names the store in metrics.
+    `backend` names the store in metrics; `tally_list`, if given, is the Redis list the
+    settle appends the batch's counts to, for the main process (`worker.tallies`), instead
+    of this process counting them.
     """
 
     def __init__(
@@ -108,9 +110,11 @@ class BatchApplier:
         sleep: Callable[[float], None] = time.sleep,
         heartbeat: Heartbeat | None = None,
         backend: str = "unknown",
+        tally_list: str | None = None,
     ) -> None:
         self.store = store
         self.backend = backend
+        self._tally_list = tally_list
         self._redis = client
         self._settings = settings
         self._sleep = sleep
@@ -352,9 +356,10 @@ class BatchApplier:
         then count what the messages this settle was the first for hold."""
         started = time.monotonic()
         applied = Counter(mid for ops, _, _ in batch.committed for _, mid in ops)
-        # Worked out before the settle: after its reply, a process killed before counting
-        # leaves its messages' ops uncounted (see worker.metrics), so that stays short.
-        counts = metrics.tally(batch.committed, batch.published, batch.dead_reasons)
+        counts = tallies.tally(self.backend, batch.committed, batch.published, batch.dead_reasons)
+        pushed = None
+        if self._tally_list is not None and counts:
+            pushed = (self._tally_list, counts.to_json(), tallies.LIST_TTL_S)
         messages = len(set(batch.message_ids))
         for attempt in range(1, 100):
             try:
@@ -364,12 +369,21 @@ class BatchApplier:
                     batch.dead,
                     applied=applied,
                     confirm_ttl_s=self._settings.confirm_ttl_s,
+                    tally=pushed,
                 )
                 if len(first) != messages:  # some were settled before: count the others
-                    counts = metrics.tally(
-                        batch.committed, batch.published, batch.dead_reasons, first
+                    counts = tallies.tally(
+                        self.backend,
+                        batch.committed,
+                        batch.published,
+                        batch.dead_reasons,
+                        first,
                     )
-                metrics.add(counts, self.backend)
+                elif pushed is not None:
+                    return  # the settle handed the counts to the main process
+                # Counted here, after the settle: a process killed in between leaves these
+                # uncounted (worker.tallies).
+                tallies.add(counts)
                 return
             except TRANSIENT as exc:
                 if time.monotonic() - started > self._settings.retry_max_s:

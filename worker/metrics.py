@@ -5,17 +5,17 @@ Pool children count what they do in prometheus-client's multiprocess files (see
 numbers are the worker's. A child killed by SIGKILL leaves its counters' file behind, so
 nothing it counted is lost.
 
-Each message's ops are counted once, by the process whose settle (`broker/settle.lua`) was
-the first for that message, right after that settle answers: ops the store wrote ("new")
-or already held at their own version ("held": applied by a process killed before it
-settled) count as applied, ops whose version lost as stale (`StorageBackend.commit`). A
-redelivered copy of a message settled before counts nothing. So a child killed anywhere
-before its settle leaves the counting to the redelivery, and the only window left is
-between the settle's reply and the in-memory counter increments that follow it (no I/O):
-a child killed there, or a settle whose reply is lost, leaves its messages' ops uncounted.
-Two approximations remain: a store keeps no op id per row, so another op of exactly the
-same version (only if the caller picks versions) counts as "held"; and a redelivered op
-whose row a newer save overwrote meanwhile counts as stale.
+Ops, their lags and dead letters are counted once per message, at the settle that was the
+first for that message (`worker.tallies`): ops the store wrote ("new") or already held at
+their own version ("held": applied by a process killed before it settled) count as applied,
+ops whose version lost as stale (`StorageBackend.commit`); a redelivered copy of a message
+settled before counts nothing. With metrics on, the settle itself hands the batch's counts
+to the main process through Redis, atomically, so a child killed before, during or after
+its settle loses none and doubles none. Left: a batch of which some messages were settled
+before is counted by its child after the settle (a kill between the reply and those
+in-memory increments, no I/O, leaves them uncounted); a store keeps no op id per row, so
+another op of exactly the same version (only if the caller picks versions) counts as
+"held"; and a redelivered op whose row a newer save overwrote meanwhile counts as stale.
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ import bisect
 import logging
 import os
 import threading
-from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import redis
@@ -42,10 +41,9 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
 from broker.stats import StatsCollector
-from storage.ops import Op, OpName
-from storage.records import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +91,10 @@ def observe_all(histogram: Histogram, values: Iterable[float]) -> None:
     thousands of lags cost one bisect each instead of thousands of locked (in multiprocess
     mode, file-backed) updates. Relies on prometheus-client's `_upper_bounds`, `_buckets`
     and `_sum` (checked by tests/unit/test_metrics.py)."""
-    _observe_bucketed(histogram, _bucketed(histogram._upper_bounds, values))
+    observe_bucketed(histogram, bucketed(histogram._upper_bounds, values))
 
 
-def _bucketed(bounds: list[float], values: Iterable[float]) -> tuple[list[int], float]:
+def bucketed(bounds: list[float], values: Iterable[float]) -> tuple[list[int], float]:
     """How many of `values` fall in each bucket of `bounds`, and their sum."""
     counts = [0] * len(bounds)
     total = 0.0
@@ -106,8 +104,9 @@ def _bucketed(bounds: list[float], values: Iterable[float]) -> tuple[list[int], 
     return counts, total
 
 
-def _observe_bucketed(histogram: Histogram, bucketed: tuple[list[int], float]) -> None:
-    counts, total = bucketed
+def observe_bucketed(histogram: Histogram, counted: tuple[list[int], float]) -> None:
+    """Add `bucketed`'s counts and sum to `histogram`."""
+    counts, total = counted
     for bucket, count in zip(histogram._buckets, counts, strict=True):
         if count:
             bucket.inc(count)
@@ -139,10 +138,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def worker_registry(broker: redis.Redis) -> CollectorRegistry:
+def worker_registry(broker: redis.Redis, before: Iterable[Collector] = ()) -> CollectorRegistry:
     """Every process's metrics summed, the broker's gauges, and the main process's own
-    `process_*` metrics."""
+    `process_*` metrics; `before` are collected first, at each scrape."""
     registry = CollectorRegistry()
+    for collector in before:
+        registry.register(collector)
     _LiveFiles(registry, os.environ["PROMETHEUS_MULTIPROC_DIR"])
     registry.register(StatsCollector(broker))
     ProcessCollector(registry=registry)
@@ -176,80 +177,6 @@ def serve(registry: CollectorRegistry, port: int, host: str = "0.0.0.0") -> WSGI
     os.register_at_fork(after_in_child=server.socket.close)
     threading.Thread(target=server.serve_forever, name="agentstore-metrics", daemon=True).start()
     return server
-
-
-# The `kind` label of each op name: what it saves or deletes ("agent" for erase_agent).
-KIND_OF: dict[str, str] = {
-    name: name.split("_", 1)[1].removesuffix("s") for name in get_args(OpName)
-}
-
-
-# One committed part of a batch: its ops as (op, message id), what the store reported for
-# each (`StorageBackend.commit`), and when it committed (time.time()).
-Committed = tuple[Sequence[tuple[Op, str]], Sequence[Outcome], float]
-
-
-@dataclass(slots=True)
-class Tally:
-    """What a settled batch adds to the counters, worked out before its settle, so that
-    little but the increments themselves runs after the settle's reply."""
-
-    applied: dict[str, int] = field(default_factory=dict)  # per kind
-    stale: dict[str, int] = field(default_factory=dict)  # per kind
-    lags: dict[str, tuple[list[int], float]] = field(default_factory=dict)  # kind -> buckets
-    dead: dict[str, int] = field(default_factory=dict)  # per reason
-
-
-def tally(
-    parts: Iterable[Committed],
-    published: Mapping[str, float],
-    letters: Iterable[tuple[str | None, str]],
-    first: Container[str] | None = None,
-) -> Tally:
-    """What to count of a batch: of its committed `parts`, "new" and "held" ops as applied
-    and "stale" ones as stale, with their lags from `published` (their messages' publish
-    times); its dead `letters` (message id or None, reason) by reason. With `first`, only
-    what belongs to those messages (the ones this settle was the first for), and letters
-    of messages without an id (never redelivered)."""
-    counts = Tally()
-    lags: dict[str, list[float]] = {}
-    for ops, outcomes, when in parts:
-        for (op, mid), outcome in zip(ops, outcomes, strict=True):
-            if first is not None and mid not in first:
-                continue
-            kind = KIND_OF[op.op]
-            if outcome == "stale":
-                counts.stale[kind] = counts.stale.get(kind, 0) + 1
-                continue
-            counts.applied[kind] = counts.applied.get(kind, 0) + 1
-            sent = published.get(mid)
-            if sent is not None:  # messages of other publishers carry no publish time
-                lags.setdefault(kind, []).append(max(when - sent, 0.0))
-    counts.lags = {kind: _bucketed(_LAG_BOUNDS, values) for kind, values in lags.items()}
-    for letter_of, reason in letters:
-        if first is None or letter_of is None or letter_of in first:
-            counts.dead[reason] = counts.dead.get(reason, 0) + 1
-    return counts
-
-
-_LAG_BOUNDS: list[float] = APPLY_LAG._upper_bounds
-
-
-def dead_lettered(mid: str | None, reason: str, first: Container[str]) -> None:
-    """Count one dead letter of message `mid` (None: no id), settled with `first`."""
-    add(tally((), {}, [(mid, reason)], first), "")
-
-
-def add(counts: Tally, backend: str) -> None:
-    """Add a `tally` to the counters; `backend` names the store."""
-    for kind, count in counts.applied.items():
-        OPS_APPLIED.labels(kind, backend).inc(count)
-    for kind, count in counts.stale.items():
-        OPS_STALE.labels(kind).inc(count)
-    for kind, bucketed in counts.lags.items():
-        _observe_bucketed(APPLY_LAG.labels(kind), bucketed)
-    for reason, count in counts.dead.items():
-        DEAD_LETTERS.labels(reason).inc(count)
 
 
 def batch_done(ops: int, seconds: float) -> None:

@@ -20,7 +20,7 @@ from kombu.transport import virtual
 
 from broker import deadletters, wire
 
-from . import metrics
+from . import tallies
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class Channel(kombu_redis.Channel):
         try:
             with self.conn_or_acquire() as client:
                 first = deadletters.settle(client, [mid] if mid else [], [(key, record, now)])
-            metrics.dead_lettered(mid, "malformed", first)
+            tallies.dead_lettered(mid, "malformed", first)
             log.error("dead-lettered queue entry %s: %s", key, reason)
         except redis.RedisError:
             log.exception("could not dead-letter a queue entry (%s)", reason)

@@ -15,6 +15,7 @@ from broker.publisher import Publisher
 from storage.ops import encode_op
 from tests.queued import pop_message
 from tests.unit.flaky import FlakyStore
+from worker import tallies
 from worker.apply import Batch, BatchApplier
 from worker.settings import WorkerSettings
 
@@ -92,3 +93,38 @@ def test_ops_committed_by_a_killed_process_are_counted_by_their_redelivery_once(
     assert _applied(backend) == applied + SAVES, "a redelivered settled message counts nothing"
     assert _stale() == stale
     assert int(rds.get(keys.APPLIED_KEY) or 0) == SAVES
+
+
+def test_with_a_tally_list_the_settle_hands_the_counts_over_once(
+    rds: redis.Redis, published: list[tuple[str, bytes]], request: pytest.FixtureRequest
+) -> None:
+    backend = request.node.name
+    key = tallies.list_key(12345)
+    store = FlakyStore()
+    settings = WorkerSettings(batch_wait_ms=0)
+    killed = BatchApplier(
+        lambda: store, rds, settings, sleep=lambda s: None, backend=backend, tally_list=key
+    )
+
+    def settle_then_die(batch: Batch) -> None:
+        original(batch)
+        raise Killed  # after the settle, before anything else in this process
+
+    original = killed._confirm
+    killed._confirm = settle_then_die  # type: ignore[method-assign]
+    applied = _applied(backend)
+    with pytest.raises(Killed):
+        _run(killed, rds)
+    assert rds.zcard(keys.PENDING_KEY) == 0, "settled"
+    assert _applied(backend) == applied, "the child counted nothing itself"
+    assert tallies.drain(rds, key) == 1, "one batch's counts, in Redis"
+    assert _applied(backend) == applied + SAVES
+    assert tallies.drain(rds, key) == 0, "moved once"
+
+    survivor = BatchApplier(
+        lambda: store, rds, settings, sleep=lambda s: None, backend=backend, tally_list=key
+    )
+    _redeliver(rds, published)  # copies of messages settled before
+    _run(survivor, rds)
+    assert tallies.drain(rds, key) == 0
+    assert _applied(backend) == applied + SAVES, "a redelivered settled message counts nothing"
