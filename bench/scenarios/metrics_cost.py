@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 from agentstore_cli.launch import free_port
 from producer import Producer
 
-from ..report import Figure
+from ..report import slowdown
 from .context import Context
 from .drain import agentstore_drain
 from .workload import percentile, state
@@ -56,29 +56,26 @@ def metrics_cost(ctx: Context) -> None:
         "publish_off_p50_us": pub_off,
         "publish_on_p50_us": pub_on,
     }
-    drain_cost = 1 - max(on) / max(off)
-    ctx.results.figures.append(
-        Figure(
-            "drain of single-save messages with metrics on",
+    figures = ctx.results.figures
+    figures.append(
+        slowdown(
+            f"drain of {n:,} single-save messages, metrics on",
             max(on),
             "saves/s",
             max(off),
-            "the same drain with metrics off",
-            max(on) / max(off),
-            "cost <= 5%",
-            drain_cost <= 0.05,
+            "metrics off, same run (best of each)",
+            rate=True,
+            runs={"on": on, "off": off},
         )
     )
-    publish_cost = min(pub_on) / min(pub_off) - 1
-    ctx.results.figures.append(
-        Figure(
-            "durable save_state p50 with Producer(metrics=...)",
+    figures.append(
+        slowdown(
+            "durable save_state p50, Producer(metrics=...)",
             min(pub_on),
-            "us",
+            "µs",
             min(pub_off),
-            "the same publish without metrics",
-            min(pub_off) / min(pub_on),
-            "cost <= 5%",
-            publish_cost <= 0.05,
+            "no producer metrics, same run (best p50 of each)",
+            rate=False,
+            runs={"on": pub_on, "off": pub_off},
         )
     )
