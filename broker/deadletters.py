@@ -107,13 +107,16 @@ def settle(
     applied: Mapping[str, int] | None = None,
     confirm_ttl_s: float = 600.0,
     tally: tuple[str, str, int] | None = None,
-) -> set[str]:
+) -> set[str] | None:
     """Mark messages done (never republished, confirmed for `wait()`), store their dead
     letters `(key, record JSON, failure time)` and count `applied` ops (per message id):
-    one round trip. Returns the ids this call settled first (still pending, or never
-    confirmed): a redelivered copy of a message settled before is not among them, and its
-    ops are not counted again. `tally` (list key, text, ttl in s) is appended to that list
-    if this call settles every message first (`worker.tallies`)."""
+    one round trip.
+
+    Returns None if this call is the first settle of every message (the common case);
+    else the ids it settled first, of which it counts the ops then, with a second call (a
+    redelivered copy of a message settled before counts nothing). `tally` (list key, text,
+    ttl in s) is appended to that list only in the first case (`worker.tallies`).
+    """
     mids = builtins.list(dict.fromkeys(message_ids))
     counts = applied or {}
     tally_key, tally_text, tally_ttl = tally or (keys.TALLIES_PREFIX, "", 0)
@@ -121,16 +124,22 @@ def settle(
         len(mids),
         time.time(),
         confirm_ttl_s,
+        sum(counts.get(mid, 0) for mid in mids),
         tally_text,
         tally_ttl,
     ]
     args += mids
-    args += [counts.get(mid, 0) for mid in mids]
     for key, record, when in dead:
         args += (key, record, when)
     flags = client.register_script(_SETTLE)(keys=[*_SETTLE_KEYS, tally_key], args=args)
-    flags = flags.decode() if isinstance(flags, bytes) else str(flags)
-    return {mid for mid, flag in zip(mids, flags, strict=True) if flag == "1"}
+    if not isinstance(flags, bytes | str):
+        return None
+    text = flags.decode() if isinstance(flags, bytes) else flags
+    first = {mid for mid, flag in zip(mids, text, strict=True) if flag == "1"}
+    ops = sum(counts.get(mid, 0) for mid in first)
+    if ops:
+        client.incrby(keys.APPLIED_KEY, ops)
+    return first
 
 
 class DeadLetters:

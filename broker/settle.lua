@@ -3,50 +3,51 @@
 -- has written may go on writing past `maxmemory` (scripts without flags, Redis 6 to 8): a
 -- Redis full of queued messages under `noeviction` must still let workers drain it.
 -- KEYS: pending, messages, out_since, dlq, dlq index, done, applied, tallies.
--- ARGV: n, now, confirm ttl, tally, tally ttl, n message ids, their n op counts, then key,
--- record, time per letter. Returns one character per message id: "1" if this is its first
--- settle (it was still pending, or was never confirmed), else "0" (settled before: a
--- redelivered copy). Its op count is added to `applied` only on its first settle, so no op
--- is counted twice; the batch's tally (its metrics, worker/tallies.py), if not empty, is
--- appended to the list `tallies` only if this settle is the first of every message.
+-- ARGV: n, now, confirm ttl, applied ops, tally, tally ttl, n message ids, then key, record,
+-- time per letter.
+-- A message's first settle is the one that finds it pending (or, one never pending, from
+-- another publisher, not yet confirmed); a redelivered copy of a settled message is not.
+-- Returns 1 if this settle is the first of every message: then (only) it adds the applied
+-- ops to `applied` and appends the batch's tally (its metrics, worker/tallies.py), if not
+-- empty, to the list `tallies`. Otherwise returns one character per message id, "1" for
+-- the messages settled first, and counts nothing: the caller counts those.
 local n = tonumber(ARGV[1])
 local now = tonumber(ARGV[2])
-local first = {}
-local firsts = 0
-local applied = 0
-for i = 6, 5 + n, 500 do
-  local ids = {unpack(ARGV, i, math.min(i + 499, 5 + n))}
-  local pending = redis.call('ZMSCORE', KEYS[1], unpack(ids))
-  local done = redis.call('ZMSCORE', KEYS[6], unpack(ids))
-  redis.call('ZREM', KEYS[1], unpack(ids))
+local every = true
+local flags = {}
+for i = 7, 6 + n, 500 do
+  local ids = {unpack(ARGV, i, math.min(i + 499, 6 + n))}
+  -- Looked up only when some message was not pending: the common case costs nothing more.
+  local done = nil
+  if redis.call('ZREM', KEYS[1], unpack(ids)) < #ids then
+    every = false
+    done = redis.call('ZMSCORE', KEYS[6], unpack(ids))
+  end
   redis.call('HDEL', KEYS[2], unpack(ids))
   redis.call('HDEL', KEYS[3], unpack(ids))
   local scored = {}
   for j = 1, #ids do
     scored[2 * j - 1] = now
     scored[2 * j] = ids[j]
-    if pending[j] or not done[j] then
-      first[#first + 1] = '1'
-      firsts = firsts + 1
-      applied = applied + tonumber(ARGV[i + n + j - 1])
-    else
-      first[#first + 1] = '0'
-    end
+    flags[#flags + 1] = (done == nil or not done[j]) and '1' or '0'
   end
   redis.call('ZADD', KEYS[6], unpack(scored))
 end
-for i = 6 + 2 * n, #ARGV, 3 do
+for i = 7 + n, #ARGV, 3 do
   redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
   redis.call('ZADD', KEYS[5], ARGV[i + 2], ARGV[i])
 end
 if n > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now - tonumber(ARGV[3]))
 end
-if applied > 0 then
-  redis.call('INCRBY', KEYS[7], applied)
+if not every then
+  return table.concat(flags)
 end
-if ARGV[4] ~= '' and firsts == n then
-  redis.call('RPUSH', KEYS[8], ARGV[4])
-  redis.call('EXPIRE', KEYS[8], ARGV[5])
+if tonumber(ARGV[4]) > 0 then
+  redis.call('INCRBY', KEYS[7], ARGV[4])
 end
-return table.concat(first)
+if ARGV[5] ~= '' then
+  redis.call('RPUSH', KEYS[8], ARGV[5])
+  redis.call('EXPIRE', KEYS[8], ARGV[6])
+end
+return 1

@@ -360,7 +360,6 @@ class BatchApplier:
         pushed = None
         if self._tally_list is not None and counts:
             pushed = (self._tally_list, counts.to_json(), tallies.LIST_TTL_S)
-        messages = len(set(batch.message_ids))
         for attempt in range(1, 100):
             try:
                 first = deadletters.settle(
@@ -371,7 +370,7 @@ class BatchApplier:
                     confirm_ttl_s=self._settings.confirm_ttl_s,
                     tally=pushed,
                 )
-                if len(first) != messages:  # some were settled before: count the others
+                if first is not None:  # some were settled before: count the others
                     counts = tallies.tally(
                         self.backend,
                         batch.committed,

@@ -11,9 +11,10 @@ their own version ("held": applied by a process killed before it settled) count 
 ops whose version lost as stale (`StorageBackend.commit`); a redelivered copy of a message
 settled before counts nothing. With metrics on, the settle itself hands the batch's counts
 to the main process through Redis, atomically, so a child killed before, during or after
-its settle loses none and doubles none. Left: a batch of which some messages were settled
-before is counted by its child after the settle (a kill between the reply and those
-in-memory increments, no I/O, leaves them uncounted); a store keeps no op id per row, so
+its settle loses none and doubles none. Left: a batch holding a message settled before (a
+redelivered copy) or one of another publisher is counted by its child after the settle (a
+kill between the reply and those in-memory increments, no I/O, leaves them uncounted),
+see `worker.tallies`; a store keeps no op id per row, so
 another op of exactly the same version (only if the caller picks versions) counts as
 "held"; and a redelivered op whose row a newer save overwrote meanwhile counts as stale.
 """

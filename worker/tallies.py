@@ -2,13 +2,17 @@
 
 A batch's counts (a `Tally`: ops applied and stale per kind, apply lags, dead letters) are
 worked out before its settle and handed to the settle script (`broker/settle.lua`), which
-appends them to this worker's list in Redis in the same atomic step, and only if that settle
-was the first for every message of the batch. The worker's main process moves them from the
-list into its counters (`TallyDrain`): at every scrape, and every few seconds between. A
-child killed before its settle counted nothing (the redelivery counts); one killed after it
-has its counts in Redis already: nothing is lost or counted twice. A batch of which some
-messages were settled before (a redelivered copy) is counted by the child itself, after the
-settle, for its other messages only; a child killed just then leaves those uncounted.
+appends them to this worker's list in Redis in the same atomic step, if that settle is the
+first for every message of the batch (it found them all pending). The worker's main process
+moves them from the list into its counters (`TallyDrain`): at every scrape, and every few
+seconds between. A child killed before its settle counted nothing (the redelivery counts);
+one killed after it has its counts in Redis already: nothing is lost or counted twice.
+
+A batch holding a redelivered copy of a message settled before, or a message of another
+publisher (never pending), is counted by the child itself after the settle, for the
+messages that settle was the first for: a child killed just then (between the reply and
+its in-memory increments, no I/O) leaves those uncounted. With metrics off, every batch is
+counted that way, in memory.
 """
 
 from __future__ import annotations
@@ -114,8 +118,9 @@ def add(counts: Tally) -> None:
         DEAD_LETTERS.labels(reason).inc(count)
 
 
-def dead_lettered(mid: str | None, reason: str, first: Container[str]) -> None:
-    """Count one dead letter of message `mid` (None: no id), settled with `first`."""
+def dead_lettered(mid: str | None, reason: str, first: Container[str] | None) -> None:
+    """Count one dead letter of message `mid` (None: no id), settled with `first` (what
+    `broker.deadletters.settle` returned: None if it settled every message first)."""
     add(tally("", (), {}, [(mid, reason)], first))
 
 

@@ -10,7 +10,7 @@ import pytest
 import redis
 from prometheus_client import REGISTRY
 
-from broker import keys, wire
+from broker import deadletters, keys, wire
 from broker.publisher import Publisher
 from storage.ops import encode_op
 from tests.queued import pop_message
@@ -128,3 +128,23 @@ def test_with_a_tally_list_the_settle_hands_the_counts_over_once(
     _run(survivor, rds)
     assert tallies.drain(rds, key) == 0
     assert _applied(backend) == applied + SAVES, "a redelivered settled message counts nothing"
+
+
+def test_a_settle_counts_only_the_messages_it_settles_first(
+    rds: redis.Redis, published: list[tuple[str, bytes]]
+) -> None:
+    ids = [mid for mid, _ in published]
+    key = tallies.list_key(1)
+    each = {mid: 2 for mid in ids}
+    assert deadletters.settle(rds, ids[:1], applied=each, tally=(key, "[]", 60)) is None
+    assert rds.lrange(key, 0, -1) == [b"[]"], "every message settled first: tally handed over"
+    assert int(rds.get(keys.APPLIED_KEY) or 0) == 2
+    first = deadletters.settle(rds, ids[:3], applied=each, tally=(key, "[]", 60))
+    assert first == set(ids[1:3]), "the copy of the settled message is not among them"
+    assert rds.llen(key) == 1, "a mixed batch's tally is counted by its caller"
+    assert int(rds.get(keys.APPLIED_KEY) or 0) == 6
+    # Sent by another publisher (stock Celery): never pending, first if never confirmed.
+    foreign = "never-published-here"
+    assert deadletters.settle(rds, [foreign], applied={foreign: 1}) == {foreign}
+    assert deadletters.settle(rds, [foreign], applied={foreign: 1}) == set(), "a copy"
+    assert int(rds.get(keys.APPLIED_KEY) or 0) == 7
