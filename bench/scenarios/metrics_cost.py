@@ -13,7 +13,7 @@ from producer import Producer
 from ..report import slowdown
 from .context import Context
 from .drain import agentstore_drain
-from .workload import percentile, state
+from .workload import COST_ROUNDS, percentile, state
 
 
 def _publish_p50_us(broker: str, n: int, metrics: bool) -> float:
@@ -39,7 +39,7 @@ def metrics_cost(ctx: Context) -> None:
     ctx.step(f"metrics cost: {n:,}-save drains and durable publishes, metrics off vs on")
     off: list[float] = []
     on: list[float] = []
-    for _ in range(max(ctx.sizes.rounds, 2)):
+    for _ in range(max(ctx.sizes.rounds, COST_ROUNDS)):
         off.append(agentstore_drain(ctx.broker, ctx.admin, n, None).rate)
         port = str(free_port())
         on.append(

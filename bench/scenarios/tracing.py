@@ -18,7 +18,7 @@ from tests.tracing import recording
 from ..report import Figure, slowdown
 from .context import Context
 from .drain import agentstore_drain
-from .workload import percentile, state
+from .workload import COST_ROUNDS, percentile, state
 
 SITE = Path(__file__).resolve().parents[2] / "tests" / "otel_site"
 BLOCK = 500
@@ -61,7 +61,7 @@ def off_check_ns(n: int = 200_000) -> float:
 def drain_cost(ctx: Context, n: int) -> dict[str, list[float]]:
     """Drain rates of buffered saves (500 per message), untraced and traced in turn."""
     rates: dict[str, list[float]] = {"off": [], "on": []}
-    for _ in range(max(ctx.sizes.rounds, 2)):  # alternated: the machine's drift hits both
+    for _ in range(max(ctx.sizes.rounds, COST_ROUNDS)):
         rates["off"].append(agentstore_drain(ctx.broker, ctx.admin, n, 500).rate)
         with tempfile.TemporaryDirectory() as spans, recording():
             env = {"PYTHONPATH": str(SITE), "AGENTSTORE_TEST_SPANS_DIR": spans}

@@ -22,6 +22,9 @@ class Sizes:
 
 FULL = Sizes(100_000, 20_000, 10_000, 20_000, 5_000, 100_000, 1_000, 400, 2)
 QUICK = Sizes(10_000, 5_000, 2_000, 5_000, 2_000, 30_000, 300, 150, 1)
+# Drains of a cost scenario (metrics, tracing): off and on alternated this many times at
+# least, the best of each kept, so a change in the machine's load hits both alike.
+COST_ROUNDS = 3
 
 
 def state(i: int) -> dict[str, Any]:
