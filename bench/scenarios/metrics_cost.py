@@ -12,7 +12,7 @@ from producer import Producer
 
 from ..report import slowdown
 from .context import Context
-from .drain import agentstore_drain
+from .drain import Drain, agentstore_drain, cost_figures
 from .workload import COST_ROUNDS, percentile, state
 
 
@@ -34,40 +34,31 @@ def _publish_p50_us(broker: str, n: int, metrics: bool) -> float:
 
 def metrics_cost(ctx: Context) -> None:
     """Drain of single-save messages and durable publish latency, metrics off vs on,
-    alternated in one run (best of `rounds` drains, median of each publish run)."""
+    alternated in one run (see `cost_figures`; the best p50 of each publish run)."""
     n = ctx.sizes.unbuffered
     ctx.step(f"metrics cost: {n:,}-save drains and durable publishes, metrics off vs on")
-    off: list[float] = []
-    on: list[float] = []
+    off: list[Drain] = []
+    on: list[Drain] = []
     for _ in range(max(ctx.sizes.rounds, COST_ROUNDS)):
-        off.append(agentstore_drain(ctx.broker, ctx.admin, n, None).rate)
+        off.append(agentstore_drain(ctx.broker, ctx.admin, n, None))
         port = str(free_port())
-        on.append(
-            agentstore_drain(ctx.broker, ctx.admin, n, None, AGENTSTORE_METRICS_PORT=port).rate
-        )
+        on.append(agentstore_drain(ctx.broker, ctx.admin, n, None, AGENTSTORE_METRICS_PORT=port))
     pub_off: list[float] = []
     pub_on: list[float] = []
     for _ in range(3):  # alternated, so a change in the machine's load hits both alike
         pub_off.append(_publish_p50_us(ctx.broker, ctx.sizes.publishes, False))
         pub_on.append(_publish_p50_us(ctx.broker, ctx.sizes.publishes, True))
+    figures = cost_figures(
+        f"drain of {n:,} single-save messages, metrics on",
+        off,
+        on,
+        "metrics off, same run (best of each)",
+    )
     ctx.results.raw["metrics_cost"] = {
-        "drain_off_per_s": off,
-        "drain_on_per_s": on,
+        **figures[0].extra,
         "publish_off_p50_us": pub_off,
         "publish_on_p50_us": pub_on,
     }
-    figures = ctx.results.figures
-    figures.append(
-        slowdown(
-            f"drain of {n:,} single-save messages, metrics on",
-            max(on),
-            "saves/s",
-            max(off),
-            "metrics off, same run (best of each)",
-            rate=True,
-            runs={"on": on, "off": off},
-        )
-    )
     figures.append(
         slowdown(
             "durable save_state p50, Producer(metrics=...)",
@@ -79,3 +70,4 @@ def metrics_cost(ctx: Context) -> None:
             runs={"on": pub_on, "off": pub_off},
         )
     )
+    ctx.results.figures += figures

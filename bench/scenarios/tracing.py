@@ -17,7 +17,7 @@ from tests.tracing import recording
 
 from ..report import Figure, slowdown
 from .context import Context
-from .drain import agentstore_drain
+from .drain import Drain, agentstore_drain, cost_figures
 from .workload import COST_ROUNDS, percentile, state
 
 SITE = Path(__file__).resolve().parents[2] / "tests" / "otel_site"
@@ -58,15 +58,15 @@ def off_check_ns(n: int = 200_000) -> float:
     return best
 
 
-def drain_cost(ctx: Context, n: int) -> dict[str, list[float]]:
-    """Drain rates of buffered saves (500 per message), untraced and traced in turn."""
-    rates: dict[str, list[float]] = {"off": [], "on": []}
+def drain_cost(ctx: Context, n: int) -> dict[str, list[Drain]]:
+    """Drains of buffered saves (500 per message), untraced and traced in turn."""
+    drains: dict[str, list[Drain]] = {"off": [], "on": []}
     for _ in range(max(ctx.sizes.rounds, COST_ROUNDS)):
-        rates["off"].append(agentstore_drain(ctx.broker, ctx.admin, n, 500).rate)
+        drains["off"].append(agentstore_drain(ctx.broker, ctx.admin, n, 500))
         with tempfile.TemporaryDirectory() as spans, recording():
             env = {"PYTHONPATH": str(SITE), "AGENTSTORE_TEST_SPANS_DIR": spans}
-            rates["on"].append(agentstore_drain(ctx.broker, ctx.admin, n, 500, **env).rate)
-    return rates
+            drains["on"].append(agentstore_drain(ctx.broker, ctx.admin, n, 500, **env))
+    return drains
 
 
 def tracing_cost(ctx: Context) -> None:
@@ -74,7 +74,13 @@ def tracing_cost(ctx: Context) -> None:
     pub = publish_cost(ctx.broker, ctx.sizes.publishes)
     check = off_check_ns()
     drain = drain_cost(ctx, ctx.sizes.unbuffered)
-    ctx.results.raw["tracing"] = {**pub, "off_check_ns": check, "drain_rates": drain}
+    drained = cost_figures(
+        f"drain, buffered, {ctx.sizes.unbuffered:,} saves, tracing on (producer and worker)",
+        drain["off"],
+        drain["on"],
+        "no tracer provider, same run (best of each)",
+    )
+    ctx.results.raw["tracing"] = {**pub, "off_check_ns": check, "drain": drained[0].extra}
     figures = ctx.results.figures
     figures.append(
         slowdown(
@@ -99,14 +105,4 @@ def tracing_cost(ctx: Context) -> None:
             share <= 0.01,
         )
     )
-    figures.append(
-        slowdown(
-            f"drain, buffered, {ctx.sizes.unbuffered:,} saves, tracing on (producer and worker)",
-            max(drain["on"]),
-            "saves/s",
-            max(drain["off"]),
-            "no tracer provider, same run (best of each)",
-            rate=True,
-            runs=drain,
-        )
-    )
+    figures += drained
