@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import redis
 from prometheus_client import CollectorRegistry
 
@@ -13,23 +11,27 @@ from producer import Producer
 from ..report import slowdown
 from .context import Context
 from .drain import Drain, agentstore_drain, cost_figures
-from .workload import COST_ROUNDS, percentile, state
+from .workload import COST_ROUNDS, alternating_p50_us, state
 
 
-def _publish_p50_us(broker: str, n: int, metrics: bool) -> float:
-    """Median durable `save_state` latency; with `metrics`, into a registry of its own."""
+def publish_cost(broker: str, n: int) -> dict[str, float]:
+    """Durable `save_state` latency, blocks of saves through a producer without metrics and
+    one with (into a registry of its own) in turn."""
     client = redis.Redis.from_url(broker)
     client.flushall()
-    samples: list[float] = []
-    with Producer(broker_url=broker, metrics=CollectorRegistry() if metrics else False) as prod:
-        for i in range(n + 500):
-            t0 = time.perf_counter_ns()
-            prod.save_state("b", f"s{i % 100}", state(i))
-            if i >= 500:  # warm-up: the connection, the script
-                samples.append((time.perf_counter_ns() - t0) / 1000)
+    with (
+        Producer(broker_url=broker, metrics=False) as plain,
+        Producer(broker_url=broker, metrics=CollectorRegistry()) as counted,
+    ):
+        counted.save_state("b", "warm-up", state(0))  # its connection, its script
+
+        def save(on: bool, i: int) -> None:
+            (counted if on else plain).save_state("b", f"s{i % 100}", state(i))
+
+        p50 = alternating_p50_us(save, n)
     client.flushall()
     client.close()
-    return percentile(samples, 50)
+    return p50
 
 
 def metrics_cost(ctx: Context) -> None:
@@ -43,11 +45,9 @@ def metrics_cost(ctx: Context) -> None:
         off.append(agentstore_drain(ctx.broker, ctx.admin, n, None))
         port = str(free_port())
         on.append(agentstore_drain(ctx.broker, ctx.admin, n, None, AGENTSTORE_METRICS_PORT=port))
-    pub_off: list[float] = []
-    pub_on: list[float] = []
-    for _ in range(3):  # alternated, so a change in the machine's load hits both alike
-        pub_off.append(_publish_p50_us(ctx.broker, ctx.sizes.publishes, False))
-        pub_on.append(_publish_p50_us(ctx.broker, ctx.sizes.publishes, True))
+    pub = [publish_cost(ctx.broker, ctx.sizes.publishes) for _ in range(3)]
+    pub_off = [p["off_p50_us"] for p in pub]
+    pub_on = [p["on_p50_us"] for p in pub]
     figures = cost_figures(
         f"drain of {n:,} single-save messages, metrics on",
         off,

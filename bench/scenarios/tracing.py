@@ -18,32 +18,26 @@ from tests.tracing import recording
 from ..report import Figure, slowdown
 from .context import Context
 from .drain import Drain, agentstore_drain, cost_figures
-from .workload import COST_ROUNDS, percentile, state
+from .workload import COST_ROUNDS, alternating_p50_us, state
 
 SITE = Path(__file__).resolve().parents[2] / "tests" / "otel_site"
-BLOCK = 500
 
 
 def publish_cost(broker: str, n: int) -> dict[str, float]:
-    """Durable `save_state` latency, blocks of `BLOCK` saves traced and untraced in turn."""
+    """Durable `save_state` latency, blocks of saves traced and untraced in turn."""
     client = redis.Redis.from_url(broker)
     client.flushall()
-    off: list[float] = []
-    on: list[float] = []
     with Producer(broker_url=broker) as prod:
-        for i in range(BLOCK):  # warm-up: the connection, the script
+
+        def save(_: bool, i: int) -> None:
             prod.save_state("b", f"s{i % 100}", state(i))
-        for block in range(2 * max(1, n // BLOCK)):
-            traced = block % 2 == 1
-            samples = on if traced else off
-            with recording() if traced else contextlib.nullcontext():
-                for i in range(BLOCK):
-                    t0 = time.perf_counter_ns()
-                    prod.save_state("b", f"s{i % 100}", state(i))
-                    samples.append((time.perf_counter_ns() - t0) / 1000)
+
+        p50 = alternating_p50_us(
+            save, n, lambda on: recording() if on else contextlib.nullcontext()
+        )
     client.flushall()
     client.close()
-    return {"off_p50_us": percentile(off, 50), "on_p50_us": percentile(on, 50)}
+    return p50
 
 
 def off_check_ns(n: int = 200_000) -> float:
