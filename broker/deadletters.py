@@ -15,7 +15,7 @@ import builtins
 import hashlib
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal, cast
 
 import redis
@@ -104,17 +104,42 @@ def settle(
     message_ids: Iterable[str],
     dead: Iterable[tuple[str, str, float]] = (),
     *,
-    applied: int = 0,
+    applied: Mapping[str, int] | None = None,
     confirm_ttl_s: float = 600.0,
-) -> None:
+    tally: tuple[str, str, int] | None = None,
+) -> set[str] | None:
     """Mark messages done (never republished, confirmed for `wait()`), store their dead
-    letters `(key, record JSON, failure time)` and count `applied` ops: one round trip."""
+    letters `(key, record JSON, failure time)` and count `applied` ops (per message id):
+    one round trip.
+
+    Returns None if this call is the first settle of every message (the common case);
+    else the ids it settled first, of which it counts the ops then, with a second call (a
+    redelivered copy of a message settled before counts nothing). `tally` (list key, text,
+    ttl in s) is appended to that list only in the first case (`worker.tallies`).
+    """
     mids = builtins.list(dict.fromkeys(message_ids))
-    args: builtins.list[str | float | int] = [len(mids), time.time(), confirm_ttl_s, applied]
+    counts = applied or {}
+    tally_key, tally_text, tally_ttl = tally or (keys.TALLIES_PREFIX, "", 0)
+    args: builtins.list[str | float | int] = [
+        len(mids),
+        time.time(),
+        confirm_ttl_s,
+        sum(counts.get(mid, 0) for mid in mids),
+        tally_text,
+        tally_ttl,
+    ]
     args += mids
     for key, record, when in dead:
         args += (key, record, when)
-    client.register_script(_SETTLE)(keys=_SETTLE_KEYS, args=args)
+    flags = client.register_script(_SETTLE)(keys=[*_SETTLE_KEYS, tally_key], args=args)
+    if not isinstance(flags, bytes | str):
+        return None
+    text = flags.decode() if isinstance(flags, bytes) else flags
+    first = {mid for mid, flag in zip(mids, text, strict=True) if flag == "1"}
+    ops = sum(counts.get(mid, 0) for mid in first)
+    if ops:
+        client.incrby(keys.APPLIED_KEY, ops)
+    return first
 
 
 class DeadLetters:

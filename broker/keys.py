@@ -22,6 +22,9 @@ APPLIED_KEY = "agentstore:applied"
 # Confirmations: zset message id -> time a worker settled it (applied or dead-lettered),
 # kept for AGENTSTORE_CONFIRM_TTL_S so `wait()` tells "applied" from "lost by the broker".
 DONE_KEY = "agentstore:done"
+# Lists `<prefix><host>:<main pid>`: the counts of each batch a worker's processes settled,
+# appended by the settle itself, for the main process to move into its metrics.
+TALLIES_PREFIX = "agentstore:tallies:"
 # Dead letters: hash id -> JSON record, plus a zset id -> time of the last failure for listing.
 DLQ_KEY = "agentstore:dlq"
 DLQ_INDEX_KEY = "agentstore:dlq:index"

@@ -155,6 +155,11 @@ function reject(req, res, status, code, message) {
   res.end(JSON.stringify({ code, message }));
 }
 
+// The package charges every request "1" request unit; real Cosmos DB charges fractions
+// ("5.71"). COSMOS_TEST_REQUEST_CHARGE sets the value every answer carries instead, so a test
+// can tell a parsed and summed charge from a count of requests.
+const CHARGE = process.env.COSMOS_TEST_REQUEST_CHARGE || "";
+
 function main() {
   const port = Number.parseInt(process.argv[2], 10);
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
@@ -177,6 +182,11 @@ function main() {
     } else if (tooLarge(req)) {
       reject(req, res, 413, "RequestEntityTooLarge", "Request size is too large.");
     } else {
+      if (CHARGE) {
+        const setHeader = res.setHeader.bind(res);
+        res.setHeader = (name, value) =>
+          setHeader(name, name.toLowerCase() === "x-ms-request-charge" ? CHARGE : value);
+      }
       packageHandler(req, res);
     }
   });

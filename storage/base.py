@@ -11,7 +11,7 @@ from typing import Any, Self
 from .config import Settings
 from .errors import ValidationError
 from .ops import Op, OpName, make_op
-from .records import Kind, Record, StreamKind, Tombstone, Written, changed, plan
+from .records import Kind, Outcome, Record, StreamKind, Tombstone, Written, outcomes, plan
 from .retention import RetentionPolicy
 
 # No store holds more rows than this (PostgreSQL's bigint): a larger limit means all of them.
@@ -213,12 +213,22 @@ class StorageBackend(StorageClient):
         """
         self.commit(ops)
 
-    def commit(self, ops: Sequence[Op]) -> list[bool]:
-        """`apply(ops)`, telling for each op whether it changed the store: False when its
-        version lost (already applied, or older than what is stored), as a redelivered op's
-        does. What the worker counts as applied vs stale."""
+    def commit(self, ops: Sequence[Op]) -> list[Outcome]:
+        """`apply(ops)`, telling for each op what became of it (`storage.records.Outcome`):
+        "new" if it changed the store, "held" if the store already held it at its version
+        (a redelivered op applied before), "stale" if its version lost. What the worker
+        counts as applied ("new" and "held") vs stale. The store is asked what it holds
+        only when some op wrote nothing: a batch of new ops costs no extra query."""
         batch = plan(ops)
-        return changed(ops, self.write_records(batch.records, batch.tombstones))
+        written = self.write_records(batch.records, batch.tombstones)
+        return outcomes(ops, written, self.stored_versions)
+
+    @abstractmethod
+    def stored_versions(self, items: Sequence[Record | Tombstone]) -> Written:
+        """The version the store holds at the row of each record (deleted rows too) and for
+        each tombstone's scope and key; absent where it holds none. Read after the write,
+        outside its transaction: a newer save landing in between makes a redelivered op
+        look stale (see `worker.metrics`)."""
 
     @abstractmethod
     def write_records(

@@ -29,6 +29,7 @@ from .cosmos_items import (
     from_item,
     key_field,
     read,
+    stored_version,
     write,
 )
 from .cosmos_retention import TOMBSTONES, Remover
@@ -237,6 +238,17 @@ class CosmosDBClient(StorageBackend):
             self._take_back(written)
         stored.update((key_of(rec), item["version"]) for _, rec, item in written)
         return stored
+
+    def stored_versions(self, items: Sequence[Record | Tombstone]) -> Written:
+        self._check_open()
+        tasks: list[Callable[[], str | None]] = [
+            functools.partial(self._remover.tombstone, item.scope, item.key)
+            if isinstance(item, Tombstone)
+            else functools.partial(stored_version, self._containers[item.kind], item)
+            for item in items
+        ]
+        found = self._run_all(tasks)
+        return {key_of(i): v for i, v in zip(items, found, strict=True) if v is not None}
 
     def _tombstones_of(
         self, partitions: set[tuple[Scope, str]]

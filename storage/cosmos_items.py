@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from azure.core import MatchConditions
@@ -146,6 +146,13 @@ def write(
         f"Cosmos DB: gave up writing {rec.kind} {rec.row_id!r} after {MAX_WRITE_ATTEMPTS} "
         "attempts; concurrent writers kept changing it. Retry the save."
     )
+
+
+def stored_version(container: Container, rec: Record) -> str | None:
+    """The version stored at `rec`'s row (deleted or not), or None: one point read."""
+    key = to_item(container.layout, replace(rec, data={}))[container.key_field]
+    item = read(container.proxy, rec.row_id, key)
+    return None if item is None else str(item["version"])
 
 
 def read(proxy: ContainerProxy, item_id: str, key: str) -> dict[str, Any] | None:

@@ -155,6 +155,21 @@ class InMemoryStorageClient(StorageBackend):
                     written[key_of(rec)] = wanted.meta.version
         return written
 
+    def stored_versions(self, items: Sequence[Record | Tombstone]) -> Written:
+        held: Written = {}
+        with self._lock:
+            self._check_open()
+            for item in items:
+                if isinstance(item, Tombstone):
+                    found = self._tombstones.get((item.scope, item.key))
+                    version = None if found is None else found.version
+                else:
+                    row = self._rows[item.kind].get(item.partition, {}).get(item.row_id)
+                    version = None if row is None else row.meta.version
+                if version is not None:
+                    held[key_of(item)] = version
+        return held
+
     def _bury(self, tombstone: Tombstone, now: float) -> bool:
         """Store `tombstone` and delete what it covers; whether it was newer than the last."""
         key = (tombstone.scope, tombstone.key)

@@ -41,6 +41,7 @@ from .postgres_sql import (
     prune_count,
     prune_delete,
     prune_statements,
+    stored_versions_sql,
 )
 from .records import (
     KIND_SPECS,
@@ -268,6 +269,22 @@ class PostgreSQLClient(StorageBackend):
 
     def _query(self, query: reads.Query[T]) -> T:
         return query.shape(self._fetch(query.sql, query.params))
+
+    def stored_versions(self, items: Sequence[Record | Tombstone]) -> Written:
+        ids: dict[Kind, list[str]] = {}
+        buried: list[Tombstone] = []
+        for item in items:
+            if isinstance(item, Tombstone):
+                buried.append(item)
+            else:
+                ids.setdefault(item.kind, []).append(item.row_id)
+        if not items:
+            return {}
+        params: list[Any] = list(ids.values())
+        if buried:
+            params += [[t.scope for t in buried], [t.key for t in buried]]
+        rows = self._fetch(stored_versions_sql(list(ids), bool(buried)), tuple(params))
+        return {(kind, rid): version for kind, rid, version in rows}
 
     def get_state(self, agent_id: str, state_id: str) -> dict[str, Any] | None:
         return self._query(reads.get_state(agent_id, state_id))

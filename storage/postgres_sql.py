@@ -128,6 +128,23 @@ def pages(recs: list[Record]) -> Iterator[str]:
         yield "[" + ",".join(page) + "]"
 
 
+def stored_versions_sql(kinds: list[Kind], tombstones: bool) -> str:
+    """One query for the stored versions of rows (an id array per kind, in `kinds` order)
+    and, with `tombstones`, of tombstones (then a scope array and a key array): rows of
+    (stream kind, row id, version), deleted rows included."""
+    parts = [
+        f"SELECT '{kind}', id, version FROM {KIND_SPECS[kind].name} WHERE id = ANY(%s)"
+        for kind in kinds
+    ]
+    if tombstones:
+        parts.append(
+            f"SELECT 'tombstone', t.scope || '|' || t.key, t.version FROM {TOMBSTONE_TABLE} t "
+            "JOIN unnest(%s::text[], %s::text[]) AS w(scope, key) "
+            "ON t.scope = w.scope AND t.key = w.key"
+        )
+    return " UNION ALL ".join(parts)
+
+
 TOMBSTONE_UPSERT = (
     f"INSERT INTO {TOMBSTONE_TABLE} AS t (scope, key, version) VALUES %s "
     "ON CONFLICT (scope, key) DO UPDATE SET version = EXCLUDED.version, created_at = now() "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeAlias, get_args
 
@@ -222,17 +222,40 @@ def key_of(item: Record | Tombstone) -> tuple[StreamKind, str]:
     return ("tombstone", item.row_id) if isinstance(item, Tombstone) else (item.kind, item.row_id)
 
 
-def changed(ops: Sequence[Op], written: Written) -> list[bool]:
-    """For each of `ops`, whether the write of their plan stored any of its records or its
-    tombstone: False means its version lost (a redelivered op lands here). Of two ops writing
-    one row at the same version, the first counts, as the first is the one kept."""
+# What `StorageBackend.commit` reports for each op: "new", this call stored it; "held", the
+# store already held it at exactly its version (a redelivered op that was applied before);
+# "stale", its version lost to another (an older op, or one overtaken by a newer save).
+Outcome: TypeAlias = Literal["new", "held", "stale"]
+
+
+def outcomes(
+    ops: Sequence[Op],
+    written: Written,
+    stored: Callable[[list[Record | Tombstone]], Written],
+) -> list[Outcome]:
+    """For each of `ops`, "new" if the write of their plan (`written`) stored any of its
+    records or its tombstone; else "held" if the store holds one of them at the op's own
+    version, which `stored` tells (called once, only if some op wrote nothing, with what
+    those ops would have written); else "stale". Of two ops writing one row at the same
+    version in one batch, the first is "new" and the other "stale": the first is kept."""
     left = dict(written)
-    result = []
-    for op in ops:
-        hits = [k for k in map(key_of, _records_of(op)) if left.get(k) == op.version]
+    result: list[Outcome] = []
+    missed: list[tuple[int, list[Record | Tombstone]]] = []
+    for i, op in enumerate(ops):
+        items = list(_records_of(op))
+        hits = [k for k in map(key_of, items) if left.get(k) == op.version]
         for k in hits:
             del left[k]
-        result.append(bool(hits))
+        result.append("new" if hits else "stale")
+        if not hits:
+            # A row another op of this batch wrote holds that op's save, not this one's.
+            missed.append((i, [item for item in items if key_of(item) not in written]))
+    wanted = [item for _, items in missed for item in items]
+    if wanted:
+        held = stored(wanted)
+        for i, items in missed:
+            if any(held.get(key_of(item)) == ops[i].version for item in items):
+                result[i] = "held"
     return result
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -24,7 +25,7 @@ from storage.errors import ConfigError
 from storage.factory import create_storage_client
 from storage.retention import RetentionPolicy
 
-from . import logs, metrics
+from . import logs, metrics, tallies
 from .apply import BatchApplier
 from .lease import Heartbeat
 from .reaper import Reaper, ReaperThread
@@ -41,6 +42,9 @@ if _settings.agentstore_backend == "memory":
     )
 _worker_settings = load_worker_settings()
 BROKER_URL = _settings.celery_broker_url.get_secret_value()
+# Imported by the main process, before the pool forks: its children append their batches'
+# counts to the list this process drains (`worker.tallies`).
+_MAIN_PID = os.getpid()
 
 app = Celery("agentstore", broker=BROKER_URL, set_as_current=False)
 app.conf.update(
@@ -115,6 +119,9 @@ class _Process:
             _worker_settings,
             heartbeat=self.heartbeat,
             backend=chosen.name if chosen else "unknown",
+            tally_list=None
+            if _worker_settings.metrics_port is None
+            else tallies.list_key(_MAIN_PID),
         )
         self.pruner = PrunerThread(
             self.store,
@@ -183,7 +190,9 @@ def _serve_metrics(**_: Any) -> None:
     # In the main process, before the pool forks: it sums every child's files (worker.metrics).
     port = _worker_settings.metrics_port
     if port is not None:
-        metrics.serve(metrics.worker_registry(connect(BROKER_URL, 5.0)), port)
+        client = connect(BROKER_URL, 5.0)
+        registry = metrics.worker_registry(client, before=[tallies.TallyDrain(client)])
+        metrics.serve(registry, port)
         log.info("serving Prometheus metrics on port %d at /metrics", port)
 
 
@@ -240,8 +249,8 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
                 self._dlq_redis = connect(BROKER_URL, 10.0)
             now = time.time()
             key, record = deadletters.message_record(raw, reason, mid, now)
-            deadletters.settle(self._dlq_redis, [mid] if mid else [], [(key, record, now)])
-            metrics.DEAD_LETTERS.labels("malformed").inc()
+            first = deadletters.settle(self._dlq_redis, [mid] if mid else [], [(key, record, now)])
+            tallies.dead_lettered(mid, "malformed", first)
             log.error("dead-lettered message %s: %s", key, reason, extra={"message_id": key})
         except Exception:
             log.exception("could not dead-letter a refused message")

@@ -6,6 +6,7 @@ import json
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +18,7 @@ from storage.base import StorageBackend
 from storage.errors import StoreUnavailableError, TransientStorageError, ValidationError
 from storage.ops import MAX_SAVE_BYTES, Op, parse_op
 
-from . import metrics
+from . import metrics, tallies
 from .lease import Heartbeat
 from .settings import WorkerSettings
 
@@ -67,6 +68,10 @@ class Batch:
     # (key, record JSON, failure time): refused messages and ops that could not be applied.
     dead: list[tuple[str, str, float]] = field(default_factory=list)
     failed_ops: int = 0  # of `ops`, dead-lettered instead of applied
+    # What the store reported for each committed part, counted once the batch is settled.
+    committed: list[tallies.Committed] = field(default_factory=list)
+    # (message id or None, reason) of each dead letter, counted once the batch is settled.
+    dead_reasons: list[tuple[str | None, str]] = field(default_factory=list)
     # op id -> the trace context its save sent (`broker.tracing`), for ops that have one.
     traces: dict[str, tracing.Carrier] = field(default_factory=dict)
     # The store could not be reached within the retry budget: nothing is confirmed, and the
@@ -91,7 +96,9 @@ class BatchApplier:
     dies before confirming them, the reaper republishes them from `pending`. While a batch
     runs, `heartbeat` (if given) keeps the reaper off its messages. `store()` gives the
     store, opening it if need be; it may raise `StoreUnavailableError`, which is retried.
-    `backend` names the store in metrics.
+    `backend` names the store in metrics; `tally_list`, if given, is the Redis list the
+    settle appends the batch's counts to, for the main process (`worker.tallies`), instead
+    of this process counting them.
     """
 
     def __init__(
@@ -103,9 +110,11 @@ class BatchApplier:
         sleep: Callable[[float], None] = time.sleep,
         heartbeat: Heartbeat | None = None,
         backend: str = "unknown",
+        tally_list: str | None = None,
     ) -> None:
         self.store = store
         self.backend = backend
+        self._tally_list = tally_list
         self._redis = client
         self._settings = settings
         self._sleep = sleep
@@ -231,7 +240,7 @@ class BatchApplier:
                     exc,
                     extra={"op_id": key, "message_id": mid},
                 )
-                metrics.DEAD_LETTERS.labels("invalid").inc()
+                batch.dead_reasons.append((mid, "invalid"))
                 batch.dead.append((key, record, now))
                 continue
             batch.ops.append((parsed, mid))
@@ -242,7 +251,7 @@ class BatchApplier:
         now = time.time()
         key, record = deadletters.message_record(raw, exc.reason, exc.message_id, now)
         log.error("dead-lettered message %s: %s", key, exc.reason, extra={"message_id": key})
-        metrics.DEAD_LETTERS.labels("malformed").inc()
+        batch.dead_reasons.append((exc.message_id, "malformed"))
         batch.dead.append((key, record, now))
         if exc.message_id is not None and exc.message_id not in batch.message_ids:
             batch.message_ids.append(exc.message_id)
@@ -280,7 +289,7 @@ class BatchApplier:
         for attempt in range(1, s.retry_tries + 1):
             part.attempts += 1
             try:
-                changed = self.store().commit(ops)
+                outcomes = self.store().commit(ops)
             except TRANSIENT as exc:
                 metrics.STORE_ERRORS.labels(self.backend, type(exc).__name__).inc()
                 error = f"{type(exc).__name__}: {exc}"
@@ -308,8 +317,9 @@ class BatchApplier:
                 part.first_failure = part.first_failure or time.time()
                 return f"{type(exc).__name__}: {exc}", False
             else:
-                # Counted here, by the process that committed, once: see worker.metrics.
-                metrics.committed(part.ops, changed, batch.published, self.backend)
+                # Counted once settled, if this settle is the message's first: see
+                # worker.metrics.
+                batch.committed.append((part.ops, outcomes, time.time()))
                 return None, False
         raise AssertionError("unreachable")
 
@@ -317,8 +327,9 @@ class BatchApplier:
         now = time.time()
         first = part.first_failure or now
         batch.failed_ops += len(part.ops)
-        metrics.DEAD_LETTERS.labels("transient" if transient else "permanent").inc(len(part.ops))
+        reason = "transient" if transient else "permanent"
         for op, mid in part.ops:
+            batch.dead_reasons.append((mid, reason))
             key, record = deadletters.op_record(
                 op.model_dump(mode="json"),
                 error,
@@ -341,17 +352,37 @@ class BatchApplier:
         )
 
     def _confirm(self, batch: Batch) -> None:
-        """Record dead letters and mark the messages done, atomically, retrying a while."""
+        """Record dead letters and mark the messages done, atomically, retrying a while;
+        then count what the messages this settle was the first for hold."""
         started = time.monotonic()
+        applied = Counter(mid for ops, _, _ in batch.committed for _, mid in ops)
+        counts = tallies.tally(self.backend, batch.committed, batch.published, batch.dead_reasons)
+        pushed = None
+        if self._tally_list is not None and counts:
+            pushed = (self._tally_list, counts.to_json(), tallies.LIST_TTL_S)
         for attempt in range(1, 100):
             try:
-                deadletters.settle(
+                first = deadletters.settle(
                     self._redis,
                     batch.message_ids,
                     batch.dead,
-                    applied=len(batch.ops) - batch.failed_ops,
+                    applied=applied,
                     confirm_ttl_s=self._settings.confirm_ttl_s,
+                    tally=pushed,
                 )
+                if first is not None:  # some were settled before: count the others
+                    counts = tallies.tally(
+                        self.backend,
+                        batch.committed,
+                        batch.published,
+                        batch.dead_reasons,
+                        first,
+                    )
+                elif pushed is not None:
+                    return  # the settle handed the counts to the main process
+                # Counted here, after the settle: a process killed in between leaves these
+                # uncounted (worker.tallies).
+                tallies.add(counts)
                 return
             except TRANSIENT as exc:
                 if time.monotonic() - started > self._settings.retry_max_s:

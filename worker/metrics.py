@@ -3,10 +3,20 @@
 Pool children count what they do in prometheus-client's multiprocess files (see
 `worker.multiproc`); the main process sums every process's files at each scrape, so the
 numbers are the worker's. A child killed by SIGKILL leaves its counters' file behind, so
-nothing it counted is lost; it is counted once because ops are counted only when the store
-reports them written (`StorageBackend.commit`): an op applied again after a redelivery has
-lost on version and counts as stale. (A child killed between the database's commit and
-its count leaves those ops uncounted: redelivered, they count as stale.)
+nothing it counted is lost.
+
+Ops, their lags and dead letters are counted once per message, at the settle that was the
+first for that message (`worker.tallies`): ops the store wrote ("new") or already held at
+their own version ("held": applied by a process killed before it settled) count as applied,
+ops whose version lost as stale (`StorageBackend.commit`); a redelivered copy of a message
+settled before counts nothing. With metrics on, the settle itself hands the batch's counts
+to the main process through Redis, atomically, so a child killed before, during or after
+its settle loses none and doubles none. Left: a batch holding a message settled before (a
+redelivered copy) or one of another publisher is counted by its child after the settle (a
+kill between the reply and those in-memory increments, no I/O, leaves them uncounted),
+see `worker.tallies`; a store keeps no op id per row, so
+another op of exactly the same version (only if the caller picks versions) counts as
+"held"; and a redelivered op whose row a newer save overwrote meanwhile counts as stale.
 """
 
 from __future__ import annotations
@@ -15,10 +25,9 @@ import bisect
 import logging
 import os
 import threading
-import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import redis
@@ -33,9 +42,9 @@ from prometheus_client import (
     multiprocess,
 )
 from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
 
 from broker.stats import StatsCollector
-from storage.ops import Op, OpName
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +92,22 @@ def observe_all(histogram: Histogram, values: Iterable[float]) -> None:
     thousands of lags cost one bisect each instead of thousands of locked (in multiprocess
     mode, file-backed) updates. Relies on prometheus-client's `_upper_bounds`, `_buckets`
     and `_sum` (checked by tests/unit/test_metrics.py)."""
-    bounds: list[float] = histogram._upper_bounds
+    observe_bucketed(histogram, bucketed(histogram._upper_bounds, values))
+
+
+def bucketed(bounds: list[float], values: Iterable[float]) -> tuple[list[int], float]:
+    """How many of `values` fall in each bucket of `bounds`, and their sum."""
     counts = [0] * len(bounds)
     total = 0.0
     for value in values:
         counts[bisect.bisect_left(bounds, value)] += 1
         total += value
+    return counts, total
+
+
+def observe_bucketed(histogram: Histogram, counted: tuple[list[int], float]) -> None:
+    """Add `bucketed`'s counts and sum to `histogram`."""
+    counts, total = counted
     for bucket, count in zip(histogram._buckets, counts, strict=True):
         if count:
             bucket.inc(count)
@@ -120,10 +139,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def worker_registry(broker: redis.Redis) -> CollectorRegistry:
+def worker_registry(broker: redis.Redis, before: Iterable[Collector] = ()) -> CollectorRegistry:
     """Every process's metrics summed, the broker's gauges, and the main process's own
-    `process_*` metrics."""
+    `process_*` metrics; `before` are collected first, at each scrape."""
     registry = CollectorRegistry()
+    for collector in before:
+        registry.register(collector)
     _LiveFiles(registry, os.environ["PROMETHEUS_MULTIPROC_DIR"])
     registry.register(StatsCollector(broker))
     ProcessCollector(registry=registry)
@@ -157,41 +178,6 @@ def serve(registry: CollectorRegistry, port: int, host: str = "0.0.0.0") -> WSGI
     os.register_at_fork(after_in_child=server.socket.close)
     threading.Thread(target=server.serve_forever, name="agentstore-metrics", daemon=True).start()
     return server
-
-
-# The `kind` label of each op name: what it saves or deletes ("agent" for erase_agent).
-KIND_OF: dict[str, str] = {
-    name: name.split("_", 1)[1].removesuffix("s") for name in get_args(OpName)
-}
-
-
-def committed(
-    ops: Sequence[tuple[Op, str]],
-    changed: Sequence[bool],
-    published: Mapping[str, float],
-    backend: str,
-) -> None:
-    """Count one committed part of a batch: `ops` as (op, message id), `changed` what the
-    store reported for each, `published` the publish time of their messages."""
-    now = time.time()
-    applied: dict[str, int] = {}
-    stale: dict[str, int] = {}
-    lags: dict[str, list[float]] = {}
-    for (op, mid), wrote in zip(ops, changed, strict=True):
-        kind = KIND_OF[op.op]
-        if not wrote:
-            stale[kind] = stale.get(kind, 0) + 1
-            continue
-        applied[kind] = applied.get(kind, 0) + 1
-        sent = published.get(mid)
-        if sent is not None:  # messages of other publishers carry no publish time
-            lags.setdefault(kind, []).append(max(now - sent, 0.0))
-    for kind, count in applied.items():
-        OPS_APPLIED.labels(kind, backend).inc(count)
-    for kind, count in stale.items():
-        OPS_STALE.labels(kind).inc(count)
-    for kind, values in lags.items():
-        observe_all(APPLY_LAG.labels(kind), values)
 
 
 def batch_done(ops: int, seconds: float) -> None:

@@ -20,6 +20,8 @@ from kombu.transport import virtual
 
 from broker import deadletters, wire
 
+from . import tallies
+
 log = logging.getLogger(__name__)
 
 
@@ -107,7 +109,8 @@ class Channel(kombu_redis.Channel):
         key, record = deadletters.message_record(raw, reason, mid, now)
         try:
             with self.conn_or_acquire() as client:
-                deadletters.settle(client, [mid] if mid else [], [(key, record, now)])
+                first = deadletters.settle(client, [mid] if mid else [], [(key, record, now)])
+            tallies.dead_lettered(mid, "malformed", first)
             log.error("dead-lettered queue entry %s: %s", key, reason)
         except redis.RedisError:
             log.exception("could not dead-letter a queue entry (%s)", reason)

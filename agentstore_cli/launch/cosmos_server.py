@@ -57,11 +57,14 @@ class CosmosServer:
         self.stop()
 
 
-def start_cosmos_server(advertised_port: int | None = None) -> CosmosServer:
+def start_cosmos_server(
+    advertised_port: int | None = None, *, request_charge: str | None = None
+) -> CosmosServer:
     """Start `node cosmos-server/server.js PORT` on a free loopback port and wait until it answers.
 
     With `advertised_port`, the server tells the SDK to send every request after the first
-    to that port (e.g. a `TcpProxy`'s) instead of its own.
+    to that port (e.g. a `TcpProxy`'s) instead of its own. With `request_charge`, every
+    answer's `x-ms-request-charge` is that (the package's own is always "1").
 
     Raises `CosmosServerError` with the server's output if it does not answer within 15 s, and
     one saying to run `npm ci --prefix cosmos-server` if its dependencies are not installed.
@@ -85,7 +88,11 @@ def start_cosmos_server(advertised_port: int | None = None) -> CosmosServer:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=SERVER_DIR,
-            env={**os.environ, "NODE_NO_WARNINGS": "1"},
+            env={
+                **os.environ,
+                "NODE_NO_WARNINGS": "1",
+                "COSMOS_TEST_REQUEST_CHARGE": request_charge or "",
+            },
         )
         server = CosmosServer(port=port, process=process, _log=log)
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import statistics
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +27,9 @@ class Sizes:
 
 FULL = Sizes(100_000, 20_000, 10_000, 20_000, 5_000, 100_000, 1_000, 400, 2, 256)
 QUICK = Sizes(10_000, 5_000, 2_000, 5_000, 2_000, 30_000, 300, 150, 1, 128)
+# Drains of a cost scenario (metrics, tracing): off and on alternated this many times at
+# least, the best of each kept, so a change in the machine's load hits both alike.
+COST_ROUNDS = 3
 
 
 def state(i: int) -> dict[str, Any]:
@@ -35,3 +42,30 @@ def key(i: int) -> tuple[str, str]:
 
 def percentile(samples: list[float], q: int) -> float:
     return statistics.quantiles(samples, n=100)[q - 1]
+
+
+BLOCK = 500
+
+
+def alternating_p50_us(
+    save: Callable[[bool, int], None],
+    n: int,
+    around: Callable[[bool], AbstractContextManager[object]] = lambda on: contextlib.nullcontext(),
+) -> dict[str, float]:
+    """p50 latency of `save(on, i)` off and on, timed in alternating blocks of `BLOCK` calls
+    (each block inside `around(on)`), `n` of each after `BLOCK` untimed warm-up calls: a
+    change in the machine's load hits both alike."""
+    for i in range(BLOCK):  # the connection, the script
+        save(False, i)
+    samples: dict[bool, list[float]] = {False: [], True: []}
+    for block in range(2 * max(1, n // BLOCK)):
+        on = block % 2 == 1
+        with around(on):
+            for i in range(BLOCK):
+                t0 = time.perf_counter_ns()
+                save(on, i)
+                samples[on].append((time.perf_counter_ns() - t0) / 1000)
+    return {
+        "off_p50_us": percentile(samples[False], 50),
+        "on_p50_us": percentile(samples[True], 50),
+    }

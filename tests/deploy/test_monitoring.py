@@ -17,7 +17,7 @@ from ruamel.yaml import YAML
 from broker import keys
 from tests.services import unavailable
 
-from .files import ROOT, load_compose
+from .files import ROOT, load_compose, service_environment
 
 DEPLOY = ROOT / "deploy"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
@@ -139,6 +139,23 @@ def test_the_monitoring_profile_scrapes_the_workers_and_provisions_the_dashboard
     assert all(name in services for sd in job["dns_sd_configs"] for name in sd["names"])
     provider = _yaml(DEPLOY / "grafana" / "provisioning" / "dashboards" / "agentstore.yml")
     assert mounts[DASHBOARD.parent] == provider["providers"][0]["options"]["path"]
+
+
+def test_the_workers_serve_metrics_on_the_port_prometheus_scrapes() -> None:
+    worker = load_compose()["services"]["worker"]
+    env = service_environment(worker, {"POSTGRES_PASSWORD": "x"})
+    assert env["CELERY_BROKER_URL"], "the shared settings are still merged in"
+    (job,) = _yaml(DEPLOY / "prometheus" / "prometheus.yml")["scrape_configs"]
+    ports = {str(sd["port"]) for sd in job["dns_sd_configs"] if "worker" in sd["names"]}
+    assert ports == {env["AGENTSTORE_METRICS_PORT"]}
+
+
+def test_the_readme_lists_every_metric() -> None:
+    text = (ROOT / "README.md").read_text()
+    observe = text[text.index("## Observe it") :]
+    observe = observe[: observe.index("\n## ", 1)]
+    missing = sorted(name for name in COUNTERS_AND_GAUGES | HISTOGRAMS if name not in observe)
+    assert not missing, f"README's 'Observe it' does not name {missing}"
 
 
 def test_keda_scales_the_workers_on_the_queue_list() -> None:

@@ -58,3 +58,21 @@ def test_only_refuses_a_scenario_it_does_not_have(
         run.main()
     assert exit_.value.code == 2
     assert "no scenario bogus" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("on", "off", "rate", "ratio", "met"),
+    [
+        (100.0, 104.0, False, 100 / 104, True),  # a latency, a bit lower with it on
+        (106.0, 100.0, False, 1.06, False),  # a latency 6 % higher
+        (9_600.0, 10_000.0, True, 10_000 / 9_600, True),  # a rate 4 % lower
+        (9_400.0, 10_000.0, True, 10_000 / 9_400, False),  # a rate 6 % lower
+    ],
+)
+def test_a_slowdown_is_met_up_to_five_percent_either_way_it_is_measured(
+    on: float, off: float, rate: bool, ratio: float, met: bool
+) -> None:
+    figure = report.slowdown("x", on, "u", off, "off", rate=rate, runs={"on": [on]})
+    assert figure.ratio == pytest.approx(ratio)
+    assert figure.met is met
+    assert figure.extra == {"on": [on]}
