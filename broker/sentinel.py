@@ -94,3 +94,16 @@ def options_from_environment() -> SentinelOptions:
     from storage.config import load_settings
 
     return SentinelOptions.from_settings(load_settings())
+
+
+def sentinel_transport_options(options: SentinelOptions) -> dict[str, Any]:
+    """kombu's Sentinel transport options for these options (the worker's Celery app)."""
+    transport: dict[str, Any] = {"master_name": options.master}
+    # Bounded: kombu gives the Sentinels' connections no timeout of their own.
+    sentinel_kwargs: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0}
+    if options.password is not None:
+        sentinel_kwargs["password"] = options.password
+    if options.tls:
+        sentinel_kwargs["ssl"] = True
+    transport["sentinel_kwargs"] = sentinel_kwargs
+    return transport

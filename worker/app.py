@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import ssl
 import threading
 import time
 from typing import Any
@@ -15,8 +16,9 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu import serialization
 from kombu.utils import json as kombu_json
 
-from broker import deadletters, keys, tracing, wire
+from broker import deadletters, keys, sentinel, tracing, wire
 from broker.connection import connect
+from broker.sentinel import SentinelOptions, sentinel_transport_options
 from storage import backends
 from storage.base import StorageBackend
 from storage.config import load_settings
@@ -41,6 +43,7 @@ if _settings.agentstore_backend == "memory":
     )
 _worker_settings = load_worker_settings()
 BROKER_URL = _settings.celery_broker_url.get_secret_value()
+_sentinel = SentinelOptions.from_settings(_settings)
 
 app = Celery("agentstore", broker=BROKER_URL, set_as_current=False)
 app.conf.update(
@@ -87,13 +90,18 @@ serialization.register(  # type: ignore[no-untyped-call]
 
 if BROKER_URL.startswith(("redis://", "rediss://")):
     app.conf.broker_transport = "worker.transport:Transport"
+elif sentinel.is_sentinel_url(BROKER_URL):
+    app.conf.broker_transport = "worker.transport:SentinelTransport"
+    app.conf.broker_transport_options.update(sentinel_transport_options(_sentinel))
+    if _sentinel.tls:
+        app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 
 
 class _Process:
     """What one worker process owns: Redis client, reaper, and (once reachable) the store."""
 
     def __init__(self) -> None:
-        self.redis = connect(BROKER_URL, 10.0)
+        self.redis = connect(BROKER_URL, 10.0, _sentinel)
         reaper = Reaper(
             self.redis,
             _worker_settings.recovery_after_s,
@@ -183,7 +191,7 @@ def _serve_metrics(**_: Any) -> None:
     # In the main process, before the pool forks: it sums every child's files (worker.metrics).
     port = _worker_settings.metrics_port
     if port is not None:
-        metrics.serve(metrics.worker_registry(connect(BROKER_URL, 5.0)), port)
+        metrics.serve(metrics.worker_registry(connect(BROKER_URL, 5.0, _sentinel)), port)
         log.info("serving Prometheus metrics on port %d at /metrics", port)
 
 
@@ -237,7 +245,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
                 }
             )
             if self._dlq_redis is None:
-                self._dlq_redis = connect(BROKER_URL, 10.0)
+                self._dlq_redis = connect(BROKER_URL, 10.0, _sentinel)
             now = time.time()
             key, record = deadletters.message_record(raw, reason, mid, now)
             deadletters.settle(self._dlq_redis, [mid] if mid else [], [(key, record, now)])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self, cast
@@ -24,6 +25,7 @@ class SentinelProcess:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.port = free_port()
+        self.run_id = uuid.uuid4().hex + uuid.uuid4().hex[:8]  # `sentinel myid`: 40 hex digits
         self.conf_path = directory / "sentinel.conf"
         self.log_path = directory / "sentinel.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -34,7 +36,10 @@ class SentinelProcess:
         if binary is None:
             raise ServiceError("redis-server is not on PATH (install Redis, e.g. redis-server)")
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.conf_path.write_text(f"port {self.port}\nbind 127.0.0.1\ndir {self.directory}\n{conf}")
+        head = (
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.directory}\nsentinel myid {self.run_id}\n"
+        )
+        self.conf_path.write_text(head + conf)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [binary, str(self.conf_path), "--sentinel"],
@@ -106,9 +111,11 @@ class SentinelCluster:
         self.master = master
         self.password = password
         self.sentinel_password = sentinel_password
-        auth = ("--masterauth", password) if password else ()
+        # A replica's full sync starts at once instead of after Redis's default 5 s delay.
+        args = ("--repl-diskless-sync-delay", "0")
+        args += ("--masterauth", password) if password else ()
         self.servers = [
-            RedisServer(directory / f"redis-{i}", password=password, args=auth)
+            RedisServer(directory / f"redis-{i}", password=password, args=args)
             for i in range(1 + replicas)
         ]
         self._down_after_ms = down_after_ms
@@ -121,13 +128,24 @@ class SentinelCluster:
         auth = f":{self.password}@" if self.password else ""
         return ";".join(f"sentinel://{auth}127.0.0.1:{s.port}/0" for s in self.sentinels)
 
-    def _sentinel_conf(self, primary: RedisServer) -> str:
+    def _sentinel_conf(self, primary: RedisServer, me: SentinelProcess) -> str:
         name, quorum = self.master, len(self.sentinels) // 2 + 1
         lines = [
             f"sentinel monitor {name} 127.0.0.1 {primary.port} {quorum}",
             f"sentinel down-after-milliseconds {name} {self._down_after_ms}",
             f"sentinel failover-timeout {name} {self._failover_timeout_ms}",
             f"sentinel parallel-syncs {name} 1",
+        ]
+        # Told about each other and the replicas up front: discovering them takes seconds.
+        lines += [
+            f"sentinel known-sentinel {name} 127.0.0.1 {other.port} {other.run_id}"
+            for other in self.sentinels
+            if other is not me
+        ]
+        lines += [
+            f"sentinel known-replica {name} 127.0.0.1 {server.port}"
+            for server in self.servers
+            if server is not primary
         ]
         if self.password:
             lines.append(f"sentinel auth-pass {name} {self.password}")
@@ -144,9 +162,8 @@ class SentinelCluster:
             server.args = (*server.args, "--replicaof", "127.0.0.1", str(primary.port))
             server.start()
         self.wait_replicas_online(len(replicas))
-        conf = self._sentinel_conf(primary)
         for sentinel in self.sentinels:
-            sentinel.start(conf, self.sentinel_password)
+            sentinel.start(self._sentinel_conf(primary, sentinel), self.sentinel_password)
         self._wait(lambda: self._sentinels_know_replicas(len(replicas)), "Sentinels to see all")
 
     def primary(self) -> RedisServer:
