@@ -14,6 +14,7 @@ import redis
 from celery import Celery, Task, signals
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu import serialization
+from kombu.transport import TRANSPORT_ALIASES
 from kombu.utils import json as kombu_json
 
 from broker import deadletters, keys, sentinel, tracing, wire
@@ -92,6 +93,9 @@ if BROKER_URL.startswith(("redis://", "rediss://")):
     app.conf.broker_transport = "worker.transport:Transport"
 elif sentinel.is_sentinel_url(BROKER_URL):
     app.conf.broker_transport = "worker.transport:SentinelTransport"
+    # On a connection loss kombu moves to the URL's next Sentinel and picks that URL's
+    # scheme's transport, not the configured one: the scheme must name ours too.
+    TRANSPORT_ALIASES["sentinel"] = "worker.transport:SentinelTransport"
     app.conf.broker_transport_options.update(sentinel_transport_options(_sentinel))
     if _sentinel.tls:
         app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}

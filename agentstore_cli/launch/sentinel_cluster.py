@@ -112,7 +112,7 @@ class SentinelCluster:
         self.password = password
         self.sentinel_password = sentinel_password
         # A replica's full sync starts at once instead of after Redis's default 5 s delay.
-        args = ("--repl-diskless-sync-delay", "0")
+        args: tuple[str, ...] = ("--repl-diskless-sync-delay", "0")
         args += ("--masterauth", password) if password else ()
         self.servers = [
             RedisServer(directory / f"redis-{i}", password=password, args=args)

@@ -48,6 +48,7 @@ def test_a_durable_save_is_on_every_replica_asked_for_when_it_returns(
         shown = repr(store)
         for i in range(30):
             op_id = store.save_state("agent", f"s{i}", {"i": i})
+            assert op_id is not None
             # WAIT 2: both replicas have applied the publish when the call returns.
             for replica in replicas:
                 assert replica.zscore(keys.PENDING_KEY, op_id) is not None, (i, replica)
@@ -113,7 +114,9 @@ def test_saves_carry_on_through_a_failover_without_a_new_producer(
             while not stop.is_set():
                 start = time.monotonic()
                 try:
-                    acknowledged.append(store.save_state("agent", f"s{i % 50}", {"i": i}))
+                    op_id = store.save_state("agent", f"s{i % 50}", {"i": i})
+                    assert op_id is not None
+                    acknowledged.append(op_id)
                 except PublishError as exc:
                     failures.append((time.monotonic(), exc))
                 durations.append(time.monotonic() - start)
