@@ -223,14 +223,13 @@ def collect_stats(
     sentinel: SentinelOptions | None = None,
 ) -> dict[str, Any]:
     """`broker.stats.queue_stats`, applied ops/s over `sample_s`, the workers consuming the
-    queue (None when not asked) and, behind Sentinels, their view (`sentinel`, else None)."""
+    queue (None when not asked) and, behind Sentinels only, their view (`sentinel`)."""
     client = connect(url, 5.0, sentinel)
     try:
         numbers: dict[str, Any] = dataclasses.asdict(queue_stats(client))
         numbers["applied_per_s"] = round(applied_per_s(client, sample_s), 1)
     finally:
         client.close()
-    numbers["sentinel"] = None
     if is_sentinel_url(url):
         options = sentinel or options_from_environment()
         numbers["sentinel"] = sentinel_view(url, options, 5.0).as_dict()

@@ -27,7 +27,7 @@ from tests.queued import op_id_of, pending_ids
 def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[fakeredis.FakeRedis]:
     server = fakeredis.FakeServer()
     client = fakeredis.FakeRedis(server=server)
-    monkeypatch.setattr(broker.publisher, "connect", lambda url, timeout: client)
+    monkeypatch.setattr(broker.publisher, "connect", lambda url, timeout, sentinel=None: client)
     yield client
 
 
