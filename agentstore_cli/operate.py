@@ -15,10 +15,12 @@ from broker import keys
 from broker.connection import connect
 from broker.sentinel import (
     SentinelOptions,
+    celery_ssl_options,
     is_sentinel_url,
     options_from_environment,
     sentinel_transport_options,
 )
+from broker.sentinel import parse as parse_sentinel_url
 from broker.stats import exposition, queue_stats
 from broker.topology import SentinelView, sentinel_view
 from storage import backends
@@ -110,8 +112,9 @@ def ping_workers(
 
     app = celery.Celery("agentstore-cli", broker=url, set_as_current=False)
     if is_sentinel_url(url):
-        options = sentinel or options_from_environment()
-        app.conf.broker_transport_options = sentinel_transport_options(options)
+        target = parse_sentinel_url(url, sentinel or options_from_environment())
+        app.conf.broker_transport_options = sentinel_transport_options(target)
+        app.conf.broker_use_ssl = celery_ssl_options(target)
     app.conf.broker_connection_retry = False
     app.conf.broker_connection_timeout = timeout
     try:

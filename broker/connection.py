@@ -25,7 +25,10 @@ def connect(url: str, timeout: float, sentinel: SentinelOptions | None = None) -
     options = pool_options(timeout)
     if sentinel_urls.is_sentinel_url(url):
         target = sentinel_urls.parse(url, sentinel or sentinel_urls.options_from_environment())
-        manager = Sentinel(target.sentinels, sentinel_kwargs=target.sentinel_kwargs(options))  # type: ignore[no-untyped-call]
+        # No retries on the Sentinels either (redis-py's default retries with backoff took
+        # 15 s to give up on three Sentinels refusing a TLS handshake).
+        kwargs = {**target.sentinel_kwargs(options), "retry": Retry(NoBackoff(), 0)}
+        manager = Sentinel(target.sentinels, sentinel_kwargs=kwargs)  # type: ignore[no-untyped-call]
         pool: redis.ConnectionPool = SentinelConnectionPool(  # type: ignore[no-untyped-call]
             target.options.master,
             manager,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -269,4 +270,9 @@ class Sent(Exception):
 
 def _reason(exc: Exception) -> str:
     # redis-py error texts name host and port but never the password; keep them short anyway.
-    return f"{type(exc).__name__}: {str(exc)[:200]}"
+    # No Sentinel answering names each one by its client's repr: its error is what matters.
+    text = _SENTINEL_REPR.sub("", str(exc))
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+_SENTINEL_REPR = re.compile(r"<redis\.(?:asyncio\.)?client\.Redis\(.*?\)> - ")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from storage.config import SENTINEL_SCHEME, Settings, check_broker_url
 
@@ -46,19 +46,28 @@ class SentinelTarget:
     username: str | None
     password: str | None = field(repr=False)
     options: SentinelOptions
+    # The URL's `ssl_*` query parameters (as in a `rediss://` URL: `ssl_ca_certs=...`).
+    ssl: dict[str, str] = field(default_factory=dict)
+
+    def tls_kwargs(self) -> dict[str, Any]:
+        """redis-py's TLS settings for Sentinels and servers alike; none without TLS."""
+        if not self.options.tls:
+            return {}
+        kwargs: dict[str, Any] = {"ssl": True, **self.ssl}
+        if "ssl_check_hostname" in kwargs:
+            kwargs["ssl_check_hostname"] = kwargs["ssl_check_hostname"].lower() != "false"
+        return kwargs
 
     def sentinel_kwargs(self, socket_options: dict[str, Any]) -> dict[str, Any]:
         """Connection settings for the Sentinels themselves."""
         kwargs = {k: v for k, v in socket_options.items() if k.startswith("socket_")}
         if self.options.password is not None:
             kwargs["password"] = self.options.password
-        if self.options.tls:
-            kwargs["ssl"] = True
-        return kwargs
+        return {**kwargs, **self.tls_kwargs()}
 
     def server_kwargs(self) -> dict[str, Any]:
         """Connection settings for the primary (besides socket options)."""
-        kwargs: dict[str, Any] = {"db": self.db, "ssl": self.options.tls}
+        kwargs: dict[str, Any] = {"db": self.db, "ssl": False, **self.tls_kwargs()}
         if self.username:
             kwargs["username"] = self.username
         if self.password is not None:
@@ -86,6 +95,7 @@ def parse(url: str, options: SentinelOptions | None = None) -> SentinelTarget:
         username=unquote(first.username) if first.username else None,
         password=unquote(first.password) if first.password is not None else None,
         options=options or SentinelOptions(),
+        ssl={k: v[-1] for k, v in parse_qs(first.query).items() if k.startswith("ssl_")},
     )
 
 
@@ -96,14 +106,22 @@ def options_from_environment() -> SentinelOptions:
     return SentinelOptions.from_settings(load_settings())
 
 
-def sentinel_transport_options(options: SentinelOptions) -> dict[str, Any]:
-    """kombu's Sentinel transport options for these options (the worker's Celery app)."""
-    transport: dict[str, Any] = {"master_name": options.master}
+def sentinel_transport_options(target: SentinelTarget) -> dict[str, Any]:
+    """kombu's Sentinel transport options for a parsed URL (Celery apps: the worker's, the
+    CLI's ping). kombu takes TLS to the servers from the URL's `ssl_*` parameters or
+    Celery's `broker_use_ssl` (`celery_ssl_options`)."""
     # Bounded: kombu gives the Sentinels' connections no timeout of their own.
-    sentinel_kwargs: dict[str, Any] = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0}
-    if options.password is not None:
-        sentinel_kwargs["password"] = options.password
-    if options.tls:
-        sentinel_kwargs["ssl"] = True
-    transport["sentinel_kwargs"] = sentinel_kwargs
-    return transport
+    timeouts = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0}
+    return {
+        "master_name": target.options.master,
+        "sentinel_kwargs": target.sentinel_kwargs(timeouts),
+    }
+
+
+def celery_ssl_options(target: SentinelTarget) -> dict[str, Any] | None:
+    """Celery's `broker_use_ssl` for a parsed URL: None without TLS."""
+    if not target.options.tls:
+        return None
+    kwargs = target.tls_kwargs()
+    kwargs.pop("ssl")
+    return {"ssl_cert_reqs": "required", **kwargs}

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 from . import sentinel as sentinel_urls
@@ -43,7 +45,7 @@ def sentinel_view(url: str, options: SentinelOptions, timeout: float) -> Sentine
     primary for their replication lag. Never raises for an unreachable service: the view
     says what is missing in `error`."""
     target = sentinel_urls.parse(url, options)
-    kwargs = target.sentinel_kwargs(pool_options(timeout))
+    kwargs = {**target.sentinel_kwargs(pool_options(timeout)), "retry": Retry(NoBackoff(), 0)}
     manager = Sentinel(target.sentinels, sentinel_kwargs=kwargs)  # type: ignore[no-untyped-call]
     answered, replicas_state = 0, None
     for client in manager.sentinels:

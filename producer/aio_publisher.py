@@ -45,7 +45,8 @@ def connect_async(
     }
     if sentinel_urls.is_sentinel_url(url):
         target = sentinel_urls.parse(url, sentinel or sentinel_urls.options_from_environment())
-        manager = Sentinel(target.sentinels, sentinel_kwargs=target.sentinel_kwargs(options))  # type: ignore[no-untyped-call]
+        kwargs = {**target.sentinel_kwargs(options), "retry": Retry(NoBackoff(), 0)}
+        manager = Sentinel(target.sentinels, sentinel_kwargs=kwargs)  # type: ignore[no-untyped-call]
         pool: aioredis.ConnectionPool = _BlockingSentinelPool(  # type: ignore[no-untyped-call]
             target.options.master, manager, **target.server_kwargs(), **options
         )

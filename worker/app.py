@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import ssl
 import threading
 import time
 from typing import Any
@@ -19,7 +18,7 @@ from kombu.utils import json as kombu_json
 
 from broker import deadletters, keys, sentinel, tracing, wire
 from broker.connection import connect
-from broker.sentinel import SentinelOptions, sentinel_transport_options
+from broker.sentinel import SentinelOptions, celery_ssl_options, sentinel_transport_options
 from storage import backends
 from storage.base import StorageBackend
 from storage.config import load_settings
@@ -96,9 +95,9 @@ elif sentinel.is_sentinel_url(BROKER_URL):
     # On a connection loss kombu moves to the URL's next Sentinel and picks that URL's
     # scheme's transport, not the configured one: the scheme must name ours too.
     TRANSPORT_ALIASES["sentinel"] = "worker.transport:SentinelTransport"
-    app.conf.broker_transport_options.update(sentinel_transport_options(_sentinel))
-    if _sentinel.tls:
-        app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    _target = sentinel.parse(BROKER_URL, _sentinel)
+    app.conf.broker_transport_options.update(sentinel_transport_options(_target))
+    app.conf.broker_use_ssl = celery_ssl_options(_target)
 
 
 class _Process:

@@ -14,7 +14,7 @@ from typing import Any, Self, cast
 import redis
 
 from .processes import ServiceError, free_port, stop_process, tail
-from .redis_server import START_TIMEOUT_S, STOP_TIMEOUT_S, RedisServer
+from .redis_server import START_TIMEOUT_S, STOP_TIMEOUT_S, RedisServer, Tls
 
 MASTER_NAME = "mymaster"
 
@@ -22,8 +22,9 @@ MASTER_NAME = "mymaster"
 class SentinelProcess:
     """One Sentinel: `redis-server <conf> --sentinel`, its config rewritten by itself."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, tls: Tls | None = None) -> None:
         self.directory = directory
+        self.tls = tls
         self.port = free_port()
         self.run_id = uuid.uuid4().hex + uuid.uuid4().hex[:8]  # `sentinel myid`: 40 hex digits
         self.conf_path = directory / "sentinel.conf"
@@ -36,9 +37,13 @@ class SentinelProcess:
         if binary is None:
             raise ServiceError("redis-server is not on PATH (install Redis, e.g. redis-server)")
         self.directory.mkdir(parents=True, exist_ok=True)
-        head = (
-            f"port {self.port}\nbind 127.0.0.1\ndir {self.directory}\nsentinel myid {self.run_id}\n"
-        )
+        head = f"bind 127.0.0.1\ndir {self.directory}\nsentinel myid {self.run_id}\n"
+        if self.tls is None:
+            head += f"port {self.port}\n"
+        else:  # TLS only, to clients and to the servers it watches
+            head += f"port 0\ntls-port {self.port}\ntls-auth-clients no\ntls-replication yes\n"
+            head += f"tls-cert-file {self.tls.cert}\ntls-key-file {self.tls.key}\n"
+            head += f"tls-ca-cert-file {self.tls.ca}\n"
         self.conf_path.write_text(head + conf)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
@@ -69,8 +74,16 @@ class SentinelProcess:
             client.close()
 
     def client(self, password: str | None) -> redis.Redis:
+        tls: dict[str, Any] = {}
+        if self.tls is not None:
+            tls = {"ssl": True, "ssl_ca_certs": str(self.tls.ca)}
         return redis.Redis(
-            "127.0.0.1", self.port, password=password, socket_timeout=5, decode_responses=True
+            "127.0.0.1",
+            self.port,
+            password=password,
+            socket_timeout=5,
+            decode_responses=True,
+            **tls,
         )
 
     def stop(self) -> None:
@@ -91,6 +104,8 @@ class SentinelCluster:
         directory: one subdirectory per server and Sentinel (data, logs, configs).
         password: required by the Redis servers (and given by the URL).
         sentinel_password: required by the Sentinels (`AGENTSTORE_SENTINEL_PASSWORD`).
+        tls: servers and Sentinels speak TLS only, with these files (replication too); clients
+            then need `AGENTSTORE_SENTINEL_TLS=true` and to trust `tls.ca`.
         down_after_ms, failover_timeout_ms: the Sentinels' failure detection and failover
             timeouts (short, so a failover takes a few seconds).
     """
@@ -106,27 +121,34 @@ class SentinelCluster:
         sentinel_password: str | None = None,
         down_after_ms: int = 1000,
         failover_timeout_ms: int = 3000,
+        tls: Tls | None = None,
     ) -> None:
         self.directory = directory
         self.master = master
         self.password = password
         self.sentinel_password = sentinel_password
+        self.tls = tls
         # A replica's full sync starts at once instead of after Redis's default 5 s delay.
         args: tuple[str, ...] = ("--repl-diskless-sync-delay", "0")
         args += ("--masterauth", password) if password else ()
+        args += ("--tls-replication", "yes") if tls else ()
         self.servers = [
-            RedisServer(directory / f"redis-{i}", password=password, args=args)
+            RedisServer(directory / f"redis-{i}", password=password, tls=tls, args=args)
             for i in range(1 + replicas)
         ]
         self._down_after_ms = down_after_ms
         self._failover_timeout_ms = failover_timeout_ms
-        self.sentinels = [SentinelProcess(directory / f"sentinel-{i}") for i in range(sentinels)]
+        self.sentinels = [
+            SentinelProcess(directory / f"sentinel-{i}", tls) for i in range(sentinels)
+        ]
 
     @property
     def url(self) -> str:
-        """The broker URL: every Sentinel, and the servers' password if they have one."""
+        """The broker URL: every Sentinel, the servers' password if they have one, and with
+        TLS the CA to verify them by (`ssl_*` parameters, as in a `rediss://` URL)."""
         auth = f":{self.password}@" if self.password else ""
-        return ";".join(f"sentinel://{auth}127.0.0.1:{s.port}/0" for s in self.sentinels)
+        tls = "" if self.tls is None else f"?ssl_cert_reqs=required&ssl_ca_certs={self.tls.ca}"
+        return ";".join(f"sentinel://{auth}127.0.0.1:{s.port}/0{tls}" for s in self.sentinels)
 
     def _sentinel_conf(self, primary: RedisServer, me: SentinelProcess) -> str:
         name, quorum = self.master, len(self.sentinels) // 2 + 1

@@ -23,14 +23,33 @@ def test_a_sentinel_url_names_every_sentinel_the_database_and_the_servers_passwo
     target = sentinel.parse(URL, options)
     assert target.sentinels == [("10.0.0.1", 26379), ("10.0.0.2", 26380), ("10.0.0.3", 26379)]
     assert target.db == 2 and target.password == "s3cret"
-    assert target.server_kwargs() == {"db": 2, "ssl": True, "password": "s3cret"}
+    assert target.server_kwargs() == {"db": 2, "ssl": True, "password": "s3cret"}  # TLS on
     assert target.sentinel_kwargs({"socket_timeout": 1.0, "health_check_interval": 30}) == {
         "socket_timeout": 1.0,
         "password": "sentinel-pw",
         "ssl": True,
     }
-    assert sentinel.sentinel_transport_options(options)["master_name"] == "queue"
+    transport = sentinel.sentinel_transport_options(target)
+    assert transport["master_name"] == "queue"
+    assert transport["sentinel_kwargs"]["password"] == "sentinel-pw"
+    assert sentinel.celery_ssl_options(target) == {"ssl_cert_reqs": "required"}
     assert "s3cret" not in repr(target) and "sentinel-pw" not in repr(options)
+
+
+def test_tls_settings_come_from_the_urls_ssl_parameters_and_only_with_tls_on() -> None:
+    url = "sentinel://h:1/0?ssl_ca_certs=/etc/ca.pem&ssl_check_hostname=false;sentinel://g:2/0"
+    on = sentinel.parse(url, sentinel.SentinelOptions(tls=True))
+    expected = {"ssl": True, "ssl_ca_certs": "/etc/ca.pem", "ssl_check_hostname": False}
+    assert on.tls_kwargs() == expected
+    assert on.server_kwargs() == {"db": 0, **expected}
+    assert sentinel.celery_ssl_options(on) == {
+        "ssl_cert_reqs": "required",
+        "ssl_ca_certs": "/etc/ca.pem",
+        "ssl_check_hostname": False,
+    }
+    off = sentinel.parse(url, sentinel.SentinelOptions(tls=False))
+    assert off.tls_kwargs() == {} and off.server_kwargs() == {"db": 0, "ssl": False}
+    assert sentinel.celery_ssl_options(off) is None
 
 
 @pytest.mark.parametrize(
