@@ -153,3 +153,41 @@ def test_saves_carry_on_through_a_failover_without_a_new_producer(
         client.close()
     missing = [op for op, score in zip(acknowledged, scores, strict=True) if score is None]
     assert not missing, f"{len(missing)} acknowledged saves lost by the failover"
+
+
+def test_async_saves_carry_on_through_a_failover(cluster: SentinelCluster) -> None:
+    timeout = 2.0
+
+    async def run() -> tuple[int, int, float]:
+        acknowledged, failures, longest = 0, 0, 0.0
+        async with AsyncProducer(publish_timeout=timeout, **settings(cluster, replicas=1)) as store:  # type: ignore[arg-type]
+
+            async def save(i: int) -> None:
+                nonlocal acknowledged, failures, longest
+                start = time.monotonic()
+                try:
+                    await store.save_state("agent", f"s{i % 20}", {"i": i})
+                    acknowledged += 1
+                except PublishError:
+                    failures += 1
+                longest = max(longest, time.monotonic() - start)
+
+            for i in range(50):
+                await save(i)
+            old = await asyncio.to_thread(cluster.kill_primary)
+            promoted = asyncio.ensure_future(asyncio.to_thread(cluster.wait_for_primary, old))
+            i = 50
+            while not promoted.done():
+                await save(i)
+                i += 1
+            await promoted
+            before = acknowledged
+            for j in range(50):
+                await save(i + j)
+            assert acknowledged == before + 50, "async saves did not resume after the promotion"
+        return acknowledged, failures, longest
+
+    acknowledged, failures, longest = asyncio.run(run())
+    assert acknowledged >= 100
+    assert failures, "killing the primary made no save fail: the test did not test a failover"
+    assert longest <= timeout + 0.5, longest
