@@ -19,7 +19,7 @@ from .sentinel import SentinelOptions
 @dataclass(frozen=True)
 class Replica:
     address: str
-    online: bool  # the Sentinels see it up and its link to the primary up
+    online: bool  # the Sentinels see it up, and the primary sees it connected and in sync
     lag_bytes: int | None  # replication offset behind the primary's
     lag_s: int | None  # seconds since its last acknowledgement, from the primary
 
@@ -65,11 +65,9 @@ def sentinel_view(url: str, options: SentinelOptions, timeout: float) -> Sentine
     for state in replicas_state or []:
         address = f"{state['ip']}:{state['port']}"
         flags = str(state.get("flags", ""))
-        online = (
-            "s_down" not in flags
-            and "o_down" not in flags
-            and state.get("master-link-status") == "ok"
-        )
+        # Online: connected and in sync as the primary sees it now (what WAIT counts; the
+        # Sentinels refresh their own view of a replica's link only every few seconds).
+        online = "s_down" not in flags and "o_down" not in flags and address in lags
         offset = offsets.get(address)
         replicas.append(
             Replica(
@@ -100,7 +98,8 @@ def _primary_replication(
         if key.startswith("slave") and isinstance(value, dict):
             address = f"{value.get('ip')}:{value.get('port')}"
             offsets[address] = int(value.get("offset", 0))
-            lags[address] = int(value.get("lag", 0))
+            if value.get("state") == "online":  # else still syncing: no lag to speak of
+                lags[address] = int(value.get("lag", 0))
     return offsets, lags, None
 
 

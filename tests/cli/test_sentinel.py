@@ -65,6 +65,8 @@ def test_health_and_stats_show_the_primary_its_replicas_and_a_failover(
     assert f"primary        127.0.0.1:{new.port}" in result.stdout
     # The killed server is still listed by the Sentinels, as down.
     assert f"127.0.0.1:{old.port}  DOWN" in result.stdout
+    # Once the other replica follows the new primary, one replica is online again.
+    cluster.wait_replicas_online(1)
     result = run(["health", "--no-workers"], config(cluster, pg_url, replicas=1))
     assert result.exit_code == 0, result.stdout
     assert f"primary 127.0.0.1:{new.port}, 1 of 2 replica(s) online" in result.stdout
