@@ -141,8 +141,9 @@ def test_saves_carry_on_through_a_failover_without_a_new_producer(
             thread.join(timeout=10)
     assert len(acknowledged) >= before + 100, "saves did not resume after the promotion"
     assert failures, "killing the primary made no save fail: the test did not test a failover"
-    # Failures only between the kill and (shortly after) the promotion; none took too long.
-    assert all(killed_at - 0.1 <= at <= promoted_at + timeout for at, _ in failures)
+    # Failures only between the kill and shortly after the promotion (the other replica
+    # resyncs with the new primary before WAIT 1 succeeds); none took too long.
+    assert all(killed_at - 0.1 <= at <= promoted_at + timeout + 3.0 for at, _ in failures)
     assert max(durations) <= timeout + 0.5, max(durations)
     # Every acknowledged save is on the new primary (WAIT 1, and the promoted replica is the
     # one with the most data).
@@ -181,10 +182,13 @@ def test_async_saves_carry_on_through_a_failover(cluster: SentinelCluster) -> No
                 await save(i)
                 i += 1
             await promoted
-            before = acknowledged
-            for j in range(50):
-                await save(i + j)
-            assert acknowledged == before + 50, "async saves did not resume after the promotion"
+            # Right after the promotion WAIT 1 may still fail: the other replica resyncs
+            # with the new primary first. Then saves go through again, same producer.
+            before, deadline = acknowledged, time.monotonic() + 15
+            while acknowledged < before + 50 and time.monotonic() < deadline:
+                await save(i)
+                i += 1
+            assert acknowledged >= before + 50, "async saves did not resume after the promotion"
         return acknowledged, failures, longest
 
     acknowledged, failures, longest = asyncio.run(run())
