@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from broker.sentinel import SentinelOptions
 from storage import backends
 from storage.records import STREAM_KINDS, StreamKind
 
@@ -235,7 +236,8 @@ def migrate(
 )
 @click.pass_context
 def health(ctx: click.Context, no_workers: bool, timeout: float) -> None:
-    """Check the broker (PING), the store (one read) and the workers (Celery ping).
+    """Check the broker (PING), the store (one read) and the workers (Celery ping); behind
+    Redis Sentinel, also that a primary is known with the replicas saves wait for online.
 
     One line per check; exit status 0 when all pass, 1 otherwise. A worker container checks
     itself with `agentstore health --no-workers`: its own health is whether the broker and
@@ -263,13 +265,16 @@ def health(ctx: click.Context, no_workers: bool, timeout: float) -> None:
 )
 @click.pass_context
 def stats(ctx: click.Context, no_workers: bool, as_json: bool, form: str) -> None:
-    """Queue depth, pending and in-flight messages, dead letters, workers."""
-    url = read_settings(ctx).celery_broker_url.get_secret_value()
+    """Queue depth, pending and in-flight messages, dead letters, workers; behind Redis
+    Sentinel, also the primary and each replica's lag."""
+    settings = read_settings(ctx)
+    url = settings.celery_broker_url.get_secret_value()
+    sentinel = SentinelOptions.from_settings(settings)
     if form == "prometheus":
-        click.echo(operate.prometheus_stats(url), nl=False)
+        click.echo(operate.prometheus_stats(url, sentinel), nl=False)
         return
     try:
-        numbers = operate.collect_stats(url, workers=not no_workers)
+        numbers = operate.collect_stats(url, workers=not no_workers, sentinel=sentinel)
     except operate.WorkerPingError as exc:
         fail(ctx, str(exc))
     if as_json or form == "json":

@@ -13,7 +13,16 @@ import redis
 
 from broker import keys
 from broker.connection import connect
+from broker.sentinel import (
+    SentinelOptions,
+    celery_ssl_options,
+    is_sentinel_url,
+    options_from_environment,
+    sentinel_transport_options,
+)
+from broker.sentinel import parse as parse_sentinel_url
 from broker.stats import exposition, queue_stats
+from broker.topology import SentinelView, sentinel_view
 from storage import backends
 from storage.config import Settings, mask_url
 from storage.errors import SchemaNotReadyError, StorageError
@@ -39,11 +48,11 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:300] if text else ''}".rstrip(": ")
 
 
-def check_broker(url: str, timeout: float) -> Check:
-    """Redis PING at the broker URL."""
+def check_broker(url: str, timeout: float, sentinel: SentinelOptions | None = None) -> Check:
+    """Redis PING at the broker URL (through Sentinel: at the primary)."""
     where = mask_url(url)
     began = time.monotonic()
-    client = connect(url, timeout)
+    client = connect(url, timeout, sentinel)
     try:
         client.ping()
     except redis.RedisError as exc:
@@ -51,6 +60,30 @@ def check_broker(url: str, timeout: float) -> Check:
     finally:
         client.close()
     return Check("broker", True, f"{where} (PING {1000 * (time.monotonic() - began):.1f} ms)")
+
+
+def check_sentinel(url: str, sentinel: SentinelOptions, replicas: int, timeout: float) -> Check:
+    """The Sentinels know a primary, and it has the replicas durable saves wait for
+    (AGENTSTORE_PUBLISH_REPLICAS) online."""
+    view = sentinel_view(url, sentinel, timeout)
+    if view.primary is None:
+        return Check("sentinel", False, f"no primary for {view.master!r}: {view.error}")
+    detail = (
+        f"primary {view.primary}, {view.online} of {len(view.replicas)} replica(s) online"
+        f" ({_lags(view)}), {view.sentinels} Sentinel(s) answered"
+    )
+    if view.online < replicas:
+        return Check(
+            "sentinel", False, f"{detail}; AGENTSTORE_PUBLISH_REPLICAS={replicas} needs more"
+        )
+    return Check("sentinel", True, detail)
+
+
+def _lags(view: SentinelView) -> str:
+    return ", ".join(
+        f"{r.address} {'up' if r.online else 'DOWN'} lag {r.lag_bytes} B/{r.lag_s} s"
+        for r in view.replicas
+    )
 
 
 def check_store(settings: Settings) -> Check:
@@ -71,11 +104,17 @@ def check_store(settings: Settings) -> Check:
     return Check("store", True, f"{backends.describe(settings)} (read {elapsed:.0f} ms)")
 
 
-def ping_workers(url: str, timeout: float) -> dict[str, list[str]]:
+def ping_workers(
+    url: str, timeout: float, sentinel: SentinelOptions | None = None
+) -> dict[str, list[str]]:
     """Workers answering a Celery ping over the broker, each with the queues it consumes."""
     import celery
 
     app = celery.Celery("agentstore-cli", broker=url, set_as_current=False)
+    if is_sentinel_url(url):
+        target = parse_sentinel_url(url, sentinel or options_from_environment())
+        app.conf.broker_transport_options = sentinel_transport_options(target)
+        app.conf.broker_use_ssl = celery_ssl_options(target)
     app.conf.broker_connection_retry = False
     app.conf.broker_connection_timeout = timeout
     try:
@@ -91,10 +130,10 @@ def ping_workers(url: str, timeout: float) -> dict[str, list[str]]:
         app.close()
 
 
-def check_workers(url: str, timeout: float) -> Check:
+def check_workers(url: str, timeout: float, sentinel: SentinelOptions | None = None) -> Check:
     """At least one worker answers and consumes the agentstore queue."""
     try:
-        workers = ping_workers(url, timeout)
+        workers = ping_workers(url, timeout, sentinel)
     except Exception as exc:  # kombu and celery raise many types for an unreachable broker
         return Check("workers", False, f"{mask_url(url)}: {_short(exc)}")
     ours = [name for name, queues in workers.items() if keys.QUEUE in queues]
@@ -142,14 +181,23 @@ def run_health(settings: Settings, workers: bool = True, timeout: float = 8.0) -
     """
     deadline = time.monotonic() + timeout
     url = settings.celery_broker_url.get_secret_value()
+    sentinel = SentinelOptions.from_settings(settings)
     store = _Background("store", lambda: check_store(settings))
-    broker = _Background("broker", lambda: check_broker(url, min(timeout, 5.0)))
+    broker = _Background("broker", lambda: check_broker(url, min(timeout, 5.0), sentinel))
+    topology = None
+    if is_sentinel_url(url):
+        replicas = settings.agentstore_publish_replicas
+        topology = _Background(
+            "sentinel", lambda: check_sentinel(url, sentinel, replicas, min(timeout, 5.0))
+        )
     checks = [broker.result(deadline, timeout)]
+    if topology is not None:
+        checks.append(topology.result(deadline, timeout))
     pinged = None
     if workers and checks[0].ok:
         # The ping waits its whole timeout for replies: leave it what the deadline allows.
         wait = max(min(2.0, deadline - time.monotonic() - 0.5), 0.1)
-        pinged = _Background("workers", lambda: check_workers(url, wait))
+        pinged = _Background("workers", lambda: check_workers(url, wait, sentinel))
     checks.append(store.result(deadline, timeout))
     if pinged is not None:
         checks.append(pinged.result(deadline, timeout))
@@ -171,19 +219,27 @@ def applied_per_s(client: redis.Redis, sample_s: float) -> float:
     return (after - before) / (time.monotonic() - started)
 
 
-def collect_stats(url: str, workers: bool = True, sample_s: float = 1.0) -> dict[str, Any]:
-    """`broker.stats.queue_stats`, applied ops/s over `sample_s`, and the workers consuming
-    the queue (None when not asked)."""
-    client = connect(url, 5.0)
+def collect_stats(
+    url: str,
+    workers: bool = True,
+    sample_s: float = 1.0,
+    sentinel: SentinelOptions | None = None,
+) -> dict[str, Any]:
+    """`broker.stats.queue_stats`, applied ops/s over `sample_s`, the workers consuming the
+    queue (None when not asked) and, behind Sentinels only, their view (`sentinel`)."""
+    client = connect(url, 5.0, sentinel)
     try:
         numbers: dict[str, Any] = dataclasses.asdict(queue_stats(client))
         numbers["applied_per_s"] = round(applied_per_s(client, sample_s), 1)
     finally:
         client.close()
+    if is_sentinel_url(url):
+        options = sentinel or options_from_environment()
+        numbers["sentinel"] = sentinel_view(url, options, 5.0).as_dict()
     names: list[str] | None = None
     if workers:
         try:
-            answered = ping_workers(url, 2.0)
+            answered = ping_workers(url, 2.0, sentinel)
         except Exception as exc:  # kombu and celery raise many types for a broker problem
             raise WorkerPingError(f"worker ping failed: {_short(exc)}") from None
         names = [name for name, queues in answered.items() if keys.QUEUE in queues]
@@ -192,10 +248,10 @@ def collect_stats(url: str, workers: bool = True, sample_s: float = 1.0) -> dict
     return numbers
 
 
-def prometheus_stats(url: str) -> str:
+def prometheus_stats(url: str, sentinel: SentinelOptions | None = None) -> str:
     """The broker's gauges in Prometheus' text format; `agentstore_broker_up 0` alone while
     the broker does not answer."""
-    client = connect(url, 5.0)
+    client = connect(url, 5.0, sentinel)
     try:
         return exposition(client).decode()
     finally:
@@ -219,6 +275,13 @@ def stats_lines(numbers: dict[str, Any]) -> list[str]:
         ("workers", "-" if names is None else len(names), ", ".join(names or [])),
         ("applied ops/s", numbers["applied_per_s"], "sampled over the last second"),
     ]
+    view = numbers.get("sentinel")
+    if view is not None:
+        rows.append(("primary", view["primary"] or "NONE", f"Sentinel master {view['master']!r}"))
+        for replica in view["replicas"]:
+            state = "online" if replica["online"] else "DOWN"
+            lag = f"lag {replica['lag_bytes']} bytes, {replica['lag_s']} s since its last ack"
+            rows.append(("replica", replica["address"], f"{state}, {lag}"))
     return [f"{name:<14} {value:>8}  {note}".rstrip() for name, value, note in rows]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from storage.config import mask_url
 from . import keys, scripts
 from .connection import connect
 from .errors import PublishError
+from .sentinel import SentinelOptions
 
 # The publish itself is `publish.lua`, one atomic script; `PUBLISH_SHA` is what EVALSHA names.
 PUBLISH_SCRIPT = scripts.load("publish")
@@ -24,18 +26,31 @@ PUBLISH_KEYS = [keys.SEQ_KEY, keys.QUEUE, keys.PENDING_KEY, keys.MESSAGES_KEY]
 
 
 class Publisher:
-    """Pushes ready-made messages onto the queue; raises `PublishError` within `timeout` s."""
+    """Pushes ready-made messages onto the queue; raises `PublishError` within `timeout` s.
 
-    def __init__(self, broker_url: str, timeout: float = 5.0) -> None:
+    With `replicas` > 0 a publish returns only once that many replicas have it (Redis
+    `WAIT`, sent in the same round trip as the publish script).
+    """
+
+    def __init__(
+        self,
+        broker_url: str,
+        timeout: float = 5.0,
+        *,
+        replicas: int = 0,
+        sentinel: SentinelOptions | None = None,
+    ) -> None:
         if timeout <= 0:
             raise ValueError("publish timeout must be positive")
+        if replicas < 0:
+            raise ValueError("replicas must not be negative")
         self.masked_url = mask_url(broker_url)
         self._timeout = timeout
+        self._replicas = replicas
         # Half the budget per attempt, and a retry only while half is left: a publish that
         # fails fast (reset connection) retries, one that hangs gives up in time.
-        self.redis = connect(broker_url, timeout / 2)
+        self.redis = connect(broker_url, timeout / 2, sentinel)
         self._pool = self.redis.connection_pool
-        self._sha = PUBLISH_SHA
         # Our own free list of the pool's connections: redis-py's get_connection/release
         # (locks, metrics, a can_read syscall) cost ~8 us, a tenth of a durable save.
         self._idle: list[Any] = []
@@ -48,13 +63,15 @@ class Publisher:
         A publish whose answer was lost is looked up in `pending` before anything else: if
         it landed, it is a success. Otherwise it is retried (safe: the worker applies a
         message id's ops idempotently), and the error says whether it may have landed.
+        (With `replicas`, a lost answer is always retried: only a `WAIT` on the connection
+        that wrote it can tell whether the replicas have it.)
         """
         argv = publish_argv(messages)
         attempts = Attempts(self.masked_url, self._timeout)
         while True:
             sent = False
             try:
-                self._evalsha(argv)
+                self._evalsha(PublishRound(argv, self._replicas, attempts))
                 return
             except Sent as exc:
                 sent, cause = True, exc.cause
@@ -62,28 +79,25 @@ class Publisher:
                 cause = exc
             except redis.ResponseError as exc:
                 raise attempts.refused(exc) from None
-            if sent and self._landed(messages):
+            if sent and not self._replicas and self._landed(messages):
                 return
             time.sleep(attempts.failed(cause, sent))
 
-    def _evalsha(self, argv: list[str | bytes]) -> None:
+    def _evalsha(self, round_: PublishRound) -> None:
         """Raises `Sent` if the publish failed after Redis received it whole."""
         # Straight on a pooled connection: the client's per-command machinery (retries,
         # observability hooks) costs as much as the round trip itself.
         conn = self._acquire()
         sent = False
         try:
-            try:
-                conn.send_command("EVALSHA", self._sha, len(PUBLISH_KEYS), *PUBLISH_KEYS, *argv)
+            # Sending would connect too, but straight to the URL's host: a Sentinel-managed
+            # connection finds the primary only in `connect()`.
+            conn.connect()
+            commands = round_.commands()
+            while commands:
+                conn.send_packed_command(conn.pack_commands(commands))
                 sent = True
-                conn.read_response()
-            except redis.exceptions.NoScriptError:
-                sent = False
-                conn.send_command("SCRIPT", "LOAD", PUBLISH_SCRIPT)
-                conn.read_response()
-                conn.send_command("EVALSHA", self._sha, len(PUBLISH_KEYS), *PUBLISH_KEYS, *argv)
-                sent = True
-                conn.read_response()
+                commands = round_.answered([_reply(conn) for _ in commands])
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # The reply may still be on its way: this socket must never be reused.
             conn.disconnect()
@@ -110,7 +124,8 @@ class Publisher:
         with self._idle_lock:
             if self._idle:
                 return self._idle.pop()
-        # Connects on first use; a connection that failed was disconnected and reconnects.
+        # Connects on first use; a connection that failed was disconnected and reconnects
+        # (through Sentinel: to whichever server is the primary then).
         return self._pool.make_connection()
 
     def close(self) -> None:
@@ -121,6 +136,14 @@ class Publisher:
                 conn.disconnect()
         self.redis.close()
         self.redis.connection_pool.disconnect()
+
+
+def _reply(conn: Any) -> Any:
+    """A reply, an error reply returned (not raised) so every pipelined reply is read."""
+    try:
+        return conn.read_response()
+    except redis.ResponseError as exc:
+        return exc
 
 
 def publish_argv(messages: Sequence[tuple[str, bytes]]) -> list[str | bytes]:
@@ -169,8 +192,72 @@ class Attempts:
             ) from None
         return min(0.01 * 2.0**self._attempt, self._timeout / 2 - elapsed)
 
+    def wait_ms(self) -> int:
+        """A `WAIT` timeout: what is left of the whole budget, within one socket timeout."""
+        left = min(self._timeout - (time.monotonic() - self._start), self._timeout / 2 * 0.8)
+        return max(1, int(left * 1000))  # WAIT 0 would block forever
+
+    def out_of_time(self) -> bool:
+        return time.monotonic() - self._start >= self._timeout * 0.9
+
+    def unreplicated(self, acks: int, replicas: int) -> PublishError:
+        return PublishError(
+            f"published to the primary at {self._url}, but only {acks} of the "
+            f"{replicas} replica(s) AGENTSTORE_PUBLISH_REPLICAS asks for acknowledged it "
+            f"within {self._timeout:g}s; it may still be applied (a primary failure now may "
+            "also lose it)",
+            may_be_published=True,
+        )
+
     def refused(self, exc: redis.ResponseError) -> PublishError:
         return PublishError(f"the broker at {self._url} refused the publish: {_reason(exc)}")
+
+
+class PublishRound:
+    """The commands of one publish attempt and what their replies mean, for the blocking
+    and the asyncio publisher alike (which only do the I/O): the script (loaded first if
+    Redis lacks it), then `WAIT` for the replicas in the same round trip, then more `WAIT`s
+    on the same connection (WAIT covers the connection's own writes) until the replicas
+    have it or the time is up."""
+
+    def __init__(self, argv: list[str | bytes], replicas: int, attempts: Attempts) -> None:
+        self._argv = argv
+        self._replicas = replicas
+        self._attempts = attempts
+        self._waiting = False  # the last commands sent were a lone follow-up WAIT
+
+    def commands(self, load: bool = False) -> list[tuple[Any, ...]]:
+        self._waiting = False
+        commands: list[tuple[Any, ...]] = [("SCRIPT", "LOAD", PUBLISH_SCRIPT)] if load else []
+        commands.append(("EVALSHA", PUBLISH_SHA, len(PUBLISH_KEYS), *PUBLISH_KEYS, *self._argv))
+        if self._replicas:
+            commands.append(("WAIT", self._replicas, self._attempts.wait_ms()))
+        return commands
+
+    def answered(self, replies: list[Any]) -> list[tuple[Any, ...]]:
+        """The next commands to send (none: published), from the replies to the last ones;
+        raises a `redis.ResponseError` the broker answered, or `PublishError`."""
+        for reply in replies:
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                return self.commands(load=True)
+            if isinstance(reply, redis.exceptions.ReadOnlyError):
+                # A demoted primary: a connection error, so the connection is dropped and
+                # the next one asks the Sentinels where the primary is now.
+                raise redis.ConnectionError(f"the server is a replica now: {reply}")
+            if isinstance(reply, redis.ResponseError):
+                raise reply
+        if not (self._waiting or self._replicas):
+            return []
+        # The last reply is WAIT's: how many replicas have every write of this connection.
+        return self._acknowledged(int(replies[-1]))
+
+    def _acknowledged(self, acks: int) -> list[tuple[Any, ...]]:
+        if acks >= self._replicas:
+            return []
+        if self._attempts.out_of_time():
+            raise self._attempts.unreplicated(acks, self._replicas)
+        self._waiting = True
+        return [("WAIT", self._replicas, self._attempts.wait_ms())]
 
 
 class Sent(Exception):
@@ -183,4 +270,9 @@ class Sent(Exception):
 
 def _reason(exc: Exception) -> str:
     # redis-py error texts name host and port but never the password; keep them short anyway.
-    return f"{type(exc).__name__}: {str(exc)[:200]}"
+    # No Sentinel answering names each one by its client's repr: its error is what matters.
+    text = _SENTINEL_REPR.sub("", str(exc))
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+_SENTINEL_REPR = re.compile(r"<redis\.(?:asyncio\.)?client\.Redis\(.*?\)> - ")

@@ -26,7 +26,7 @@ from storage.postgres_async import AsyncPostgresReader
 
 from .aio_buffer import AsyncSendBuffer
 from .aio_publisher import AsyncPublisher, AsyncTracker
-from .client import configure, lost_at_close, messages_of, single_message
+from .client import configure, lost_at_close, messages_of, publisher_options, single_message
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -82,7 +82,9 @@ class AsyncProducer:
 
     def _connect(self) -> None:
         """Fresh broker clients, tracking and buffer: at creation, and in a forked child."""
-        self._publisher = AsyncPublisher(self._url, self._publish_timeout)
+        self._publisher = AsyncPublisher(
+            self._url, self._publish_timeout, **publisher_options(self._settings)
+        )
         self._tracker = AsyncTracker(self._publisher.redis, self._max_tracked)
         # Publishes under way, shielded from their callers' cancellation; `wait()` awaits them.
         self._inflight: set[asyncio.Future[None]] = set()

@@ -11,19 +11,14 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
 from broker import keys
+from broker import sentinel as sentinel_urls
 from broker.connection import pool_options
-from broker.publisher import (
-    PUBLISH_KEYS,
-    PUBLISH_SCRIPT,
-    PUBLISH_SHA,
-    Attempts,
-    Sent,
-    all_pending,
-    publish_argv,
-)
+from broker.publisher import Attempts, PublishRound, Sent, all_pending, publish_argv
+from broker.sentinel import SentinelOptions
 from storage.config import mask_url
 
 from .tracker import Status, Tracked
@@ -33,29 +28,53 @@ from .tracker import Status, Tracked
 MAX_CONNECTIONS = 32
 
 
-def connect_async(url: str, timeout: float) -> aioredis.Redis:
+class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """The current primary's connections, as many as `BlockingConnectionPool` allows."""
+
+
+def connect_async(
+    url: str, timeout: float, sentinel: SentinelOptions | None = None
+) -> aioredis.Redis:
     """`broker.connection.connect()` for asyncio: its own bounded pool, every socket operation (and
-    the wait for a free connection) bounded by `timeout`."""
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        retry=Retry(NoBackoff(), 0),
-        max_connections=MAX_CONNECTIONS,
-        timeout=timeout,
+    the wait for a free connection) bounded by `timeout`; Sentinel URLs as there."""
+    options = {
+        "retry": Retry(NoBackoff(), 0),
+        "max_connections": MAX_CONNECTIONS,
+        "timeout": timeout,
         **pool_options(timeout),
-    )
+    }
+    if sentinel_urls.is_sentinel_url(url):
+        target = sentinel_urls.parse(url, sentinel or sentinel_urls.options_from_environment())
+        kwargs = {**target.sentinel_kwargs(options), "retry": Retry(NoBackoff(), 0)}
+        manager = Sentinel(target.sentinels, sentinel_kwargs=kwargs)  # type: ignore[no-untyped-call]
+        pool: aioredis.ConnectionPool = _BlockingSentinelPool(  # type: ignore[no-untyped-call]
+            target.options.master, manager, **target.server_kwargs(), **options
+        )
+    else:
+        pool = aioredis.BlockingConnectionPool.from_url(url, **options)
     return aioredis.Redis(connection_pool=pool)
 
 
 class AsyncPublisher:
     """`Publisher` for asyncio: queues messages atomically or raises `PublishError`."""
 
-    def __init__(self, broker_url: str, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        broker_url: str,
+        timeout: float = 5.0,
+        *,
+        replicas: int = 0,
+        sentinel: SentinelOptions | None = None,
+    ) -> None:
         if timeout <= 0:
             raise ValueError("publish timeout must be positive")
+        if replicas < 0:
+            raise ValueError("replicas must not be negative")
         self.masked_url = mask_url(broker_url)
         self._timeout = timeout
+        self._replicas = replicas
         # Half the budget per attempt, as `Publisher`; connects on first use.
-        self.redis = connect_async(broker_url, timeout / 2)
+        self.redis = connect_async(broker_url, timeout / 2, sentinel)
         # Publishes take connections from a free list of our own, as `Publisher` does:
         # redis-py's asyncio get_connection/release (a health check with a syscall, locks)
         # measured ~145 us per publish under load, more than the rest of the publish.
@@ -70,7 +89,7 @@ class AsyncPublisher:
         while True:
             sent = False
             try:
-                await self._evalsha(argv)
+                await self._evalsha(PublishRound(argv, self._replicas, attempts))
                 return
             except Sent as exc:
                 sent, cause = True, exc.cause
@@ -78,27 +97,23 @@ class AsyncPublisher:
                 cause = exc
             except redis.ResponseError as exc:
                 raise attempts.refused(exc) from None
-            if sent and await self._landed(messages):
+            if sent and not self._replicas and await self._landed(messages):
                 return
             await asyncio.sleep(attempts.failed(cause, sent))
 
-    async def _evalsha(self, argv: list[str | bytes]) -> None:
+    async def _evalsha(self, round_: PublishRound) -> None:
         """Raises `Sent` if the publish failed after Redis received it whole."""
         conn = await self._acquire()
-        command = ("EVALSHA", PUBLISH_SHA, len(PUBLISH_KEYS), *PUBLISH_KEYS, *argv)
         sent = False
         try:
-            try:
-                await conn.send_command(*command)
+            # Explicitly: a Sentinel-managed connection finds the primary only in `connect()`
+            # (sending on an unconnected one would connect to its default host instead).
+            await conn.connect()
+            commands = round_.commands()
+            while commands:
+                await conn.send_packed_command(conn.pack_commands(commands))
                 sent = True
-                await conn.read_response()
-            except redis.exceptions.NoScriptError:
-                sent = False
-                await conn.send_command("SCRIPT", "LOAD", PUBLISH_SCRIPT)
-                await conn.read_response()
-                await conn.send_command(*command)
-                sent = True
-                await conn.read_response()
+                commands = round_.answered([await _reply(conn) for _ in commands])
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # The reply may still be on its way: this socket must never be reused.
             await conn.disconnect()
@@ -145,6 +160,14 @@ class AsyncPublisher:
             await conn.disconnect()
         await self.redis.aclose()
         await self.redis.connection_pool.disconnect()
+
+
+async def _reply(conn: Any) -> Any:
+    """As `broker.publisher`'s: an error reply returned, not raised."""
+    try:
+        return await conn.read_response()
+    except redis.ResponseError as exc:
+        return exc
 
 
 class AsyncTracker(Tracked):

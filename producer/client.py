@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from broker import tracing, wire
 from broker.errors import PublishError
 from broker.publisher import Publisher
+from broker.sentinel import SentinelOptions
 from broker.wire import MAX_OPS_PER_MESSAGE, Batch
 from storage import forks
 from storage.base import StorageClient
@@ -44,7 +45,9 @@ class Producer(StorageClient):
         settings: as from `storage.load_settings()`; read from the environment if omitted.
         broker_url: overrides `CELERY_BROKER_URL` (default `redis://127.0.0.1:6379/0`).
         publish_timeout: seconds after which an unreachable broker raises `PublishError`
-            (buffered: after which one background attempt fails and is retried).
+            (buffered: after which one background attempt fails and is retried). With
+            `AGENTSTORE_PUBLISH_REPLICAS` > 0, also the time the replicas have to
+            acknowledge a publish before `PublishError` (the op may then still be applied).
         max_tracked: how many unconfirmed ops `wait()` remembers at most.
         linger_ms: 0 (default) publishes each save before it returns; more buffers saves
             for up to this many milliseconds.
@@ -72,7 +75,7 @@ class Producer(StorageClient):
         **overrides: Any,
     ) -> None:
         self._settings, url = configure(settings, broker_url, linger_ms, max_batch, overrides)
-        self._publisher = Publisher(url, publish_timeout)
+        self._publisher = Publisher(url, publish_timeout, **publisher_options(self._settings))
         self._max_tracked = max_tracked
         self._tracker = Tracker(self._publisher.redis, max_tracked)
         self._reader: StorageClient | None = None
@@ -256,6 +259,14 @@ def configure(
     if broker_url is not None:
         check_broker_url("broker_url", broker_url)
     return settings, broker_url or settings.celery_broker_url.get_secret_value()
+
+
+def publisher_options(settings: Settings) -> dict[str, Any]:
+    """What a producer's publisher takes from settings: replicas to wait for, Sentinel."""
+    return {
+        "replicas": settings.agentstore_publish_replicas,
+        "sentinel": SentinelOptions.from_settings(settings),
+    }
 
 
 def single_message(op_id: str, text: str, trace: tracing.Carrier | None = None) -> Batch:

@@ -6,7 +6,7 @@ import re
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from pydantic import SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .backends import BACKENDS
@@ -14,17 +14,22 @@ from .errors import ConfigError
 
 
 def mask_url(url: str) -> str:
-    """`postgresql://user:secret@host/db` -> `postgresql://user:***@host/db`; else unchanged."""
+    """`postgresql://user:secret@host/db` -> `postgresql://user:***@host/db`; else unchanged.
+
+    A Sentinel broker URL (`sentinel://...;sentinel://...`) is masked part by part."""
+    if ";" in url and url.startswith(SENTINEL_SCHEME):
+        return ";".join(mask_url(part) for part in url.split(";"))
     try:
         parts = urlsplit(url)
+        port = parts.port
     except ValueError:
         return "<unparseable url>"
     if parts.password is None:
         return url
     user = parts.username or ""
     host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    if port:
+        host = f"{host}:{port}"
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
@@ -39,6 +44,8 @@ def _check_url(name: str, value: str, schemes: tuple[str, ...]) -> None:
 
 
 _DB_PATH = re.compile(r"^/?[0-9]*$")
+# kombu's form for Redis Sentinel: `sentinel://[:password@]host:port[/db];sentinel://host:port`.
+SENTINEL_SCHEME = "sentinel://"
 
 
 def check_broker_url(name: str, value: str) -> None:
@@ -47,9 +54,16 @@ def check_broker_url(name: str, value: str) -> None:
     redis-py silently ignores a database path it cannot parse (`/abc`, `/3/extra`) and
     uses database 0, while the worker refuses it: producer and worker would disagree.
     """
-    _check_url(name, value, ("redis", "rediss", "unix"))
+    if value.startswith(SENTINEL_SCHEME):
+        for part in value.split(";"):
+            _check_one_broker_url(name, part, ("sentinel",), mask_url(value))
+        return
+    _check_one_broker_url(name, value, ("redis", "rediss", "unix"), mask_url(value))
+
+
+def _check_one_broker_url(name: str, value: str, schemes: tuple[str, ...], shown: str) -> None:
+    _check_url(name, value, schemes)
     parts = urlsplit(value)
-    shown = mask_url(value)
     if parts.scheme == "unix":
         if not parts.path:
             raise ConfigError(f"{name} must look like unix:///path/to/redis.sock, got {shown!r}")
@@ -87,6 +101,14 @@ class Settings(BaseSettings):
     agentstore_cosmos_http_log: bool = False  # the SDK's per-request INFO logs
 
     celery_broker_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    # With a `sentinel://` broker URL: the primary's name in Sentinel, the Sentinels' own
+    # password (the URL's password is the Redis servers'), and TLS to Sentinels and servers.
+    agentstore_sentinel_master: str = "mymaster"
+    agentstore_sentinel_password: SecretStr | None = None
+    agentstore_sentinel_tls: bool = False
+    # A durable save returns once its message is on this many replicas (Redis WAIT); 0: on
+    # the primary only. See docs/GUARANTEES.md.
+    agentstore_publish_replicas: int = Field(0, ge=0)
 
     # Retention (off by default): see storage.retention.RetentionPolicy.
     agentstore_retain_messages: int | None = None

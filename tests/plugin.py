@@ -24,6 +24,7 @@ from agentstore_cli.launch import (
     CeleryWorker,
     CosmosServer,
     RedisServer,
+    SentinelCluster,
     start_cosmos_server,
 )
 from tests import services
@@ -35,6 +36,7 @@ _CLAIM_KEY = "agentstore-tests:claimed-by"
 
 WorkerFactory = Callable[..., CeleryWorker]
 RedisFactory = Callable[..., RedisServer]
+ClusterFactory = Callable[..., SentinelCluster]
 
 
 def worker_env(**settings: str) -> dict[str, str]:
@@ -72,6 +74,20 @@ def start_redis(tmp_path: Path) -> Iterator[RedisFactory]:
         def start(**options: Any) -> RedisServer:
             directory = tmp_path / f"redis-{uuid.uuid4().hex[:6]}"
             return started(stack, lambda: RedisServer(directory, **options))
+
+        yield start
+
+
+@pytest.fixture
+def start_sentinel_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
+    """`start_sentinel_cluster(**options)` -> a running `SentinelCluster` of this test's own
+    (a primary, two replicas, three Sentinels unless `options` say otherwise, as
+    `SentinelCluster` takes them), stopped at teardown."""
+    with ExitStack() as stack:
+
+        def start(**options: Any) -> SentinelCluster:
+            directory = tmp_path / f"sentinel-{uuid.uuid4().hex[:6]}"
+            return started(stack, lambda: SentinelCluster(directory, **options))
 
         yield start
 

@@ -14,10 +14,12 @@ import redis
 from celery import Celery, Task, signals
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu import serialization
+from kombu.transport import TRANSPORT_ALIASES
 from kombu.utils import json as kombu_json
 
-from broker import deadletters, keys, tracing, wire
+from broker import deadletters, keys, sentinel, tracing, wire
 from broker.connection import connect
+from broker.sentinel import SentinelOptions, celery_ssl_options, sentinel_transport_options
 from storage import backends
 from storage.base import StorageBackend
 from storage.config import load_settings
@@ -45,6 +47,7 @@ BROKER_URL = _settings.celery_broker_url.get_secret_value()
 # Imported by the main process, before the pool forks: its children append their batches'
 # counts to the list this process drains (`worker.tallies`).
 _MAIN_PID = os.getpid()
+_sentinel = SentinelOptions.from_settings(_settings)
 
 app = Celery("agentstore", broker=BROKER_URL, set_as_current=False)
 app.conf.update(
@@ -91,13 +94,21 @@ serialization.register(  # type: ignore[no-untyped-call]
 
 if BROKER_URL.startswith(("redis://", "rediss://")):
     app.conf.broker_transport = "worker.transport:Transport"
+elif sentinel.is_sentinel_url(BROKER_URL):
+    app.conf.broker_transport = "worker.transport:SentinelTransport"
+    # On a connection loss kombu moves to the URL's next Sentinel and picks that URL's
+    # scheme's transport, not the configured one: the scheme must name ours too.
+    TRANSPORT_ALIASES["sentinel"] = "worker.transport:SentinelTransport"
+    _target = sentinel.parse(BROKER_URL, _sentinel)
+    app.conf.broker_transport_options.update(sentinel_transport_options(_target))
+    app.conf.broker_use_ssl = celery_ssl_options(_target)
 
 
 class _Process:
     """What one worker process owns: Redis client, reaper, and (once reachable) the store."""
 
     def __init__(self) -> None:
-        self.redis = connect(BROKER_URL, 10.0)
+        self.redis = connect(BROKER_URL, 10.0, _sentinel)
         reaper = Reaper(
             self.redis,
             _worker_settings.recovery_after_s,
@@ -190,7 +201,7 @@ def _serve_metrics(**_: Any) -> None:
     # In the main process, before the pool forks: it sums every child's files (worker.metrics).
     port = _worker_settings.metrics_port
     if port is not None:
-        client = connect(BROKER_URL, 5.0)
+        client = connect(BROKER_URL, 5.0, _sentinel)
         registry = metrics.worker_registry(client, before=[tallies.TallyDrain(client)])
         metrics.serve(registry, port)
         log.info("serving Prometheus metrics on port %d at /metrics", port)
@@ -246,7 +257,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
                 }
             )
             if self._dlq_redis is None:
-                self._dlq_redis = connect(BROKER_URL, 10.0)
+                self._dlq_redis = connect(BROKER_URL, 10.0, _sentinel)
             now = time.time()
             key, record = deadletters.message_record(raw, reason, mid, now)
             first = deadletters.settle(self._dlq_redis, [mid] if mid else [], [(key, record, now)])

@@ -118,3 +118,14 @@ class Channel(kombu_redis.Channel):
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """Our channel (above) on kombu's Sentinel channel: connections go to the primary the
+    Sentinels name, found again after every connection loss."""
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    """`Transport` for `sentinel://` broker URLs (master name: `transport_options`)."""
+
+    Channel = SentinelChannel

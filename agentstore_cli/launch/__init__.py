@@ -1,4 +1,5 @@
 """Launchers for real services, each stopped by whoever started it: redis-server (or Valkey),
+replicated Redis behind Sentinels,
 Celery workers, the Cosmos DB test server and throwaway PostgreSQL databases.
 
 One set for everything that starts services: the demo, the embedded fallback, the test
@@ -11,6 +12,7 @@ from .cosmos_server import EMULATOR_KEY, CosmosServer, CosmosServerError, start_
 from .postgres import fresh_database
 from .processes import REPOSITORY, ServiceError, free_port
 from .redis_server import RedisServer, Tls
+from .sentinel_cluster import SentinelCluster
 
 __all__ = [
     "EMULATOR_KEY",
@@ -19,6 +21,7 @@ __all__ = [
     "CosmosServer",
     "CosmosServerError",
     "RedisServer",
+    "SentinelCluster",
     "ServiceError",
     "Tls",
     "free_port",

@@ -10,6 +10,7 @@ from .metrics_cost import metrics_cost
 from .naive import naive
 from .publish import publish
 from .reads import reads
+from .replicated import replicated
 from .sweep import sweep
 from .tracing import tracing_cost
 
@@ -21,6 +22,10 @@ SCENARIOS: dict[str, Scenario] = {
     "naive": Scenario(naive, "drain of one plain Celery task per save (the naive baseline)"),
     "unbuffered": Scenario(unbuffered, "drain of durable single-save messages vs naive"),
     "publish": Scenario(publish, "durable publish vs raw LPUSH; buffered save_state calls"),
+    "replicated": Scenario(
+        replicated,
+        "durable publish with PUBLISH_REPLICAS=1 through Sentinels vs raw LPUSH + WAIT 1",
+    ),
     "reads": Scenario(reads, "get_state and a 1,000-message history vs raw psycopg2"),
     "cosmos": Scenario(cosmos, "Cosmos DB apply vs the SDK's upsert_item loop (test server)"),
     "tracing": Scenario(

@@ -40,6 +40,7 @@ class ProducerThread(threading.Thread):
         stop: threading.Event,
         *,
         buffered: bool = False,
+        producer_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(name=f"soak-producer-{index}", daemon=True)
         self.index = index
@@ -52,10 +53,12 @@ class ProducerThread(threading.Thread):
         self._halt = stop
         self.buffered = buffered
         self._unflushed: list[Save] = []
+        self._options = dict(producer_options or {})
 
     def run(self) -> None:
         try:
             options: dict[str, Any] = {"linger_ms": 5} if self.buffered else {}
+            options.update(self._options)  # e.g. Sentinel settings
             with Producer(broker_url=self._url, publish_timeout=2.0, **options) as prod:
                 self._loop(prod)
         except BaseException as exc:  # reported by the test, not lost in a thread

@@ -15,7 +15,7 @@ def rds(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     """The module's redis-server, emptied; publishers in this test connect to it."""
     client = redis_server.client()
     client.flushall()
-    monkeypatch.setattr("broker.publisher.connect", lambda url, timeout: client)
+    monkeypatch.setattr("broker.publisher.connect", lambda url, timeout, sentinel=None: client)
     try:
         yield client
     finally:

@@ -32,7 +32,7 @@ def test_observe_all_equals_observing_one_by_one() -> None:
 
 def test_a_producer_counts_its_publishes_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
     fake = fakeredis.FakeRedis()
-    monkeypatch.setattr("broker.publisher.connect", lambda url, timeout: fake)
+    monkeypatch.setattr("broker.publisher.connect", lambda url, timeout, sentinel=None: fake)
     registry = CollectorRegistry()
     prod = Producer(broker_url="redis://127.0.0.1:6379/0", metrics=registry)
     try:

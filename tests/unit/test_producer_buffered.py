@@ -24,7 +24,7 @@ LONG = 60_000.0  # a linger that never ends within a test: only flush/close publ
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[fakeredis.FakeRedis]:
     client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
-    monkeypatch.setattr(broker.publisher, "connect", lambda url, timeout: client)
+    monkeypatch.setattr(broker.publisher, "connect", lambda url, timeout, sentinel=None: client)
     yield client
 
 
