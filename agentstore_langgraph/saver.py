@@ -24,6 +24,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from producer import Producer
+from storage import checkpoint_prune
 from storage import checkpoint_reads as reads
 from storage.base import StorageBackend
 from storage.checkpoints import checkpoint_rid
@@ -145,6 +146,7 @@ class AgentStoreSaver(BaseCheckpointSaver[str]):
                 "checkpoint": _blob(self.serde.dumps_typed(head)),
                 "metadata": _blob(self.serde.dumps_typed(meta)),
                 "channel_versions": {k: str(v) for k, v in checkpoint["channel_versions"].items()},
+                "delta_channels": sorted(meta.get("counters_since_delta_snapshot") or {}),
                 "run_id": str(meta["run_id"]) if meta.get("run_id") is not None else None,
                 "blobs": blobs,
             },
@@ -204,7 +206,8 @@ class AgentStoreSaver(BaseCheckpointSaver[str]):
                 r for r in reads.checkpoints(self._store, thread_id, None) if r.row_id not in gone
             ]
             self._publish(
-                "delete_checkpoint_rows", reads.doomed_rows(self._store, thread_id, doomed, keep)
+                "delete_checkpoint_rows",
+                checkpoint_prune.doomed_rows(self._store, thread_id, doomed, keep),
             )
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
@@ -229,8 +232,10 @@ class AgentStoreSaver(BaseCheckpointSaver[str]):
                 self.put_writes(saved, task_writes, task_id)
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
-        """`"keep_latest"`: keep the newest checkpoint of each namespace, with every blob it
-        needs; `"delete"`: delete the threads."""
+        """`"keep_latest"`: keep the newest checkpoint of each namespace, with everything
+        LangGraph needs to load it (`storage.checkpoint_prune`: the blobs older checkpoints
+        wrote that it still refers to, and for a `DeltaChannel` the ancestors, with their
+        writes, back to its last snapshot); `"delete"`: delete the threads."""
         if strategy not in ("keep_latest", "delete"):
             raise ValueError(f"strategy must be 'keep_latest' or 'delete', got {strategy!r}")
         for thread_id in thread_ids:
@@ -238,7 +243,7 @@ class AgentStoreSaver(BaseCheckpointSaver[str]):
                 self.delete_thread(thread_id)
                 continue
             self._pending.settle([thread_id])
-            rows = reads.prune_rows(self._store, thread_id, 1)
+            rows = checkpoint_prune.prune_rows(self._store, thread_id, 1)
             if rows is not None:
                 self._publish("delete_checkpoint_rows", rows)
 

@@ -249,12 +249,24 @@ class StorageBackend(StorageClient):
     def get_rows(self, kind: Kind, partition: str, row_ids: Sequence[str]) -> list[Record]:
         """The live records of `kind` in `partition` among `row_ids`, in no particular order."""
 
-    @abstractmethod
     def prune(self, policy: RetentionPolicy, *, dry_run: bool = False) -> dict[str, int]:
         """Remove what `policy` no longer keeps, in bounded batches; counts per category.
 
         With `dry_run`, only count. Safe to run from several processes at once.
         """
+        # Imported here: `storage.checkpoints` and `storage.records` import each other, which
+        # works only when `records` is imported first, as this module does.
+        from . import checkpoint_prune
+
+        counts = self._prune_records(policy, dry_run)
+        if policy.keep_checkpoints is not None:
+            # The rows LangGraph's checkpointer's own prune chooses, deleted by the same op.
+            counts.update(checkpoint_prune.retain(self, policy.keep_checkpoints, dry_run=dry_run))
+        return counts
+
+    @abstractmethod
+    def _prune_records(self, policy: RetentionPolicy, dry_run: bool) -> dict[str, int]:
+        """`prune` of every category `storage.retention.prune_limits(policy)` names."""
 
     @abstractmethod
     def scan_records(self, kind: Kind, after: str | None = None, limit: int = 500) -> list[Record]:
