@@ -16,6 +16,7 @@ from storage.checkpoint_ops import MAX_CHECKPOINT_BYTES
 from storage.checkpoints import PART_CHARS
 from storage.errors import ValidationError
 from storage.ops import Op, make_op
+from storage.records import plan
 from storage.retention import RetentionPolicy
 from tests.contract.conftest import Backend
 
@@ -212,3 +213,17 @@ def test_retention_keeps_the_ancestors_a_delta_channel_is_rebuilt_from(backend: 
     assert counts["checkpoint_blobs:over_count"] == 1  # c0's "d": no kept checkpoint names it
     assert all(pending(s, "t", f"c{n}") == {0: b"delta"} for n in range(1, 6))
     assert values(s, "t", "c3") == {"d": b"snapshot", "e": b""}
+
+
+def test_prune_leaves_the_blobs_of_a_put_it_does_not_see_yet(backend: Backend) -> None:
+    s = backend.client()
+    c1 = chained("t", "c1", "c0", {"a": "vc1"}, values={"a": b"1"})
+    s.apply([put("t", "c0", {"a": b"0"}), c1])
+    # A put landing mid-prune: its blobs are stored, its checkpoint row not yet (Cosmos DB
+    # writes them one by one; on PostgreSQL the prune's reads are separate statements).
+    landing = chained("t", "c2", "c1", {"a": "vc2"}, values={"a": b"2"})
+    s.write_records({"checkpoint_blob": plan([landing]).records["checkpoint_blob"]})
+    rows = checkpoint_prune.prune_rows(s, "t", 1)
+    assert rows is not None and rows["blobs"] == [("", "a", "vc0", 1)]
+    s.apply([make_op("delete_checkpoint_rows", rows), landing])
+    assert ids(s, "t") == ["c2", "c1"] and values(s, "t", "c2") == {"a": b"2"}
