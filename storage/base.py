@@ -261,7 +261,8 @@ class StorageBackend(StorageClient):
         counts = self._prune_records(policy, dry_run)
         if policy.keep_checkpoints is not None:
             # The rows LangGraph's checkpointer's own prune chooses, deleted by the same op.
-            counts.update(checkpoint_prune.retain(self, policy.keep_checkpoints, dry_run=dry_run))
+            keep, batch = policy.keep_checkpoints, policy.batch_size
+            counts.update(checkpoint_prune.retain(self, keep, batch=batch, dry_run=dry_run))
         return counts
 
     @abstractmethod

@@ -117,10 +117,12 @@ def _with_ancestors(
     return kept
 
 
-def prune_rows(store: StorageBackend, thread_id: str, keep_per_ns: int) -> dict[str, Any] | None:
+def prune_rows(
+    store: StorageBackend, thread_id: str, keep_per_ns: int, at_most: int | None = None
+) -> dict[str, Any] | None:
     """What keeping the newest `keep_per_ns` checkpoints of each namespace drops (None:
     nothing), keeping what they need to load (see the module's docstring); 0 drops every
-    checkpoint of the thread."""
+    checkpoint of the thread. With `at_most`, only that many of the oldest it drops."""
     by_ns: dict[str, list[Record]] = {}
     for rec in checkpoints(store, thread_id, None):
         by_ns.setdefault(rec.data["checkpoint_ns"], []).append(rec)
@@ -131,6 +133,11 @@ def prune_rows(store: StorageBackend, thread_id: str, keep_per_ns: int) -> dict[
         needed = _with_ancestors(store, thread_id, rows, keep_per_ns)
         keep += [rec for rec in rows if rec.row_id in needed]
         drop += [rec for rec in rows if rec.row_id not in needed]
+    if at_most is not None:
+        # The others stay for now, and so do the blobs they refer to.
+        drop.sort(key=lambda r: r.data["checkpoint_id"])
+        keep += drop[at_most:]
+        drop = drop[:at_most]
     return doomed_rows(store, thread_id, drop, keep) if drop else None
 
 
@@ -139,17 +146,20 @@ def _crowded_threads(store: StorageBackend, keep_per_ns: int) -> list[str]:
     return sorted({thread for (thread, _), n in sizes.items() if n > keep_per_ns})
 
 
-def retain(store: StorageBackend, keep_per_ns: int, *, dry_run: bool = False) -> dict[str, int]:
+def retain(
+    store: StorageBackend, keep_per_ns: int, *, batch: int, dry_run: bool = False
+) -> dict[str, int]:
     """Keep the newest `keep_per_ns` checkpoints of every thread's namespaces (`prune_rows`
-    per thread, applied to `store`); rows removed per category, or with `dry_run` rows that
-    would be. A scan of every checkpoint finds the threads holding more."""
+    per thread, applied to `store`, `batch` checkpoints a write); rows removed per category,
+    or with `dry_run` rows that would be. A scan of every checkpoint finds the threads
+    holding more."""
     counts = {category(kind, "over_count"): 0 for kind in _FIELDS}
     for thread_id in _crowded_threads(store, keep_per_ns):
-        rows = prune_rows(store, thread_id, keep_per_ns)
-        if rows is None:
-            continue
-        for kind, field in _FIELDS.items():
-            counts[category(kind, "over_count")] += len(rows[field])
-        if not dry_run:
-            store.apply([make_op("delete_checkpoint_rows", rows)])
+        at_most = None if dry_run else batch
+        while (rows := prune_rows(store, thread_id, keep_per_ns, at_most)) is not None:
+            for kind, field in _FIELDS.items():
+                counts[category(kind, "over_count")] += len(rows[field])
+            # A write that changed nothing (a newer one won) would be read back: stop.
+            if dry_run or not store.commit([make_op("delete_checkpoint_rows", rows)])[0]:
+                break
     return counts

@@ -165,7 +165,7 @@ def test_retention_keeps_the_newest_n_per_namespace_with_their_blobs(backend: Ba
             parent = f"c{n}"
     ops.append(put("small", "c0", {"a": b"x"}))
     s.apply(ops)
-    policy = RetentionPolicy(keep_checkpoints=2)
+    policy = RetentionPolicy(keep_checkpoints=2, batch_size=4)  # 6 to drop: two writes
     expected = {
         "checkpoints:over_count": 6,  # c0..c2 of both namespaces
         "checkpoint_blobs:over_count": 6,  # their "a" blobs; "b" stays
