@@ -29,6 +29,8 @@ from .retention import category
 if TYPE_CHECKING:
     from .base import StorageBackend
 
+# Row ids per read by id: a Cosmos DB query's text (its parameters included) is bounded.
+_IDS_PER_READ = 500
 # The `delete_checkpoint_rows` field listing the rows of each kind.
 _FIELDS: dict[Kind, str] = {
     "checkpoint": "checkpoints",
@@ -67,7 +69,11 @@ def doomed_rows(
             args["writes"].append((ns, cid, d["task_id"], d["idx"], _parts(w)))
     doomed = _blob_keys(checkpoint_rows) - _blob_keys(keep)
     keys = {blob_rid(thread_id, *key): key for key in doomed}
-    parts = {b.row_id: _parts(b) for b in store.get_rows("checkpoint_blob", thread_id, list(keys))}
+    rids = sorted(keys)
+    parts: dict[str, int] = {}
+    for start in range(0, len(rids), _IDS_PER_READ):
+        found = store.get_rows("checkpoint_blob", thread_id, rids[start : start + _IDS_PER_READ])
+        parts.update((b.row_id, _parts(b)) for b in found)
     args["blobs"] = [(*keys[rid], n) for rid, n in sorted(parts.items())]
     return args
 
