@@ -108,7 +108,10 @@ def _with_ancestors(
 
     A checkpoint lists the delta channels it holds no value of in `delta_channels`; the
     walk up its parents stops, per channel, at the first ancestor holding a value of it
-    (the seed) or having no version of it (nothing was written before).
+    (the seed) or having no version of it (nothing was written before). A walk meeting a
+    parent that is not stored keeps every row: that parent may be a put still on its way
+    (workers apply ops in parallel, so a child can land first), and what the walk needs
+    past it is unknown until it lands.
     """
     by_id = {rec.data["checkpoint_id"]: rec for rec in rows}
     kept = {rec.row_id for rec in rows[:newest]}
@@ -116,10 +119,12 @@ def _with_ancestors(
     for head in rows[:newest]:
         wanted = values.missing(head, set(head.data.get("delta_channels", ())))
         at = head
-        while wanted and (parent := by_id.get(at.data.get("parent_checkpoint_id") or "")):
-            kept.add(parent.row_id)
-            wanted = values.missing(parent, wanted)
-            at = parent
+        while wanted and (parent_id := at.data.get("parent_checkpoint_id")):
+            if parent_id not in by_id:
+                return {rec.row_id for rec in rows}
+            at = by_id[parent_id]
+            kept.add(at.row_id)
+            wanted = values.missing(at, wanted)
     return kept
 
 

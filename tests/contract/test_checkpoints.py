@@ -227,3 +227,26 @@ def test_prune_leaves_the_blobs_of_a_put_it_does_not_see_yet(backend: Backend) -
     assert rows is not None and rows["blobs"] == [("", "a", "vc0", 1)]
     s.apply([make_op("delete_checkpoint_rows", rows), landing])
     assert ids(s, "t") == ["c2", "c1"] and values(s, "t", "c2") == {"a": b"2"}
+
+
+def test_prune_keeps_all_while_a_delta_channels_parent_is_not_stored_yet(
+    backend: Backend,
+) -> None:
+    s = backend.client()
+
+    def delta_put(cid: str, parent: str | None, value: bytes | None) -> Op:
+        empty = {"type": "empty", "data": ""}
+        blob = _b64(value) if value is not None else empty
+        args = {**put("t", cid, {}, parent).args.model_dump(), "delta_channels": ["d"]}
+        args["channel_versions"] = {"d": f"v{cid}"}
+        args["blobs"] = [{"channel": "d", "version": f"v{cid}", **blob}]
+        return make_op("put_checkpoint", args)
+
+    # c0 holds d's snapshot; c1 and c2 rebuild d from writes. c2 lands before c1 (two
+    # workers applying them in parallel): a prune then must not drop c0.
+    c1 = delta_put("c1", "c0", None)
+    s.apply([delta_put("c0", None, b"seed"), delta_put("c2", "c1", None)])
+    assert checkpoint_prune.prune_rows(s, "t", 1) is None
+    s.apply([c1, delta_put("c3", "c2", b"snapshot")])
+    rows = checkpoint_prune.prune_rows(s, "t", 1)
+    assert rows is not None and sorted(rows["checkpoints"]) == [("", "c0"), ("", "c1"), ("", "c2")]

@@ -42,13 +42,10 @@ class Stack:
         self._savers.append(saver)
         return saver
 
-    def restart_worker(self) -> CeleryWorker:
-        self.worker = self._start()
+    def restart_worker(self, **env: str) -> CeleryWorker:
+        """A new worker on this store and broker (with `env` set too)."""
+        self.worker = self._start(**env)
         return self.worker
-
-    def another_worker(self, **env: str) -> CeleryWorker:
-        """One more worker on this store and broker, with `env` set too."""
-        return self._start(**env)
 
     def close(self) -> None:
         for saver in self._savers:

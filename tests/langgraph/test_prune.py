@@ -57,7 +57,9 @@ def test_saver_prune_keep_latest_then_resume_matches_in_memory(stack: Stack) -> 
 
 def test_worker_retention_then_resume_matches_in_memory(stack: Stack) -> None:
     want, total = expected()
-    stack.another_worker(AGENTSTORE_RETAIN_CHECKPOINTS="1", AGENTSTORE_PRUNE_INTERVAL_S="0.5")
+    # The only worker: one with a longer interval could take the retention lock for it.
+    stack.worker.stop()
+    stack.restart_worker(AGENTSTORE_RETAIN_CHECKPOINTS="1", AGENTSTORE_PRUNE_INTERVAL_S="0.5")
     saver = stack.saver()
     with store_of(stack) as store:
 
