@@ -252,7 +252,9 @@ class StorageBackend(StorageClient):
     def prune(self, policy: RetentionPolicy, *, dry_run: bool = False) -> dict[str, int]:
         """Remove what `policy` no longer keeps, in bounded batches; counts per category.
 
-        With `dry_run`, only count. Safe to run from several processes at once.
+        With `dry_run`, only count. Safe to run from several processes at once. LangGraph
+        checkpoints beyond `policy.keep_checkpoints` go as `AgentStoreSaver.prune` drops
+        them (`storage.checkpoint_prune.retain`).
         """
         # Imported here: `storage.checkpoints` and `storage.records` import each other, which
         # works only when `records` is imported first, as this module does.
