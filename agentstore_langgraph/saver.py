@@ -22,6 +22,7 @@ from langgraph.checkpoint.base import (
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from producer import AsyncProducer, Producer
+from storage import checkpoint_prune
 from storage import checkpoint_reads as reads
 from storage.base import StorageBackend
 from storage.config import Settings, load_settings
@@ -176,6 +177,7 @@ class AgentStoreSaver(StoreReads):
                 "checkpoint": _blob(self.serde.dumps_typed(head)),
                 "metadata": _blob(self.serde.dumps_typed(meta)),
                 "channel_versions": {k: str(v) for k, v in checkpoint["channel_versions"].items()},
+                "delta_channels": sorted(meta.get("counters_since_delta_snapshot") or {}),
                 "run_id": str(meta["run_id"]) if meta.get("run_id") is not None else None,
                 "blobs": blobs,
             },
@@ -239,7 +241,7 @@ class AgentStoreSaver(StoreReads):
             keep = [
                 r for r in reads.checkpoints(self._store, thread_id, None) if r.row_id not in gone
             ]
-            found.append(reads.doomed_rows(self._store, thread_id, doomed, keep))
+            found.append(checkpoint_prune.doomed_rows(self._store, thread_id, doomed, keep))
         return found
 
     def _copy_thread(self, source_thread_id: str, target_thread_id: str) -> Steps[None]:
@@ -273,7 +275,7 @@ class AgentStoreSaver(StoreReads):
                 yield from self._delete_thread(thread_id)
                 continue
             yield Settle([thread_id])
-            rows = yield Read(partial(reads.prune_rows, self._store, thread_id, 1))
+            rows = yield Read(partial(checkpoint_prune.prune_rows, self._store, thread_id, 1))
             if rows is not None:
                 yield self._op("delete_checkpoint_rows", rows)
 
@@ -314,8 +316,10 @@ class AgentStoreSaver(StoreReads):
         self._run(self._copy_thread(source_thread_id, target_thread_id))
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
-        """`"keep_latest"`: keep the newest checkpoint of each namespace, with every blob it
-        needs; `"delete"`: delete the threads."""
+        """`"keep_latest"`: keep the newest checkpoint of each namespace, with everything
+        LangGraph needs to load it (`storage.checkpoint_prune`: the blobs older checkpoints
+        wrote that it still refers to, and for a `DeltaChannel` the ancestors, with their
+        writes, back to its last snapshot); `"delete"`: delete the threads."""
         self._run(self._prune(thread_ids, strategy))
 
     # -- reads ------------------------------------------------------------------------------

@@ -259,12 +259,27 @@ class StorageBackend(StorageClient):
     def get_rows(self, kind: Kind, partition: str, row_ids: Sequence[str]) -> list[Record]:
         """The live records of `kind` in `partition` among `row_ids`, in no particular order."""
 
-    @abstractmethod
     def prune(self, policy: RetentionPolicy, *, dry_run: bool = False) -> dict[str, int]:
         """Remove what `policy` no longer keeps, in bounded batches; counts per category.
 
-        With `dry_run`, only count. Safe to run from several processes at once.
+        With `dry_run`, only count. Safe to run from several processes at once. LangGraph
+        checkpoints beyond `policy.keep_checkpoints` go as `AgentStoreSaver.prune` drops
+        them (`storage.checkpoint_prune.retain`).
         """
+        # Imported here: `storage.checkpoints` and `storage.records` import each other, which
+        # works only when `records` is imported first, as this module does.
+        from . import checkpoint_prune
+
+        counts = self._prune_records(policy, dry_run)
+        if policy.keep_checkpoints is not None:
+            # The rows LangGraph's checkpointer's own prune chooses, deleted by the same op.
+            keep, batch = policy.keep_checkpoints, policy.batch_size
+            counts.update(checkpoint_prune.retain(self, keep, batch=batch, dry_run=dry_run))
+        return counts
+
+    @abstractmethod
+    def _prune_records(self, policy: RetentionPolicy, dry_run: bool) -> dict[str, int]:
+        """`prune` of every category `storage.retention.prune_limits(policy)` names."""
 
     @abstractmethod
     def scan_records(self, kind: Kind, after: str | None = None, limit: int = 500) -> list[Record]:

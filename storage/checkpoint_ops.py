@@ -74,6 +74,9 @@ class PutCheckpointArgs(Strict):
     # The checkpoint's channel versions in plain JSON too: what prune keeps, without
     # deserialising anything.
     channel_versions: dict[str, str]
+    # The DeltaChannels LangGraph rebuilds from the ancestors' writes at this checkpoint (its
+    # metadata's `counters_since_delta_snapshot`): prune keeps those ancestors.
+    delta_channels: list[str] = Field(default_factory=list)
     run_id: str | None = None  # the metadata's, for delete_for_runs
     blobs: list[ChannelBlob]
 

@@ -1,4 +1,4 @@
-"""Reading LangGraph checkpoint rows back, and choosing the rows a prune or a run delete drops.
+"""Reading LangGraph checkpoint rows back (`checkpoint_prune` chooses what a prune drops).
 
 Everything here works on the JSON the rows hold; serialised values stay base64 text.
 """
@@ -6,11 +6,13 @@ Everything here works on the JSON the rows hold; serialised values stay base64 t
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .base import StorageBackend
 from .checkpoints import blob_rid, is_part, part_rids, thread_prefix
 from .records import Kind, Record
+
+if TYPE_CHECKING:
+    from .base import StorageBackend
 
 _SCAN_PAGE = 500
 
@@ -67,52 +69,3 @@ def all_checkpoints(store: StorageBackend) -> Iterable[Record]:
         if len(page) < _SCAN_PAGE:
             return
         after = page[-1].row_id
-
-
-def _parts(rec: Record) -> int:
-    return int(rec.data.get("parts", 1))
-
-
-def doomed_rows(
-    store: StorageBackend, thread_id: str, checkpoint_rows: Sequence[Record], keep: Sequence[Record]
-) -> dict[str, Any]:
-    """The `delete_checkpoint_rows` args dropping `checkpoint_rows`, their writes, and every
-    blob of their namespaces that no checkpoint in `keep` still refers to (LangGraph rebuilds
-    a kept checkpoint's channels from blobs written by its ancestors: the channel chain)."""
-    namespaces = {rec.data["checkpoint_ns"] for rec in checkpoint_rows}
-    kept = {
-        (rec.data["checkpoint_ns"], channel, str(version))
-        for rec in keep
-        for channel, version in rec.data.get("channel_versions", {}).items()
-    }
-    args: dict[str, Any] = {"thread_id": thread_id, "checkpoints": [], "blobs": [], "writes": []}
-    for rec in checkpoint_rows:
-        ns, cid = rec.data["checkpoint_ns"], rec.data["checkpoint_id"]
-        args["checkpoints"].append((ns, cid))
-        for w in writes(store, thread_id, ns, cid):
-            d = w.data
-            args["writes"].append((ns, cid, d["task_id"], d["idx"], _parts(w)))
-    for ns in sorted(namespaces):
-        rows = store.read_rows("checkpoint_blob", thread_id, thread_prefix(thread_id, ns))
-        for b in rows:
-            if is_part(b):
-                continue
-            key = (ns, b.data["channel"], b.data["version"])
-            if key not in kept:
-                args["blobs"].append((*key, _parts(b)))
-    return args
-
-
-def prune_rows(store: StorageBackend, thread_id: str, keep_per_ns: int) -> dict[str, Any] | None:
-    """What keeping the newest `keep_per_ns` checkpoints of each namespace drops (None:
-    nothing); 0 drops every checkpoint of the thread."""
-    by_ns: dict[str, list[Record]] = {}
-    for rec in checkpoints(store, thread_id, None):
-        by_ns.setdefault(rec.data["checkpoint_ns"], []).append(rec)
-    keep: list[Record] = []
-    drop: list[Record] = []
-    for rows in by_ns.values():
-        rows.sort(key=lambda r: r.data["checkpoint_id"], reverse=True)
-        keep += rows[:keep_per_ns]
-        drop += rows[keep_per_ns:]
-    return doomed_rows(store, thread_id, drop, keep) if drop else None

@@ -108,6 +108,7 @@ def checkpoint_records(
             "parent_checkpoint_id": p.parent_checkpoint_id,
             "metadata": p.metadata.model_dump(),
             "channel_versions": p.channel_versions,
+            "delta_channels": p.delta_channels,
             "run_id": p.run_id,
             **p.checkpoint.model_dump(),
         }

@@ -116,6 +116,7 @@ class Settings(BaseSettings):
     agentstore_retain_finished_tasks_days: float | None = None
     agentstore_finished_task_statuses: str = "done,completed,finished,failed,cancelled"
     agentstore_retain_transactions_days: float | None = None
+    agentstore_retain_checkpoints: int | None = None
     agentstore_tombstone_grace_days: float = 7.0
 
     @field_validator("agentstore_backend")
@@ -160,6 +161,7 @@ class Settings(BaseSettings):
         "agentstore_retain_messages_days",
         "agentstore_retain_finished_tasks_days",
         "agentstore_retain_transactions_days",
+        "agentstore_retain_checkpoints",
         "agentstore_tombstone_grace_days",
     )
     @classmethod

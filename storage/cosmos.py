@@ -476,13 +476,10 @@ class CosmosDBClient(StorageBackend):
 
     # -- retention --------------------------------------------------------------------------
 
-    def prune(self, policy: RetentionPolicy, *, dry_run: bool = False) -> dict[str, int]:
-        """Remove what `policy` no longer keeps, `policy.batch_size` items a query.
-
-        Counts per category, as on PostgreSQL; an item's age is its `_ts` (last write).
-        Several processes may prune at once: an item another one deleted first is not
-        counted, and one rewritten since it was read (etag) is looked at again.
-        """
+    def _prune_records(self, policy: RetentionPolicy, dry_run: bool) -> dict[str, int]:
+        # `policy.batch_size` items a query; an item's age is its `_ts` (last write). Several
+        # processes may prune at once: an item another one deleted first is not counted, and
+        # one rewritten since it was read (etag) is looked at again.
         self._check_open()
         return self._call(lambda: self._remover.prune(policy, dry_run))
 

@@ -295,8 +295,8 @@ class InMemoryStorageClient(StorageBackend):
 
     # -- retention --------------------------------------------------------------------------
 
-    def prune(self, policy: RetentionPolicy, *, dry_run: bool = False) -> dict[str, int]:
-        """Remove what `policy` no longer keeps, all at once; counts per category."""
+    def _prune_records(self, policy: RetentionPolicy, dry_run: bool) -> dict[str, int]:
+        # All at once, under the lock.
         now = time.time()
         counts: dict[str, int] = {}
         with self._lock:

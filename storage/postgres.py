@@ -350,7 +350,7 @@ class PostgreSQLClient(StorageBackend):
         )
         return [Tombstone(scope, key, version) for scope, key, version in rows]
 
-    def prune(self, policy: RetentionPolicy, *, dry_run: bool = False) -> dict[str, int]:
+    def _prune_records(self, policy: RetentionPolicy, dry_run: bool) -> dict[str, int]:
         counts: dict[str, int] = {}
         for category, (query, params) in prune_statements(policy).items():
             if dry_run:

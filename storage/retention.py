@@ -24,6 +24,9 @@ class RetentionPolicy:
     finished_task_max_age_s: float | None = None
     finished_statuses: tuple[str, ...] = ("done", "completed", "finished", "failed", "cancelled")
     transaction_max_age_s: float | None = None
+    # Newest checkpoints kept per (thread, checkpoint namespace), with what they need to
+    # load (`storage.checkpoint_prune`).
+    keep_checkpoints: int | None = None
     tombstone_grace_s: float = 7 * DAY_S
     batch_size: int = 1_000
 
@@ -42,6 +45,7 @@ class RetentionPolicy:
                 if s.strip()
             ),
             transaction_max_age_s=seconds(settings.agentstore_retain_transactions_days),
+            keep_checkpoints=settings.agentstore_retain_checkpoints,
             tombstone_grace_s=settings.agentstore_tombstone_grace_days * DAY_S,
         )
 

@@ -122,6 +122,12 @@ def cosmos(cosmos_server: CosmosServer) -> Cosmos:
     return Cosmos(cosmos_server.endpoint, cosmos_server.key)
 
 
+def env_file(path: Path, config: Mapping[str, str]) -> Path:
+    """A `.env` file at `path` setting `config`."""
+    path.write_text("".join(f"{k}={v}\n" for k, v in config.items()), encoding="utf-8")
+    return path
+
+
 def open_store(config: Mapping[str, str]) -> StorageBackend:
     settings: dict[str, Any] = dict.fromkeys(("postgres_connection_string", "cosmos_endpoint"))
     settings.update({k.lower(): v for k, v in config.items()})

@@ -29,6 +29,7 @@ from tests.cli.conftest import (
     assert_deletes_hold,
     assert_no_secret,
     delete_partitions,
+    env_file,
     open_store,
     same_reads,
     seed,
@@ -37,11 +38,6 @@ from tests.cli.conftest import (
 from tests.services import fresh_pg_database
 
 COUNTS = {"state": 120, "task": 120, "conversation": 1_050, "transaction": 300}
-
-
-def env_file(path: Path, config: dict[str, str]) -> Path:
-    path.write_text("".join(f"{k}={v}\n" for k, v in config.items()), encoding="utf-8")
-    return path
 
 
 def checkpoints(cwd: Path) -> list[Path]:

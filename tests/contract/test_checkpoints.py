@@ -9,12 +9,16 @@ from typing import Any, cast
 
 import pytest
 
+from storage import checkpoint_prune
 from storage import checkpoint_reads as reads
 from storage.base import StorageBackend, StorageClient
 from storage.checkpoint_ops import MAX_CHECKPOINT_BYTES
 from storage.checkpoints import PART_CHARS
 from storage.errors import ValidationError
 from storage.ops import Op, make_op
+from storage.records import plan
+from storage.retention import RetentionPolicy
+from tests.contract.conftest import Backend
 
 
 def _b64(raw: bytes) -> dict[str, str]:
@@ -110,7 +114,7 @@ def test_prune_keeps_the_newest_and_every_blob_it_refers_to(store: StorageClient
     op = put(uid, "c1", {"a": b"a1"}, parent="c0")
     args = {**op.args.model_dump(), "channel_versions": {"a": "vc1", "b": "vc0"}}
     s.apply([make_op("put_checkpoint", args), writes(uid, "c0", [(0, b"w")])])
-    rows = reads.prune_rows(s, uid, 1)
+    rows = checkpoint_prune.prune_rows(s, uid, 1)
     assert rows is not None
     s.apply([make_op("delete_checkpoint_rows", rows)])
     assert [r.data["checkpoint_id"] for r in reads.checkpoints(s, uid, None)] == ["c1"]
@@ -131,3 +135,118 @@ def test_values_up_to_16_mb_round_trip_split_across_rows(store: StorageClient, u
 def test_more_than_16_mb_fails_at_the_call() -> None:
     with pytest.raises(ValidationError, match="limit is 16,000,000 bytes"):
         put("t", "c", {"big": b"x" * (MAX_CHECKPOINT_BYTES + 10)})
+
+
+# --- retention: AGENTSTORE_RETAIN_CHECKPOINTS ------------------------------------------------
+
+
+def chained(thread: str, cid: str, parent: str | None, versions: dict[str, str], **kw: Any) -> Op:
+    """A put naming blobs of older checkpoints too (`versions`), writing only its own."""
+    op = put(thread, cid, kw.pop("values", {}), parent, **kw)
+    args = {**op.args.model_dump(), "channel_versions": versions, **kw.pop("extra", {})}
+    return make_op("put_checkpoint", args)
+
+
+def ids(store: StorageBackend, thread: str, ns: str | None = None) -> list[str]:
+    return [r.data["checkpoint_id"] for r in reads.checkpoints(store, thread, ns)]
+
+
+def test_retention_keeps_the_newest_n_per_namespace_with_their_blobs(backend: Backend) -> None:
+    s = backend.client()
+    ops: list[Op] = []
+    for ns in ("", "child"):
+        parent = None
+        for n in range(5):
+            # "a" changes every step, "b" only at c0: every checkpoint names c0's "b".
+            blobs = {"a": f"a{n}".encode(), **({"b": b"b0"} if n == 0 else {})}
+            versions = {"a": f"vc{n}", "b": "vc0"}
+            ops.append(chained("t", f"c{n}", parent, versions, values=blobs, ns=ns))
+            ops.append(writes("t", f"c{n}", [(0, f"w{n}".encode())]))
+            parent = f"c{n}"
+    ops.append(put("small", "c0", {"a": b"x"}))
+    s.apply(ops)
+    policy = RetentionPolicy(keep_checkpoints=2, batch_size=4)  # 6 to drop: two writes
+    expected = {
+        "checkpoints:over_count": 6,  # c0..c2 of both namespaces
+        "checkpoint_blobs:over_count": 6,  # their "a" blobs; "b" stays
+        "checkpoint_writes:over_count": 3,  # `writes` puts them in namespace "" only
+    }
+    assert {k: v for k, v in s.prune(policy, dry_run=True).items() if "checkpoint" in k} == {
+        **expected,
+        "checkpoints:tombstones": 0,
+        "checkpoint_blobs:tombstones": 0,
+        "checkpoint_writes:tombstones": 0,
+    }
+    assert ids(s, "t") == ["c4", "c3", "c2", "c1", "c0", "c4", "c3", "c2", "c1", "c0"]
+    assert s.prune(policy) == {**s.prune(policy, dry_run=True), **expected}
+    assert ids(s, "t", "") == ids(s, "t", "child") == ["c4", "c3"]
+    assert ids(s, "small") == ["c0"]
+    assert values(s, "t", "c3") == {"a": b"a3", "b": b"b0"}
+    assert pending(s, "t", "c3") == {0: b"w3"} and pending(s, "t", "c2") == {}
+    assert s.prune(policy)["checkpoints:over_count"] == 0
+
+
+def test_retention_keeps_the_ancestors_a_delta_channel_is_rebuilt_from(backend: Backend) -> None:
+    s = backend.client()
+    ops: list[Op] = []
+    parent = None
+    # Two DeltaChannels, holding a value (a snapshot) only where noted; LangGraph rebuilds
+    # them at c5 from the writes of its ancestors: "d" back to its snapshot at c3, "e"
+    # (first written by c1's step, never snapshotted) back to c1, which has no version of it.
+    for n in range(6):
+        blobs = {"d": b"snapshot"} if n == 3 else {}
+        versions = {"d": f"vc{n}", **({"e": f"vc{n}"} if n >= 2 else {})}
+        op = chained("t", f"c{n}", parent, versions, values=blobs)
+        args = op.args.model_dump()
+        args["delta_channels"] = ["d", "e"]
+        args["blobs"] += [
+            {"channel": ch, "version": v, "type": "empty", "data": ""}
+            for ch, v in versions.items()
+            if ch not in blobs
+        ]
+        ops += [make_op("put_checkpoint", args), writes("t", f"c{n}", [(0, b"delta")])]
+        parent = f"c{n}"
+    s.apply(ops)
+    counts = s.prune(RetentionPolicy(keep_checkpoints=1))
+    assert ids(s, "t") == ["c5", "c4", "c3", "c2", "c1"]
+    assert [counts[f"{kind}:over_count"] for kind in ("checkpoints", "checkpoint_writes")] == [1, 1]
+    assert counts["checkpoint_blobs:over_count"] == 1  # c0's "d": no kept checkpoint names it
+    assert all(pending(s, "t", f"c{n}") == {0: b"delta"} for n in range(1, 6))
+    assert values(s, "t", "c3") == {"d": b"snapshot", "e": b""}
+
+
+def test_prune_leaves_the_blobs_of_a_put_it_does_not_see_yet(backend: Backend) -> None:
+    s = backend.client()
+    c1 = chained("t", "c1", "c0", {"a": "vc1"}, values={"a": b"1"})
+    s.apply([put("t", "c0", {"a": b"0"}), c1])
+    # A put landing mid-prune: its blobs are stored, its checkpoint row not yet (Cosmos DB
+    # writes them one by one; on PostgreSQL the prune's reads are separate statements).
+    landing = chained("t", "c2", "c1", {"a": "vc2"}, values={"a": b"2"})
+    s.write_records({"checkpoint_blob": plan([landing]).records["checkpoint_blob"]})
+    rows = checkpoint_prune.prune_rows(s, "t", 1)
+    assert rows is not None and rows["blobs"] == [("", "a", "vc0", 1)]
+    s.apply([make_op("delete_checkpoint_rows", rows), landing])
+    assert ids(s, "t") == ["c2", "c1"] and values(s, "t", "c2") == {"a": b"2"}
+
+
+def test_prune_keeps_all_while_a_delta_channels_parent_is_not_stored_yet(
+    backend: Backend,
+) -> None:
+    s = backend.client()
+
+    def delta_put(cid: str, parent: str | None, value: bytes | None) -> Op:
+        empty = {"type": "empty", "data": ""}
+        blob = _b64(value) if value is not None else empty
+        args = {**put("t", cid, {}, parent).args.model_dump(), "delta_channels": ["d"]}
+        args["channel_versions"] = {"d": f"v{cid}"}
+        args["blobs"] = [{"channel": "d", "version": f"v{cid}", **blob}]
+        return make_op("put_checkpoint", args)
+
+    # c0 holds d's snapshot; c1 and c2 rebuild d from writes. c2 lands before c1 (two
+    # workers applying them in parallel): a prune then must not drop c0.
+    c1 = delta_put("c1", "c0", None)
+    s.apply([delta_put("c0", None, b"seed"), delta_put("c2", "c1", None)])
+    assert checkpoint_prune.prune_rows(s, "t", 1) is None
+    s.apply([c1, delta_put("c3", "c2", b"snapshot")])
+    rows = checkpoint_prune.prune_rows(s, "t", 1)
+    assert rows is not None and sorted(rows["checkpoints"]) == [("", "c0"), ("", "c1"), ("", "c2")]

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from agentstore_cli.launch import CeleryWorker
-from storage.config import load_settings
+from storage.config import Settings, load_settings
 from tests.plugin import WorkerFactory
 from tests.services import fresh_pg_database
 
@@ -26,7 +26,7 @@ class Stack:
         name: str,
         env: dict[str, str],
         worker: CeleryWorker,
-        start: Callable[[], CeleryWorker],
+        start: Callable[..., CeleryWorker],
     ):
         self.name = name
         self.env = env
@@ -34,14 +34,17 @@ class Stack:
         self._start = start
         self._savers: list[AgentStoreSaver] = []
 
+    def settings(self) -> Settings:
+        return load_settings(**{k.lower(): v for k, v in self.env.items()})
+
     def saver(self, **kwargs: Any) -> AgentStoreSaver:
-        settings = load_settings(**{k.lower(): v for k, v in self.env.items()})
-        saver = AgentStoreSaver(settings, **kwargs)
+        saver = AgentStoreSaver(self.settings(), **kwargs)
         self._savers.append(saver)
         return saver
 
-    def restart_worker(self) -> CeleryWorker:
-        self.worker = self._start()
+    def restart_worker(self, **env: str) -> CeleryWorker:
+        """A new worker on this store and broker (with `env` set too)."""
+        self.worker = self._start(**env)
         return self.worker
 
     def close(self) -> None:
@@ -68,9 +71,9 @@ def stack(
                 AGENTSTORE_BACKEND="cosmos",
             )
 
-        def start() -> CeleryWorker:
+        def start(**more: str) -> CeleryWorker:
             extra = {k: v for k, v in env.items() if k != "CELERY_BROKER_URL"}
-            return start_worker(broker, url if request.param == "postgres" else "", **extra)
+            return start_worker(broker, url if request.param == "postgres" else "", **extra, **more)
 
         stack = Stack(request.param, env, start(), start)
         try:
