@@ -11,7 +11,7 @@ from typing import Any, Self
 from .config import Settings
 from .errors import ValidationError
 from .ops import Op, OpName, make_op
-from .records import Kind, Record, StreamKind, Tombstone, Written, changed, plan
+from .records import Kind, Record, StreamKind, Tombstone, Written, changed, plan_with_keys
 from .retention import RetentionPolicy
 
 # No store holds more rows than this (PostgreSQL's bigint): a larger limit means all of them.
@@ -217,8 +217,8 @@ class StorageBackend(StorageClient):
         """`apply(ops)`, telling for each op whether it changed the store: False when its
         version lost (already applied, or older than what is stored), as a redelivered op's
         does. What the worker counts as applied vs stale."""
-        batch = plan(ops)
-        return changed(ops, self.write_records(batch.records, batch.tombstones))
+        batch, keys = plan_with_keys(ops)
+        return changed(ops, self.write_records(batch.records, batch.tombstones), keys)
 
     @abstractmethod
     def write_records(

@@ -80,7 +80,9 @@ STORED_AS: dict[StreamKind, str] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, which made
+# building a batch's records 5x slower (one per op in every batch). Nothing mutates one.
+@dataclass(slots=True)
 class Record:
     """One row to write, as every backend sees it after in-batch dedupe.
 
@@ -193,6 +195,16 @@ def plan(ops: Sequence[Op]) -> Plan:
     return collect(item for op in ops for item in _records_of(op))
 
 
+# Where each op of a batch writes: the `key_of` its records and tombstones.
+Keys: TypeAlias = list[list[tuple[StreamKind, str]]]
+
+
+def plan_with_keys(ops: Sequence[Op]) -> tuple[Plan, Keys]:
+    """`plan(ops)`, and where each op writes, for `changed`: each op's records built once."""
+    items = [list(_records_of(op)) for op in ops]
+    return collect(i for each in items for i in each), [list(map(key_of, e)) for e in items]
+
+
 # Imported last: it builds the `Record`s defined above.
 from .checkpoints import checkpoint_records  # noqa: E402
 
@@ -222,14 +234,17 @@ def key_of(item: Record | Tombstone) -> tuple[StreamKind, str]:
     return ("tombstone", item.row_id) if isinstance(item, Tombstone) else (item.kind, item.row_id)
 
 
-def changed(ops: Sequence[Op], written: Written) -> list[bool]:
+def changed(ops: Sequence[Op], written: Written, keys: Keys | None = None) -> list[bool]:
     """For each of `ops`, whether the write of their plan stored any of its records or its
     tombstone: False means its version lost (a redelivered op lands here). Of two ops writing
-    one row at the same version, the first counts, as the first is the one kept."""
+    one row at the same version, the first counts, as the first is the one kept. `keys`, if
+    given, are where each op writes (`plan_with_keys`)."""
+    if keys is None:
+        keys = [list(map(key_of, _records_of(op))) for op in ops]
     left = dict(written)
     result = []
-    for op in ops:
-        hits = [k for k in map(key_of, _records_of(op)) if left.get(k) == op.version]
+    for op, where in zip(ops, keys, strict=True):
+        hits = [k for k in where if left.get(k) == op.version]
         for k in hits:
             del left[k]
         result.append(bool(hits))
