@@ -43,7 +43,9 @@ def metrics_cost(ctx: Context) -> None:
         off.append(agentstore_drain(ctx.broker, ctx.admin, n, None).rate)
         port = str(free_port())
         on.append(
-            agentstore_drain(ctx.broker, ctx.admin, n, None, AGENTSTORE_METRICS_PORT=port).rate
+            agentstore_drain(
+                ctx.broker, ctx.admin, n, None, env={"AGENTSTORE_METRICS_PORT": port}
+            ).rate
         )
     pub_off: list[float] = []
     pub_on: list[float] = []

@@ -65,7 +65,7 @@ def drain_cost(ctx: Context, n: int) -> dict[str, list[float]]:
         rates["off"].append(agentstore_drain(ctx.broker, ctx.admin, n, 500).rate)
         with tempfile.TemporaryDirectory() as spans, recording():
             env = {"PYTHONPATH": str(SITE), "AGENTSTORE_TEST_SPANS_DIR": spans}
-            rates["on"].append(agentstore_drain(ctx.broker, ctx.admin, n, 500, **env).rate)
+            rates["on"].append(agentstore_drain(ctx.broker, ctx.admin, n, 500, env=env).rate)
     return rates
 
 
