@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationInfo
 
 from .ids import check_id
-from .payload import encode_payload
+from .payload import encode_payload, nested_within
 from .versions import VERSION_RE
 
 OP_ID_RE = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
@@ -18,8 +18,16 @@ def id_field(field: str) -> Any:
     return BeforeValidator(lambda v: check_id(field, v))
 
 
+# Validation context of an op decoded from a text `storage.payload.decode_plain` vouched for.
+PLAIN = {"plain_payload": True}
+
+
 def payload_field(field: str) -> Any:
-    def check(value: Any) -> Any:
+    def check(value: Any, info: ValidationInfo) -> Any:
+        # A plain text's payload can only fail the depth check: every other one is about
+        # values decode_plain found none of. Anything else gets them all, and its errors.
+        if info.context is PLAIN and type(value) is dict and nested_within(value):
+            return value
         encode_payload(field, value)
         return value
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 import pydantic_core
@@ -128,6 +129,73 @@ def _depth_ok(text: str) -> bool:
         elif ch in "]}":
             depth -= 1
     return deepest <= MAX_DEPTH
+
+
+# Stored size is at most 3x a payload's text (UTF-8 bytes, plus an escape per quote and
+# backslash), and no payload's compact text is longer than its text in a message.
+_PLAIN_TEXT_MAX_BYTES = MAX_PAYLOAD_BYTES // 3
+
+
+def decode_plain(text: str, size: int) -> tuple[Any, bool]:
+    """`json.loads(text)`, and whether every dict in it passes `encode_payload`, provided
+    it is nested at most `MAX_DEPTH` deep (`nested_within`); `size` is the text's UTF-8 size.
+
+    The decoder looks at each number as it reads it (as `_decoder` does), and the text is
+    searched for escaped NULs and surrogates: no walk and no encoding per payload, which is
+    what lets a worker skip re-checking the payloads of a message that has none of the rare
+    values the checks are about. A message that has one (or a value merely near one: any
+    number of magnitude 1e16 or more, say) gets every check.
+    """
+    suspect: list[str] = []
+
+    def number(token: str) -> float:
+        value = float(token)
+        # NaN, infinities, whole floats of 1e16 and more, -0.0 (and what underflows to it).
+        if not abs(value) < _EXPONENT_FROM or (value == 0 and token[0] == "-"):
+            suspect.append(token)
+        return value
+
+    def integer(token: str) -> int:
+        if len(token) > 15:  # 2**53-1 has 16 digits: anything shorter is within it
+            suspect.append(token)
+        return int(token)
+
+    def constant(token: str) -> float:
+        suspect.append(token)
+        return float(token)
+
+    decoded = json.JSONDecoder(
+        parse_float=number, parse_int=integer, parse_constant=constant
+    ).decode(text)
+    plain = (
+        not suspect
+        and size <= _PLAIN_TEXT_MAX_BYTES
+        and ("\\u" not in text or not _ESCAPES_REFUSED.search(text))
+    )
+    return decoded, plain
+
+
+# An escaped NUL, or any escaped surrogate (a lone one is refused; pairs only go the exact way).
+_ESCAPES_REFUSED = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def nested_within(value: dict[str, Any], limit: int = MAX_DEPTH) -> bool:
+    """Whether `value` (itself level 1) has at most `limit` levels of dicts and lists."""
+    level: list[Any] = [value]
+    depth = 1
+    while True:
+        inner = [
+            v
+            for c in level
+            for v in (c.values() if type(c) is dict else c)
+            if type(v) is dict or type(v) is list
+        ]
+        if not inner:
+            return True
+        depth += 1
+        if depth > limit:
+            return False
+        level = inner
 
 
 def _has_nul(value: Any) -> bool:

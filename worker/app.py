@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -22,6 +23,7 @@ from storage.base import StorageBackend
 from storage.config import load_settings
 from storage.errors import ConfigError
 from storage.factory import create_storage_client
+from storage.payload import decode_plain
 from storage.retention import RetentionPolicy
 
 from . import logs, metrics
@@ -65,6 +67,11 @@ app.conf.update(
 )
 
 
+# The op list of the task body this thread decoded last, if that body passed
+# `decode_plain`: the task that receives this very list tells the batch so.
+_plain_body = threading.local()
+
+
 def _plain_json(data: bytes | bytearray | memoryview | str) -> Any:
     """JSON as it is. kombu's own decoder turns every object shaped `{"__type__": ...,
     "__value__": ...}` into a datetime, UUID, ... or fails on unknown tags: a user's payload
@@ -72,7 +79,18 @@ def _plain_json(data: bytes | bytearray | memoryview | str) -> Any:
     a Python hook per object, on a body Celery decodes twice (main process and child)."""
     if isinstance(data, memoryview | bytearray):
         data = bytes(data)
-    return json.loads(data)
+    _plain_body.ops = None
+    if isinstance(data, str):
+        return json.loads(data)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return json.loads(data)  # which detects UTF-16 and UTF-32 as before, or refuses
+    decoded, plain = decode_plain(text, len(data))
+    if plain:
+        with contextlib.suppress(TypeError, IndexError, KeyError):
+            _plain_body.ops = decoded[0][0]
+    return decoded
 
 
 # In this process (and the pool's children, which it forks) only: producers never decode.
@@ -207,7 +225,9 @@ def _apply_ops(self: Task, *args: Any, **kwargs: Any) -> None:
     # and when the producer published it.
     traces = getattr(self.request, tracing.HEADER, None)
     published = wire.published_at(self.request.get("published"))
-    _get_process().applier.run(str(self.request.id), ops, traces, published)
+    plain = getattr(_plain_body, "ops", None) is ops and isinstance(ops, list)
+    _plain_body.ops = None
+    _get_process().applier.run(str(self.request.id), ops, traces, published, plain=plain)
 
 
 apply_ops: Task = app.task(name=wire.TASK_NAME, bind=True, acks_late=True, ignore_result=True)(

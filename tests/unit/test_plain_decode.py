@@ -1,0 +1,124 @@
+"""A message body `decode_plain` vouches for parses exactly as it would without it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from broker import wire
+from storage import ValidationError
+from storage.ops import Op, encode_op, parse_op
+from storage.payload import MAX_DEPTH, MAX_PAYLOAD_BYTES, decode_plain
+from tests.unit.test_fast_validation import payloads
+
+SHAPES = {
+    "save_state": ("agent_id", "state_id", "state"),
+    "save_task": ("agent_id", "task_id", "task_data"),
+    "save_conversation": ("conversation_id", None, "message"),
+}
+
+
+def _parsed(message: object, plain: bool) -> Op | str:
+    try:
+        return parse_op(message, plain_payload=plain)
+    except ValidationError as exc:
+        return str(exc)
+
+
+def _message(name: str, payload: object, owner: object = "agent|1", sub: object = "s 1") -> Any:
+    owner_field, sub_field, data_field = SHAPES[name]
+    args = {owner_field: owner, data_field: payload}
+    if sub_field is not None:
+        args[sub_field] = sub
+    return {"op": name, "id": "op-1", "version": "0001.5", "args": args}
+
+
+@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(
+    payload=payloads | st.sampled_from([[], "text", 3]),
+    name=st.sampled_from(sorted(SHAPES)),
+    ascii_only=st.booleans(),
+    spaced=st.booleans(),
+)
+def test_a_plain_text_parses_as_the_model_alone_parses_it(
+    payload: object, name: str, ascii_only: bool, spaced: bool
+) -> None:
+    text = json.dumps(
+        _message(name, payload),
+        ensure_ascii=ascii_only,
+        separators=(", ", ": ") if spaced else (",", ":"),
+    )
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:
+        assume(False)  # a lone surrogate: no UTF-8 body holds one unescaped
+    decoded, plain = decode_plain(text, size)
+    assert json.dumps(decoded) == json.dumps(json.loads(text))
+    assert _parsed(decoded, plain) == _parsed(decoded, False)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "1e16",
+        "1.5E20",
+        "12345678901234567",
+        "-12345678901234567",
+        "12345678901234567.5",
+        "-0.0",
+        "-0.000",
+        "-0e0",
+        "-0." + "0" * 400 + "1",
+        "1e400",
+        "NaN",
+        "-Infinity",
+        '"\\u0000"',
+        '"\\ud800"',
+        '"\\uDC00x"',
+    ],
+)
+def test_texts_with_any_value_the_checks_are_about_are_not_plain(value: str) -> None:
+    text = f'{{"op":"save_state","args":{{"state":{{"v":[{value}]}}}}}}'
+    assert decode_plain(text, len(text))[1] is False
+
+
+@pytest.mark.parametrize(
+    "value", ["-0.001", "0.0", "-0", "123456789012345", "1e5", '"8e0c1234"', '"\\u00e9"', "0.1"]
+)
+def test_usual_values_leave_a_text_plain(value: str) -> None:
+    text = f'{{"v":[{value}],"id":"9e9e9e9e9e9e9e9e9e9e"}}'
+    assert decode_plain(text, len(text))[1] is True
+
+
+def test_a_large_text_is_not_plain() -> None:
+    text = json.dumps({"v": "x" * (MAX_PAYLOAD_BYTES // 3)})
+    assert decode_plain(text, len(text))[1] is False
+
+
+def test_a_payload_too_deep_is_refused_from_a_plain_text_as_from_any() -> None:
+    deep: Any = 1
+    for _ in range(MAX_DEPTH):
+        deep = [deep]
+    text = json.dumps(_message("save_state", {"deep": deep}))
+    decoded, plain = decode_plain(text, len(text))
+    assert plain
+    refused = _parsed(decoded, True)
+    assert isinstance(refused, str) and "nested more than 64 levels" in refused
+    assert refused == _parsed(decoded, False)
+
+
+def test_the_workers_read_our_producers_messages_as_plain() -> None:
+    saves = [
+        encode_op("save_state", {"agent_id": "a", "state_id": f"s{i}", "state": {"x": i / 7}})
+        for i in range(20)
+    ]
+    message = wire.build_messages([i for i, _ in saves], [t for _, t in saves])[0][1]
+    parsed = wire.parse_message(message)
+    assert parsed.plain
+    assert [parse_op(op, plain_payload=True) for op in parsed.ops] == [
+        parse_op(op) for op in parsed.ops
+    ]
