@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import logging
@@ -23,11 +22,11 @@ from storage.base import StorageBackend
 from storage.config import load_settings
 from storage.errors import ConfigError
 from storage.factory import create_storage_client
-from storage.payload import decode_plain
 from storage.retention import RetentionPolicy
 
 from . import logs, metrics
 from .apply import BatchApplier
+from .bodies import decode_task_body, was_plain
 from .lease import Heartbeat
 from .reaper import Reaper, ReaperThread
 from .retention import PrunerThread
@@ -67,9 +66,7 @@ app.conf.update(
 )
 
 
-# The op list of the task body this thread decoded last, if that body passed
-# `decode_plain`: the task that receives this very list tells the batch so.
-_plain_body = threading.local()
+_in_pool_child = False  # set in each pool child (`_init_process`): only a child applies ops
 
 
 def _plain_json(data: bytes | bytearray | memoryview | str) -> Any:
@@ -79,18 +76,8 @@ def _plain_json(data: bytes | bytearray | memoryview | str) -> Any:
     a Python hook per object, on a body Celery decodes twice (main process and child)."""
     if isinstance(data, memoryview | bytearray):
         data = bytes(data)
-    _plain_body.ops = None
-    if isinstance(data, str):
-        return json.loads(data)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return json.loads(data)  # which detects UTF-16 and UTF-32 as before, or refuses
-    decoded, plain = decode_plain(text, len(data))
-    if plain:
-        with contextlib.suppress(TypeError, IndexError, KeyError):
-            _plain_body.ops = decoded[0][0]
-    return decoded
+    # The main process decodes a body only to look at it; the child decodes it again.
+    return decode_task_body(data) if _in_pool_child else json.loads(data)
 
 
 # In this process (and the pool's children, which it forks) only: producers never decode.
@@ -172,6 +159,8 @@ def _get_process() -> _Process:
 
 
 def _init_process(**_: Any) -> None:
+    global _in_pool_child
+    _in_pool_child = True
     # After fork: connections made in the parent must never be shared with a child.
     metrics.WORKER_PROCESSES.set(1)
     process = _get_process()
@@ -225,8 +214,7 @@ def _apply_ops(self: Task, *args: Any, **kwargs: Any) -> None:
     # and when the producer published it.
     traces = getattr(self.request, tracing.HEADER, None)
     published = wire.published_at(self.request.get("published"))
-    plain = getattr(_plain_body, "ops", None) is ops and isinstance(ops, list)
-    _plain_body.ops = None
+    plain = was_plain(ops)
     _get_process().applier.run(str(self.request.id), ops, traces, published, plain=plain)
 
 

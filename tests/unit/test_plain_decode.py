@@ -14,6 +14,7 @@ from storage import ValidationError
 from storage.ops import Op, encode_op, parse_op
 from storage.payload import MAX_DEPTH, MAX_PAYLOAD_BYTES, decode_plain
 from tests.unit.test_fast_validation import payloads
+from worker.bodies import decode_task_body, was_plain
 
 SHAPES = {
     "save_state": ("agent_id", "state_id", "state"),
@@ -122,3 +123,23 @@ def test_the_workers_read_our_producers_messages_as_plain() -> None:
     assert [parse_op(op, plain_payload=True) for op in parsed.ops] == [
         parse_op(op) for op in parsed.ops
     ]
+
+
+def test_a_task_body_decoded_plain_marks_its_op_list_once() -> None:
+    ops = [{"op": "save_state", "id": "o", "version": "1", "args": {"state": {"x": 0.5}}}]
+    body = json.dumps([[ops], {}, {}]).encode()
+    decoded = decode_task_body(body)
+    assert decoded == json.loads(body)
+    assert not was_plain(list(decoded[0][0]))  # an equal list is not the one decoded
+    decoded = decode_task_body(body)
+    assert was_plain(decoded[0][0])
+    assert not was_plain(decoded[0][0])  # the mark is taken once
+
+
+@pytest.mark.parametrize(
+    "body", [b'[[[{"x": -0.0}]], {}, {}]', b'[[[{"x": NaN}]], {}, {}]', b"[1, 2]", b'{"a": 1}']
+)
+def test_a_task_body_with_a_suspect_value_or_another_shape_is_not_marked(body: bytes) -> None:
+    decoded = decode_task_body(body)
+    ops = decoded[0][0] if isinstance(decoded, list) and isinstance(decoded[0], list) else decoded
+    assert not was_plain(ops)
