@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from .errors import ValidationError
 
 MAX_ID_CHARS = 255
@@ -19,7 +21,8 @@ ESCAPES = {
     "\r": "%0D",
     " ": "%20",
 }
-_NEEDS_ESCAPE = frozenset(ESCAPES)
+# A regular expression finds one without making a string per character, as a set would.
+_NEEDS_ESCAPE = re.compile("[" + re.escape("".join(ESCAPES)) + "]")
 _TRANSLATION = str.maketrans(ESCAPES)
 
 
@@ -43,7 +46,7 @@ def check_id(field: str, value: object) -> str:
 
 
 def _escape(part: str) -> str:
-    return part.translate(_TRANSLATION) if not _NEEDS_ESCAPE.isdisjoint(part) else part
+    return part.translate(_TRANSLATION) if _NEEDS_ESCAPE.search(part) else part
 
 
 def row_id(*parts: tuple[str, str]) -> str:

@@ -24,10 +24,9 @@ def decode_task_body(data: bytes | str) -> Any:
     if isinstance(data, str):
         return json.loads(data)
     try:
-        text = data.decode("utf-8")
+        decoded, plain = decode_plain(data)
     except UnicodeDecodeError:
         return json.loads(data)  # which detects UTF-16 and UTF-32 as before, or refuses
-    decoded, plain = decode_plain(text, len(data))
     if plain:
         with contextlib.suppress(TypeError, IndexError, KeyError):
             _plain_body.ops = decoded[0][0]
