@@ -17,8 +17,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from storage.ops import MAX_SAVE_BYTES
 from storage.payload import decode_plain
 
@@ -159,21 +157,13 @@ def message_id_of(raw: bytes | str) -> str | None:
     return mid if isinstance(mid, str) and _MESSAGE_ID_RE.match(mid) else None
 
 
-def _loads(raw: bytes | str) -> Any:
-    # orjson reads strict JSON twice as fast; the json module gets whatever it refuses.
-    try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return json.loads(raw)
-
-
 def parse_message(raw: bytes | str) -> Message:
     """Read a raw queue entry; raise `MalformedMessage` unless it is our JSON task message.
 
     Only JSON is ever decoded: a pickle (or any other) content type is refused by name.
     """
     try:
-        envelope = _loads(raw)
+        envelope = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise MalformedMessage("message is not JSON") from None
     if not isinstance(envelope, dict):

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationInfo
 
 from .ids import check_id
-from .payload import encode_payload, values_plain
+from .payload import encode_payload
 from .versions import VERSION_RE
 
 OP_ID_RE = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
@@ -24,9 +24,9 @@ PLAIN = {"plain_payload": True}
 
 def payload_field(field: str) -> Any:
     def check(value: Any, info: ValidationInfo) -> Any:
-        # A plain text's payload can only fail checks of its numbers and depth: the others
-        # are about the text. Anything else gets them all, and their errors.
-        if info.context is PLAIN and type(value) is dict and values_plain(value):
+        # decode_plain vouched for every payload of a plain body. Anything else gets every
+        # check, and its error.
+        if info.context is PLAIN and type(value) is dict:
             return value
         encode_payload(field, value)
         return value

@@ -267,8 +267,8 @@ def parse_op(message: object, *, plain_payload: bool = False) -> Op:
     """Validate one wire message into an op; raise `ValidationError` saying what is wrong.
 
     `plain_payload` says the message was decoded from a JSON text that
-    `storage.payload.decode_plain` found plain: its payloads' numbers and depth are
-    checked, and the text vouches for the rest (`payload_field`). Every other check runs.
+    `storage.payload.decode_plain` found plain: it vouched for the op's payload
+    (`payload_field`). Every other check runs.
     """
     try:
         return _adapter.validate_python(message, context=PLAIN if plain_payload else None)

@@ -137,36 +137,43 @@ def _depth_ok(text: str) -> bool:
 _PLAIN_TEXT_MAX_BYTES = MAX_PAYLOAD_BYTES // 3
 
 
-def decode_plain(data: bytes) -> tuple[Any, bool]:
-    """`json.loads(data.decode("utf-8"))` (raising as it does), and whether every dict in
-    it that passes `values_plain` passes `encode_payload` too.
+# Where a save's payload sits in a task body `[[ops], {}, embed]`: ops list 3, op 4, args 5,
+# payload 6. A body no deeper than this has no payload deeper than `MAX_DEPTH`.
+_BODY_DEPTH = MAX_DEPTH + 5
 
-    orjson reads the text, about twice as fast as the json module; it refuses what is not
-    strict JSON (NaN, Infinity, integers beyond 64 bits, bad UTF-8), which then takes the
-    json module's path and is not plain. What remains of `encode_payload`'s checks is about
-    the text (an escaped NUL or surrogate, the size), looked for here once per message
-    instead of an encoding per payload.
+
+def decode_plain(data: bytes) -> tuple[Any, bool]:
+    """A task body: `json.loads(data.decode("utf-8"))` (raising as it does), and whether
+    every save payload in it (a dict at `args` of an op) passes `encode_payload`.
+
+    orjson reads the text, about twice as fast as the json module, and one walk checks
+    every number and the depth; an escaped NUL or surrogate, or the size, is looked for in
+    the text: no encoding per payload. Whatever is not plain is read again by the json
+    module (orjson refuses NaN and Infinity, and reads integers beyond 64 bits as floats),
+    so every check and error message sees exactly what it always did.
     """
     try:
         decoded = orjson.loads(data)
     except orjson.JSONDecodeError:
         return json.loads(data.decode("utf-8")), False
-    plain = len(data) <= _PLAIN_TEXT_MAX_BYTES and (
-        b"\\u" not in data or not _ESCAPES_REFUSED.search(data)
-    )
-    return decoded, plain
+    if (
+        len(data) <= _PLAIN_TEXT_MAX_BYTES
+        and (b"\\u" not in data or not _ESCAPES_REFUSED.search(data))
+        and _values_plain(decoded)
+    ):
+        return decoded, True
+    return json.loads(data.decode("utf-8")), False
 
 
 # An escaped NUL, or any escaped surrogate (a lone one is refused; pairs only go the exact way).
 _ESCAPES_REFUSED = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
 
 
-def values_plain(value: dict[str, Any]) -> bool:
-    """Whether `value` (itself level 1) is nested at most `MAX_DEPTH` deep and all its
-    numbers are ints within ±(2**53-1) or finite floats below 1e16 in magnitude but -0.0:
-    with a text `decode_plain` found plain, what `encode_payload` accepts."""
-    level: list[Any] = [value]
-    depth = 1
+def _values_plain(root: Any) -> bool:
+    """Whether `root` is nested at most `_BODY_DEPTH` deep (itself level 1) and all its
+    numbers are ints within ±(2**53-1) or finite floats below 1e16 in magnitude but -0.0."""
+    level: list[Any] = [[root]]
+    depth = 0
     while True:
         inner = []
         for container in level:
@@ -182,7 +189,7 @@ def values_plain(value: dict[str, Any]) -> bool:
         if not inner:
             return True
         depth += 1
-        if depth > MAX_DEPTH:
+        if depth > _BODY_DEPTH:
             return False
         level = inner
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from broker import wire
 from storage import ValidationError
 from storage.ops import Op, encode_op, parse_op
-from storage.payload import MAX_DEPTH, MAX_PAYLOAD_BYTES, decode_plain, values_plain
+from storage.payload import MAX_DEPTH, MAX_PAYLOAD_BYTES, decode_plain
 from tests.unit.test_fast_validation import payloads
 from worker.bodies import decode_task_body, was_plain
 
@@ -28,6 +28,11 @@ def _parsed(message: object, plain: bool) -> Op | str:
         return parse_op(message, plain_payload=plain)
     except ValidationError as exc:
         return str(exc)
+
+
+def _body(op: object) -> list[Any]:
+    """A task body carrying `op`, as a message has it."""
+    return [[[op]], {}, {"callbacks": None}]
 
 
 def _message(name: str, payload: object, owner: object = "agent|1", sub: object = "s 1") -> Any:
@@ -49,7 +54,7 @@ def test_a_plain_text_parses_as_the_model_alone_parses_it(
     payload: object, name: str, ascii_only: bool, spaced: bool
 ) -> None:
     text = json.dumps(
-        _message(name, payload),
+        _body(_message(name, payload)),
         ensure_ascii=ascii_only,
         separators=(", ", ": ") if spaced else (",", ":"),
     )
@@ -59,7 +64,8 @@ def test_a_plain_text_parses_as_the_model_alone_parses_it(
         assume(False)  # a lone surrogate: no UTF-8 body holds one unescaped
     decoded, plain = decode_plain(data)
     assert json.dumps(decoded) == json.dumps(json.loads(text))
-    assert _parsed(decoded, plain) == _parsed(decoded, False)
+    op = decoded[0][0][0]
+    assert _parsed(op, plain) == _parsed(op, False)
 
 
 @pytest.mark.parametrize(
@@ -69,6 +75,8 @@ def test_a_plain_text_parses_as_the_model_alone_parses_it(
         "1.5E20",
         "12345678901234567",
         "-12345678901234567",
+        "18446744073709551616",
+        "-9223372036854775809",
         "12345678901234567.5",
         "-0.0",
         "-0.000",
@@ -82,21 +90,19 @@ def test_a_plain_text_parses_as_the_model_alone_parses_it(
         '"\\uDC00x"',
     ],
 )
-def test_any_value_the_checks_are_about_makes_a_text_or_its_payload_not_plain(
-    value: str,
-) -> None:
+def test_any_value_the_checks_are_about_makes_a_text_not_plain(value: str) -> None:
     text = f'{{"op":"save_state","args":{{"state":{{"v":[{value}]}}}}}}'
     decoded, plain = decode_plain(text.encode())
-    assert not plain or not values_plain(decoded["args"]["state"])
+    assert not plain
+    assert json.dumps(decoded) == json.dumps(json.loads(text))  # read by the json module
 
 
 @pytest.mark.parametrize(
     "value", ["-0.001", "0.0", "-0", "123456789012345", "1e5", '"8e0c1234"', '"\\u00e9"', "0.1"]
 )
-def test_usual_values_leave_a_text_and_its_payload_plain(value: str) -> None:
+def test_usual_values_leave_a_text_plain(value: str) -> None:
     text = f'{{"v":[{value}],"id":"9e9e9e9e9e9e9e9e9e9e"}}'
-    decoded, plain = decode_plain(text.encode())
-    assert plain and values_plain(decoded)
+    assert decode_plain(text.encode())[1] is True
 
 
 def test_a_large_text_is_not_plain() -> None:
@@ -104,16 +110,23 @@ def test_a_large_text_is_not_plain() -> None:
     assert decode_plain(text.encode())[1] is False
 
 
-def test_a_payload_too_deep_is_refused_from_a_plain_text_as_from_any() -> None:
+@pytest.mark.parametrize("levels", [MAX_DEPTH - 1, MAX_DEPTH])
+def test_a_body_is_plain_up_to_payloads_of_the_largest_depth_and_refuses_deeper_alike(
+    levels: int,
+) -> None:
     deep: Any = 1
-    for _ in range(MAX_DEPTH):
+    for _ in range(levels):
         deep = [deep]
-    text = json.dumps(_message("save_state", {"deep": deep}))
+    text = json.dumps(_body(_message("save_state", {"deep": deep})))  # payload depth levels+1
     decoded, plain = decode_plain(text.encode())
-    assert plain
-    refused = _parsed(decoded, True)
-    assert isinstance(refused, str) and "nested more than 64 levels" in refused
-    assert refused == _parsed(decoded, False)
+    op = decoded[0][0][0]
+    assert plain is (levels < MAX_DEPTH)
+    parsed = _parsed(op, plain)
+    assert parsed == _parsed(op, False)
+    if levels < MAX_DEPTH:
+        assert not isinstance(parsed, str)
+    else:
+        assert isinstance(parsed, str) and "nested more than 64 levels" in parsed
 
 
 def test_the_workers_read_our_producers_messages_as_plain() -> None:
@@ -142,7 +155,13 @@ def test_a_task_body_decoded_plain_marks_its_op_list_once() -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b'[[[{"x": "\\u0000"}]], {}, {}]', b'[[[{"x": NaN}]], {}, {}]', b"[1, 2]", b'{"a": 1}'],
+    [
+        b'[[[{"x": "\\u0000"}]], {}, {}]',
+        b'[[[{"x": NaN}]], {}, {}]',
+        b'[[[{"x": -0.0}]], {}, {}]',
+        b"[1, 2]",
+        b'{"a": 1}',
+    ],
 )
 def test_a_task_body_with_a_suspect_text_or_another_shape_is_not_marked(body: bytes) -> None:
     decoded = decode_task_body(body)
