@@ -146,10 +146,7 @@ def summary(run: Run, out: Path, plotted: bool) -> str:
         if "cpu_us_per_save" in f.extra:
             cpu = f.extra["cpu_us_per_save"]
             each = ", ".join(f"{name} {us:.1f}" for name, us in cpu.items())
-            parts.append(
-                f"\nCPU per save during the buffered drain (µs): {each}; "
-                f"total {sum(cpu.values()):.1f}"
-            )
+            parts.append(f"\nCPU per save (µs), {f.name}: {each}; total {sum(cpu.values()):.1f}")
     info = run.machine
     parts.append(
         f"\n{run.command}: {run.seconds:.0f} s on {info['nproc']} cores ({info['cpu']}); "

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from storage.ops import MAX_SAVE_BYTES
+from storage.payload import decode_plain
 
 from . import tracing
 from .keys import QUEUE
@@ -136,6 +137,9 @@ class Message:
     # Each op's trace context or None, if the message has a usable trace header.
     traces: list[tracing.Carrier | None] | None = None
     published: float | None = None  # the producer's clock; None from other publishers
+    # `storage.payload.decode_plain` found the body plain: its payloads need no re-check
+    # but their depth (`storage.ops.parse_op`).
+    plain: bool = False
 
 
 def published_at(value: object) -> float | None:
@@ -180,29 +184,36 @@ def parse_message(raw: bytes | str) -> Message:
         )
     if headers.get("task") != TASK_NAME:
         raise MalformedMessage(f"unknown task {str(headers.get('task'))[:100]!r}", message_id)
-    ops = _decode_body(envelope, properties, message_id)
+    ops, plain = _decode_body(envelope, properties, message_id)
     return Message(
         message_id,
         ops,
         tracing.carriers_of(headers.get(tracing.HEADER), len(ops)),
         published_at(headers.get("published")),
+        plain,
     )
 
 
-def _decode_body(envelope: dict[str, Any], properties: dict[str, Any], mid: str) -> list[Any]:
+def _decode_body(
+    envelope: dict[str, Any], properties: dict[str, Any], mid: str
+) -> tuple[list[Any], bool]:
     body = envelope.get("body")
     if not isinstance(body, str):
         raise MalformedMessage("message body is missing", mid)
-    if properties.get("body_encoding") == "base64":
+    if properties.get("body_encoding") != "base64":
         try:
-            body = base64.b64decode(body, validate=True).decode("utf-8")
-        except (binascii.Error, ValueError):
-            raise MalformedMessage("message body is not valid base64 UTF-8", mid) from None
+            decoded, plain = json.loads(body), False
+        except ValueError:
+            raise MalformedMessage("message body is not JSON", mid) from None
+        return ops_of_body(decoded, mid), plain
     try:
-        decoded = json.loads(body)
+        raw = base64.b64decode(body, validate=True)
+        decoded, plain = decode_plain(raw)
+    except (binascii.Error, UnicodeDecodeError):
+        raise MalformedMessage("message body is not valid base64 UTF-8", mid) from None
     except ValueError:
         raise MalformedMessage("message body is not JSON", mid) from None
-    return ops_of_body(decoded, mid)
+    return ops_of_body(decoded, mid), plain
 
 
 def ops_of_body(decoded: object, mid: str | None = None) -> list[Any]:

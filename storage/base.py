@@ -11,7 +11,7 @@ from typing import Any, Self
 from .config import Settings
 from .errors import ValidationError
 from .ops import Op, OpName, make_op
-from .records import Kind, Outcome, Record, StreamKind, Tombstone, Written, outcomes, plan
+from .records import Kind, Outcome, Record, StreamKind, Tombstone, Written, outcomes, plan_with_keys
 from .retention import RetentionPolicy
 
 # No store holds more rows than this (PostgreSQL's bigint): a larger limit means all of them.
@@ -219,9 +219,9 @@ class StorageBackend(StorageClient):
         (a redelivered op applied before), "stale" if its version lost. What the worker
         counts as applied ("new" and "held") vs stale. The store is asked what it holds
         only when some op wrote nothing: a batch of new ops costs no extra query."""
-        batch = plan(ops)
+        batch, keys = plan_with_keys(ops)
         written = self.write_records(batch.records, batch.tombstones)
-        return outcomes(ops, written, self.stored_versions)
+        return outcomes(ops, written, self.stored_versions, keys)
 
     @abstractmethod
     def stored_versions(self, items: Sequence[Record | Tombstone]) -> Written:

@@ -17,6 +17,7 @@ from . import forks
 from .checkpoint_ops import DeleteCheckpointRows, DeleteThread, PutCheckpoint, PutWrites
 from .errors import ValidationError
 from .ids import check_id, row_id, state_row_id, task_row_id, transaction_row_id
+from .op_base import PLAIN
 from .op_base import OpBase as _OpBase
 from .op_base import Strict as _Strict
 from .op_base import check_op_id as _check_op_id
@@ -262,10 +263,15 @@ def _describe(exc: pydantic.ValidationError) -> str:
 _OP_NAMES: set[str] = set(get_args(OpName))
 
 
-def parse_op(message: object) -> Op:
-    """Validate one wire message into an op; raise `ValidationError` saying what is wrong."""
+def parse_op(message: object, *, plain_payload: bool = False) -> Op:
+    """Validate one wire message into an op; raise `ValidationError` saying what is wrong.
+
+    `plain_payload` says the message was decoded from a JSON text that
+    `storage.payload.decode_plain` found plain: it vouched for the op's payload
+    (`payload_field`). Every other check runs.
+    """
     try:
-        return _adapter.validate_python(message)
+        return _adapter.validate_python(message, context=PLAIN if plain_payload else None)
     except pydantic.ValidationError as exc:
         raise ValidationError(f"invalid op: {_describe(exc)}") from None
 

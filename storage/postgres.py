@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import logging
 import select
 import threading
@@ -32,12 +33,14 @@ from .forks import PerProcess
 from .pg_url import options, server
 from .postgres_schema import MIGRATIONS, migrate, schema_version
 from .postgres_sql import (
+    COPY_INCOMING,
     COUNTS,
+    CREATE_INCOMING,
     SCANS,
     TOMBSTONE_DELETES,
     TOMBSTONE_UPSERT,
     UPSERTS,
-    pages,
+    copy_rows,
     prune_count,
     prune_delete,
     prune_statements,
@@ -65,9 +68,13 @@ _MAX_PRUNE_BATCHES = 1_000
 _LOCK_SPACE = 74_612
 _LOCK_BUCKETS = 64
 _LOCK_SQL = (
+    f"BEGIN; {CREATE_INCOMING}; "
     "SELECT CASE WHEN x THEN pg_advisory_xact_lock(%s, b) "
     "ELSE pg_advisory_xact_lock_shared(%s, b) END FROM unnest(%s::int[], %s::bool[]) AS u(b, x)"
 )
+
+# Bytes per write of COPY data: psycopg2 reads its file in pieces of this size.
+_COPY_CHUNK = 1 << 20
 
 _TRANSIENT = (
     psycopg2.OperationalError,
@@ -247,16 +254,23 @@ class PostgreSQLClient(StorageBackend):
 
         def action(conn: Any) -> Written:
             with conn.cursor() as cur:
-                cur.execute("BEGIN")
+                # BEGIN, the incoming table and the partition locks: one round trip.
                 try:
                     _lock_partitions(cur, grouped, tombstones)
                     written = _write_tombstones(cur, tombstones) if tombstones else {}
-                    for kind, sql in UPSERTS.items():
-                        # Sorted keys make concurrent batches lock rows in one order (pages too).
+                    kinds, lines = [], []
+                    for kind in UPSERTS:
+                        # Sorted keys make concurrent batches lock rows in one order.
                         rows = sorted(grouped.get(kind, ()), key=lambda r: r.row_id)
-                        for page in pages(rows):
-                            cur.execute(sql, (page,))
-                            written.update(((kind, rid), v) for rid, v in cur.fetchall())
+                        if rows:
+                            kinds.append(kind)
+                            lines += copy_rows(kind, rows)
+                    if lines:
+                        text = io.BytesIO("".join(lines).encode())
+                        cur.copy_expert(COPY_INCOMING, text, size=_COPY_CHUNK)
+                    for kind in kinds:
+                        cur.execute(UPSERTS[kind])
+                        written.update(((kind, rid), v) for rid, v in cur.fetchall())
                     cur.execute("COMMIT")
                     return written
                 except BaseException:

@@ -29,6 +29,7 @@ from storage.retention import RetentionPolicy
 
 from . import logs, metrics, tallies
 from .apply import BatchApplier
+from .bodies import decode_task_body, was_plain
 from .lease import Heartbeat
 from .reaper import Reaper, ReaperThread
 from .retention import PrunerThread
@@ -72,6 +73,9 @@ app.conf.update(
 )
 
 
+_in_pool_child = False  # set in each pool child (`_init_process`): only a child applies ops
+
+
 def _plain_json(data: bytes | bytearray | memoryview | str) -> Any:
     """JSON as it is. kombu's own decoder turns every object shaped `{"__type__": ...,
     "__value__": ...}` into a datetime, UUID, ... or fails on unknown tags: a user's payload
@@ -79,7 +83,8 @@ def _plain_json(data: bytes | bytearray | memoryview | str) -> Any:
     a Python hook per object, on a body Celery decodes twice (main process and child)."""
     if isinstance(data, memoryview | bytearray):
         data = bytes(data)
-    return json.loads(data)
+    # The main process decodes a body only to look at it; the child decodes it again.
+    return decode_task_body(data) if _in_pool_child else json.loads(data)
 
 
 # In this process (and the pool's children, which it forks) only: producers never decode.
@@ -172,6 +177,8 @@ def _get_process() -> _Process:
 
 
 def _init_process(**_: Any) -> None:
+    global _in_pool_child
+    _in_pool_child = True
     # After fork: connections made in the parent must never be shared with a child.
     metrics.WORKER_PROCESSES.set(1)
     process = _get_process()
@@ -227,7 +234,8 @@ def _apply_ops(self: Task, *args: Any, **kwargs: Any) -> None:
     # and when the producer published it.
     traces = getattr(self.request, tracing.HEADER, None)
     published = wire.published_at(self.request.get("published"))
-    _get_process().applier.run(str(self.request.id), ops, traces, published)
+    plain = was_plain(ops)
+    _get_process().applier.run(str(self.request.id), ops, traces, published, plain=plain)
 
 
 apply_ops: Task = app.task(name=wire.TASK_NAME, bind=True, acks_late=True, ignore_result=True)(

@@ -127,9 +127,12 @@ class BatchApplier:
         ops: object,
         traces: object = None,
         published: float | None = None,
+        *,
+        plain: bool = False,
     ) -> Batch:
         """Process the delivered message (`ops` and its trace header `traces` as the task
-        received them, `published` its publish time) and any others."""
+        received them, `published` its publish time, `plain` whether its body was found
+        plain by `storage.payload.decode_plain`) and any others."""
         started = time.monotonic()
         batch = Batch()
         if self._heartbeat is not None:
@@ -142,6 +145,7 @@ class BatchApplier:
                 ops,
                 traces,
                 published,
+                plain,
             )
             self._fill(batch)
             with tracing.batch_span(
@@ -204,7 +208,13 @@ class BatchApplier:
             self._refuse(batch, raw, exc)
             return
         self._add_message(
-            batch, message.id, lambda: message.ops, None, message.traces, message.published
+            batch,
+            message.id,
+            lambda: message.ops,
+            None,
+            message.traces,
+            message.published,
+            message.plain,
         )
 
     def _add_message(
@@ -215,6 +225,7 @@ class BatchApplier:
         raw_args: object,
         traces: object,
         published: float | None,
+        plain: bool,
     ) -> None:
         batch.message_ids.append(mid)
         if published is not None:
@@ -230,7 +241,7 @@ class BatchApplier:
         for i, op in enumerate(ops):
             trace = None if carriers is None else carriers[i]
             try:
-                parsed = parse_op(op)
+                parsed = parse_op(op, plain_payload=plain)
             except ValidationError as exc:
                 key, record = deadletters.op_record(op, str(exc), 0, now, now, mid, trace)
                 log.error(

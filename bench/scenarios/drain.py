@@ -8,7 +8,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import psycopg2
@@ -24,7 +23,7 @@ from storage.postgres_schema import MIGRATIONS
 
 from ..report import Figure, slowdown
 from ..services import WorkerBox, database
-from .workload import key, state
+from .workload import cpu_seconds, key, state
 
 
 def raw_upsert(admin: str, n: int, page: int = 1000) -> float:
@@ -121,33 +120,49 @@ def cost_figures(name: str, off: list[Drain], on: list[Drain], baseline: str) ->
 
 
 def agentstore_drain(
-    broker: str, admin: str, n: int, ops_per_message: int | None, **env: str
+    broker: str,
+    admin: str,
+    n: int,
+    ops_per_message: int | None,
+    *,
+    overlap: bool = False,
+    env: dict[str, str] | None = None,
 ) -> Drain:
     """Fill the queue with `n` saves (buffered, `ops_per_message` per message, or durable
-    single-save messages if None) while the worker box is paused, then time its drain."""
+    single-save messages if None) while the worker box is paused, then time its drain;
+    `env` is added to the workers' environment.
+
+    With `overlap`, the workers run while the producer publishes: `drain_s` (and the CPU
+    figures) then span from the first save to the last one applied, end to end.
+    """
     with database(admin) as db:
         PostgreSQLClient(postgres_connection_string=db).close()  # schema before the clock
         client = redis.Redis.from_url(broker)
         client.flushall()
-        with WorkerBox("worker", worker_env(broker, db, **env)) as box:
+        with WorkerBox("worker", worker_env(broker, db, **(env or {}))) as box:
             box.wait_ready()
-            box.pause()
+            if not overlap:
+                box.pause()
+            processes = _processes(box, client, admin, db)
+            before = {name: cpu_seconds(pids) for name, pids in processes.items()}
             started = time.perf_counter()
             if ops_per_message is None:
-                with Producer(broker_url=broker) as prod:
-                    for i in range(n):
-                        prod.save_state(*key(i), state(i))
+                prod = Producer(broker_url=broker)
             else:
-                with Producer(broker_url=broker, linger_ms=5, max_batch=ops_per_message) as prod:
-                    for i in range(n):
-                        prod.save_state(*key(i), state(i))
+                prod = Producer(broker_url=broker, linger_ms=5, max_batch=ops_per_message)
+            with prod:
+                for i in range(n):
+                    prod.save_state(*key(i), state(i))
             fill = time.perf_counter() - started
-            assert client.zcard(keys.PENDING_KEY) > 0
-            processes = _processes(box, client, admin, db)
-            before = {name: _cpu_seconds(pids) for name, pids in processes.items()}
+            if not overlap:
+                assert client.zcard(keys.PENDING_KEY) > 0
+                # Only the drain's own CPU: what the paused box used before is taken out.
+                before = {name: cpu_seconds(pids) for name, pids in processes.items()}
             drain = drain_until(box, lambda: client.zcard(keys.PENDING_KEY) == 0)
+            if overlap:
+                drain += fill
             cpu = {
-                name: (_cpu_seconds(pids) - before[name]) / n * 1e6
+                name: (cpu_seconds(pids) - before[name]) / n * 1e6
                 for name, pids in processes.items()
             }
             peaks = box.peak_rss_mb()
@@ -172,14 +187,3 @@ def _processes(box: WorkerBox, client: redis.Redis, admin: str, db: str) -> dict
         "postgres backends": backends,
         "redis-server": [int(info["process_id"])],
     }
-
-
-def _cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of these processes so far."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total

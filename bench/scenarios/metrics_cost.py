@@ -44,7 +44,9 @@ def metrics_cost(ctx: Context) -> None:
     for _ in range(max(ctx.sizes.rounds, COST_ROUNDS)):
         off.append(agentstore_drain(ctx.broker, ctx.admin, n, None))
         port = str(free_port())
-        on.append(agentstore_drain(ctx.broker, ctx.admin, n, None, AGENTSTORE_METRICS_PORT=port))
+        on.append(
+            agentstore_drain(ctx.broker, ctx.admin, n, None, env={"AGENTSTORE_METRICS_PORT": port})
+        )
     pub = [publish_cost(ctx.broker, ctx.sizes.publishes) for _ in range(3)]
     pub_off = [p["off_p50_us"] for p in pub]
     pub_on = [p["on_p50_us"] for p in pub]

@@ -104,8 +104,8 @@ def reads(ctx: Context) -> None:
             rd["raw_get_p50_us"],
             "raw psycopg2 select",
             r1,
-            "<= 1.3x",
-            r1 <= 1.3,
+            "<= 1.1x",
+            r1 <= 1.1,
         )
     )
     ctx.results.figures.append(
@@ -116,7 +116,7 @@ def reads(ctx: Context) -> None:
             rd["raw_history_p50_ms"],
             "raw psycopg2 select",
             r2,
-            "<= 1.5x",
-            r2 <= 1.5,
+            "<= 1.1x",
+            r2 <= 1.1,
         )
     )

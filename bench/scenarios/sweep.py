@@ -16,7 +16,7 @@ def sweep(ctx: Context) -> None:
         # Batch size = ops per transaction: the worker's AGENTSTORE_BATCH_MAX (with
         # messages no larger), and rows per page and commit for the raw baseline.
         d = agentstore_drain(
-            ctx.broker, ctx.admin, n, min(size, 500), AGENTSTORE_BATCH_MAX=str(size)
+            ctx.broker, ctx.admin, n, min(size, 500), env={"AGENTSTORE_BATCH_MAX": str(size)}
         )
         points.append(
             {"batch": size, "agentstore_per_s": d.rate, "raw_per_s": raw_upsert(ctx.admin, n, size)}

@@ -59,7 +59,7 @@ def drain_cost(ctx: Context, n: int) -> dict[str, list[Drain]]:
         drains["off"].append(agentstore_drain(ctx.broker, ctx.admin, n, 500))
         with tempfile.TemporaryDirectory() as spans, recording():
             env = {"PYTHONPATH": str(SITE), "AGENTSTORE_TEST_SPANS_DIR": spans}
-            drains["on"].append(agentstore_drain(ctx.broker, ctx.admin, n, 500, **env))
+            drains["on"].append(agentstore_drain(ctx.broker, ctx.admin, n, 500, env=env))
     return drains
 
 

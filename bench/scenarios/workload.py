@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -21,11 +23,11 @@ class Sizes:
     buffered_calls: int  # buffered save_state calls in one thread
     reads: int  # read latency samples
     cosmos: int  # records per Cosmos DB apply
-    rounds: int  # the main end-to-end figure and its baseline: best of this many
+    rounds: int  # the drain and its COPY baseline, interleaved: the median of this many
     graph_runs: int  # LangGraph runs (10 supersteps each) per checkpointer and concurrency
 
 
-FULL = Sizes(100_000, 20_000, 10_000, 20_000, 5_000, 100_000, 1_000, 400, 2, 256)
+FULL = Sizes(100_000, 20_000, 10_000, 20_000, 5_000, 100_000, 1_000, 400, 3, 256)
 QUICK = Sizes(10_000, 5_000, 2_000, 5_000, 2_000, 30_000, 300, 150, 1, 128)
 # Drains of a cost scenario (metrics, tracing): off and on alternated this many times at
 # least, the best of each kept, so a change in the machine's load hits both alike.
@@ -69,3 +71,14 @@ def alternating_p50_us(
         "off_p50_us": percentile(samples[False], 50),
         "on_p50_us": percentile(samples[True], 50),
     }
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (those gone count 0)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total

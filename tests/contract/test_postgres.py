@@ -164,12 +164,13 @@ def test_unreachable_server_is_a_clear_error_without_the_password() -> None:
 
 
 def _wait_for(url: str, event: str, query: str, done: threading.Event | None = None) -> bool:
-    """Wait until an agentstore connection running `query%` waits on a lock of kind `event`.
+    """Wait until an agentstore connection running `query` (anywhere in its statements) waits
+    on a lock of kind `event`.
 
     False if `done` was set first.
     """
     for _ in range(1_200):  # 60 s: generous under load, bounded
-        if _execute(url, _WAITING, (event, f"{query}%"))[0][0]:
+        if _execute(url, _WAITING, (event, f"%{query}%"))[0][0]:
             return True
         if done is not None and done.is_set():
             return False

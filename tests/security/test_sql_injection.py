@@ -29,6 +29,7 @@ _SQL = re.compile(
 # (file, interpolated expression) -> why it cannot carry a caller's value.
 _CONSTANT = {
     "storage/postgres.py": {
+        "CREATE_INCOMING": "a constant DDL statement from storage.postgres_sql",
         "SCANS[kind]": "a column list from the constant SCANS",
         "part": "a partition column name from the kinds table in storage.records",
         "order": "'ASC' or 'DESC'",
@@ -36,7 +37,7 @@ _CONSTANT = {
     "storage/postgres_sql.py": {
         # Statements built once, at import, by _guarded/_keyed/_erase/_scan from the kinds
         # table (storage.records: literal table, column and scope names) and literal column
-        # and conflict clauses; rows travel as %s::jsonb.
+        # and conflict clauses; rows travel by COPY into the constant temporary table.
         **dict.fromkeys(
             (
                 "spec.name",
@@ -59,7 +60,8 @@ _CONSTANT = {
             ("names", "extra", "sub_id", "position", "deleted", "on_conflict"),
             "column lists and clauses assembled from those names and literals",
         ),
-        "_RECORDSET": "a constant",
+        "INCOMING": "a constant table name",
+        "kind": "a Kind literal, a key of UPSERTS, compared as a SQL string literal",
         "spec.scope": "a Scope literal ('agent', 'conversation', 'case', 'thread') of the kinds",
         "_AGE": "a constant with a %s parameter",
         "key": "'id' or 'ctid'",
