@@ -4,6 +4,7 @@ lag, passwords never printed, and the view following a failover."""
 from __future__ import annotations
 
 import json
+import time
 
 from agentstore_cli.launch import SentinelCluster
 from tests.cli.conftest import REDIS_PASSWORD, Cli
@@ -59,10 +60,17 @@ def test_health_and_stats_show_the_primary_its_replicas_and_a_failover(
 
     old = cluster.kill_primary()
     new = cluster.wait_for_primary(old)
-    result = run(["stats", "--no-workers"], config(cluster, pg_url))
-    assert SENTINEL_PASSWORD not in result.stdout
-    assert result.exit_code == 0, result.stdout
-    assert f"primary        127.0.0.1:{new.port}" in result.stdout
+    # The Sentinels list the killed server as a replica of the new primary only once they
+    # end the failover, a moment after they name the new primary (seconds under load).
+    deadline = time.monotonic() + 20
+    while True:
+        result = run(["stats", "--no-workers"], config(cluster, pg_url))
+        assert SENTINEL_PASSWORD not in result.stdout
+        assert result.exit_code == 0, result.stdout
+        assert f"primary        127.0.0.1:{new.port}" in result.stdout
+        if f"127.0.0.1:{old.port}" in result.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     # The killed server is still listed by the Sentinels, as down.
     assert f"127.0.0.1:{old.port}  DOWN" in result.stdout
     # Once the other replica follows the new primary, one replica is online again.

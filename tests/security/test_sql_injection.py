@@ -50,6 +50,7 @@ _CONSTANT = {
                 "_TASKS.payload",
                 "_TXN",
                 "STORED_AS[kind]",
+                "KIND_SPECS[kind].name",
                 "STORED_AS['transaction']",
                 "TOMBSTONE_TABLE",
                 "table",
