@@ -91,10 +91,10 @@ def _report(store: str, outage_s: float, resumed_s: float, logs: str) -> None:
 
 
 @pytest.fixture
-def private_postgres(tmp_path: Path) -> Iterator[PostgresServer]:
+def private_postgres(embedded_dir: Path) -> Iterator[PostgresServer]:
     """A PostgreSQL server of this test's own: restarting the shared one would hit others."""
     with ExitStack() as stack:
-        yield started(stack, lambda: PostgresServer(tmp_path / "pg"))
+        yield started(stack, lambda: PostgresServer(embedded_dir / "pg"))
 
 
 def test_a_postgresql_restart_mid_drain_is_waited_out(
