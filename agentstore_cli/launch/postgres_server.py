@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Self
 
-from .processes import ServiceError, free_port, tail
+from .processes import ServiceError, free_port, running, tail
 
 log = logging.getLogger(__name__)
 
@@ -84,28 +84,10 @@ def stop_server(data_dir: Path, user: str | None, pid: int | None) -> None:
 def _wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _running(pid):
+        if not running(pid):
             return True
         time.sleep(0.05)
     return False
-
-
-def _running(pid: int) -> bool:
-    # pg_ctl detaches the server, so its parent is PID 1, which may reap it seconds after it
-    # exits (~1.8 s measured in this sandbox): a zombie has stopped already.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    except OSError:  # no /proc: ask the kernel whether the pid exists at all
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            pass  # exists, owned by another user (the embedded_postgres system user)
-        return True
-    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def postmaster_pid(data_dir: Path) -> int | None:
