@@ -137,8 +137,11 @@ class PostgresServer:
         options = f"-h 127.0.0.1 -p {self.port} -k ''"  # -k '': no Unix socket at all
         start = ["-w", "-t", str(int(START_TIMEOUT_S)), "-l", str(self.log_path)]
         try:
-            _pg_ctl(self.directory, self._user, [*start, "-o", options, "start"], START_TIMEOUT_S)
+            _pg_ctl(
+                self.directory, self._user, [*start, "-o", options, "start"], START_TIMEOUT_S + 5
+            )
         except ServiceError as exc:
+            self.stop()  # it may have started after all (pg_ctl timed out): nothing left behind
             raise ServiceError(
                 f"PostgreSQL on port {self.port}: {exc}\n{tail(self.log_path)}"
             ) from None
