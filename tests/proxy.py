@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from contextlib import ExitStack
 
-from agentstore_cli.launch import free_port
+from agentstore_cli.launch import CosmosServer, free_port, start_cosmos_server
+from tests.services import started
 
 
 class TcpProxy:
@@ -58,3 +60,15 @@ def _pipe(src: socket.socket, dst: socket.socket) -> None:
             dst.sendall(data)
     with contextlib.suppress(OSError):
         dst.shutdown(socket.SHUT_WR)
+
+
+def cosmos_behind_proxy(stack: ExitStack) -> tuple[CosmosServer, TcpProxy]:
+    """A Cosmos DB test server of this test's own, reached through a `TcpProxy` (the server
+    tells the SDK to use the proxy's port after the first request); `stack` stops both.
+    `proxy.refuse()` is then an outage that keeps the server's data: unlike a restart of this
+    in-memory server."""
+    proxy = TcpProxy()
+    stack.callback(proxy.refuse)
+    server = started(stack, lambda: start_cosmos_server(advertised_port=proxy.port))
+    proxy.target = server.port
+    return server, proxy

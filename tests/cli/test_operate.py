@@ -15,6 +15,7 @@ from agentstore_cli import operate
 from agentstore_cli.launch import free_port
 from broker import deadletters, keys, wire
 from broker.publisher import Publisher
+from storage.config import mask_url
 from storage.ops import make_op, op_to_message
 from storage.postgres_schema import MIGRATIONS
 from tests.cli.conftest import REDIS_PASSWORD, Cli, open_store
@@ -66,7 +67,7 @@ def test_health_stats_and_replay_with_a_worker_running(
         ["workers", "OK"],
     ]
     assert "1 consuming 'agentstore'" in lines[2]
-    assert "postgresql://postgres:***@127.0.0.1:5432/" in lines[1]
+    assert f"PostgreSQL {mask_url(pg_url)} " in lines[1]
 
     stats = json.loads(run(["stats", "--json"], env).stdout)
     assert stats["workers"] == 1 and stats["queued"] == 0 and stats["applied_per_s"] == 0.0

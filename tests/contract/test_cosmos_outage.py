@@ -10,9 +10,7 @@ from contextlib import ExitStack
 
 import pytest
 
-from agentstore_cli.launch import start_cosmos_server
-from tests.proxy import TcpProxy
-from tests.services import started
+from tests.proxy import TcpProxy, cosmos_behind_proxy
 
 pytest.importorskip("azure.cosmos")
 
@@ -28,11 +26,8 @@ FAST_FAIL_S = 5.0
 
 @pytest.fixture
 def proxied() -> Iterator[tuple[CosmosDBClient, TcpProxy]]:
-    proxy = TcpProxy()
     with ExitStack() as stack:
-        stack.callback(proxy.refuse)
-        server = started(stack, lambda: start_cosmos_server(advertised_port=proxy.port))
-        proxy.target = server.port
+        server, proxy = cosmos_behind_proxy(stack)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             client = CosmosDBClient(

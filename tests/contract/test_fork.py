@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from storage import StorageClient, create_storage_client
+from storage import StorageClient, create_storage_client, pg_url
 from storage.ops import make_op
 from tests.contract.conftest import Backend
 from tests.forking import HOWS, Child, How, Started
@@ -93,7 +93,10 @@ def _sessions(database: str) -> set[int]:
     admin = pg_admin()
     try:
         with admin.cursor() as cur:
-            cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (database,))
+            cur.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (database,),
+            )
             return {row[0] for row in cur.fetchall()}
     finally:
         admin.close()
@@ -103,7 +106,7 @@ def _sessions(database: str) -> set[int]:
 def test_a_child_closing_its_client_leaves_the_parents_sessions_open(how: How) -> None:
     with fresh_pg_database() as url, _open({"POSTGRES_CONNECTION_STRING": url}) as client:
         client.get_state("a", "s")
-        database = url.rsplit("/", 1)[1]
+        database = pg_url.database(url)  # not the URL's tail: a socket URL ends in ?host=
         parents = _sessions(database)
 
         def in_child() -> None:

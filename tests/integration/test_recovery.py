@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from typing import cast
 
 import pytest
 import redis
@@ -15,7 +14,14 @@ from broker import keys, wire
 from broker.deadletters import DeadLetters
 from producer import Producer, PublishError
 from storage.pg_url import options
-from tests.integration.helpers import pending, pending_at_most, producer, rows, wait_until
+from tests.integration.helpers import (
+    Workload,
+    pending,
+    pending_at_most,
+    producer,
+    rows,
+    wait_until,
+)
 from tests.plugin import RedisFactory, WorkerFactory
 from tests.queued import pending_ids
 
@@ -23,40 +29,6 @@ from tests.queued import pending_ids
 RECOVERY_AFTER_S = 3.0
 # Small batches and no batch wait: many batches in flight, so kills land mid-batch.
 SLOW = {"AGENTSTORE_BATCH_MAX": "20", "AGENTSTORE_BATCH_WAIT_MS": "0"}
-
-
-class Workload:
-    """States saved in several versions each, plus conversations, to check afterwards."""
-
-    def __init__(self, keys: int, versions: int, messages: int, conversations: int = 10) -> None:
-        self.keys, self.versions = keys, versions
-        self.messages, self.conversations = messages, conversations
-
-    def publish(self, prod: Producer) -> None:
-        for v in range(self.versions):
-            for k in range(self.keys):
-                prod.save_state("agent", f"s{k}", {"v": v, "k": k})
-        for n in range(self.messages):
-            prod.save_conversation(f"conv{n % self.conversations}", {"n": n})
-
-    @property
-    def total(self) -> int:
-        return self.keys * self.versions + self.messages
-
-    def check(self, prod: Producer, database: str) -> None:
-        states = cast(
-            list[tuple[str, dict[str, int]]],
-            rows(database, "SELECT state_id, state FROM agent_states"),
-        )
-        assert len(states) == self.keys, "nothing lost"
-        newest = {"v": self.versions - 1}
-        stale = [sid for sid, state in states if state["v"] != newest["v"]]
-        assert not stale, f"{len(stale)} states not at their newest version"
-        for c in range(self.conversations):
-            history = prod.get_conversation_history(f"conv{c}")
-            assert history == [{"n": n} for n in range(c, self.messages, self.conversations)], (
-                "complete, no duplicates, in send order"
-            )
 
 
 def _in_flight(client: redis.Redis) -> set[str]:
@@ -133,7 +105,7 @@ def test_sigkill_mid_drain_ten_times_loses_nothing(
             prod.wait(timeout=120)
             drained = time.monotonic() - started
             wait_until("recovery clock", lambda: not clock._open, 10)
-            work.check(prod, database)
+            work.check(prod)
         assert DeadLetters(broker).count() == 0
         assert max(clock.times) <= RECOVERY_AFTER_S + 2, clock.times
         print(
@@ -174,7 +146,7 @@ def test_ten_thousand_lost_at_once_are_all_back_within_the_bound(
         reaper_only.stop()
         start_worker(broker, database)
         prod.wait(timeout=120)
-        work.check(prod, database)
+        work.check(prod)
     assert DeadLetters(broker).count() == 0
     print(f"\n10,000 lost at once: all back in the queue {back:.1f}s after")
     client.close()
@@ -217,7 +189,7 @@ def test_terminated_database_connections_are_retried(
             wait_until("progress", pending_at_most(client, target), 60, 0.005)
             terminated += _terminate_backends(database)
         prod.wait(timeout=120)
-        work.check(prod, database)
+        work.check(prod)
     assert terminated >= 5
     assert DeadLetters(broker).count() == 0
     retried = worker.log().count("transient failure")
@@ -252,7 +224,7 @@ def test_broker_restarted_mid_drain_loses_nothing(
         time.sleep(1.0)
         aof_server.start()
         prod.wait(timeout=120)
-        work.check(prod, database)
+        work.check(prod)
     assert DeadLetters(aof_server.url).count() == 0
     client.close()
 
@@ -273,6 +245,6 @@ def test_sigterm_mid_drain_finishes_the_batch_and_loses_nothing(
         assert pending(client) > 0, "stopped mid-drain"
         start_worker(broker, database)
         prod.wait(timeout=60)
-        work.check(prod, database)
+        work.check(prod)
     assert DeadLetters(broker).count() == 0
     client.close()

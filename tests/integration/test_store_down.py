@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from broker.deadletters import DeadLetters
+from storage import pg_url
 from tests.integration.helpers import pending, producer, rows, wait_until
 from tests.plugin import WorkerFactory
 from tests.services import pg_admin
@@ -21,9 +22,9 @@ DOWN_S = 10.0
 @pytest.fixture
 def later_database(database: str) -> Iterator[tuple[str, str]]:
     """(URL, name) of a database that does not exist until the test creates it."""
-    name = database.rsplit("/", 1)[1] + "_later"
+    name = pg_url.database(database) + "_later"
     try:
-        yield f"{database}_later", name
+        yield pg_url.with_database(database, name), name
     finally:
         admin = pg_admin()
         try:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import redis
@@ -26,7 +27,7 @@ from broker.deadletters import DeadLetters
 from broker.publisher import Publisher
 from producer import Producer
 from storage import CosmosDBClient, PostgreSQLClient, StorageError, load_settings
-from storage.pg_url import with_database
+from storage.pg_url import with_database, with_options
 from tests.integration.helpers import execute, rows, wait_until
 from tests.plugin import ROOT, worker_env
 from tests.queued import op_id_of
@@ -127,12 +128,16 @@ def _errors_at_the_call(evidence: Evidence, redis_port: int, pg_url: str) -> Non
     evidence.error("PublishError, wrong password", lambda: _save_after_failing(wrong_password))
     closed = f"redis://:{REDIS_SECRET}@127.0.0.1:{free_port()}/0"
     evidence.error("PublishError, closed port", lambda: _save_after_failing(closed))
-    closed_pg = pg_url.replace(":5432/", f":{free_port()}/")
+    # host and port as options: they override a URL's address, or its socket directory.
+    closed_pg = with_options(pg_url, host="127.0.0.1", port=str(free_port()))
     for where, url in (("closed port", closed_pg), ("no database", _missing_db(pg_url))):
         evidence.error(
             f"StorageError, {where}", partial(PostgreSQLClient, postgres_connection_string=url)
         )
-    bad_port = pg_url.replace(":5432/", ":99999/")
+    # An impossible port in the URL's address (a socket URL has none to replace).
+    parts = urlsplit(pg_url)
+    login = parts.netloc.rpartition("@")[0]
+    bad_port = urlunsplit(parts._replace(netloc=f"{login}@127.0.0.1:99999"))
     evidence.error("ConfigError", lambda: load_settings(postgres_connection_string=bad_port))
     settings = load_settings(
         postgres_connection_string=pg_url,
