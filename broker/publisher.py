@@ -40,10 +40,7 @@ class Publisher:
         replicas: int = 0,
         sentinel: SentinelOptions | None = None,
     ) -> None:
-        if timeout <= 0:
-            raise ValueError("publish timeout must be positive")
-        if replicas < 0:
-            raise ValueError("replicas must not be negative")
+        check_options(timeout, replicas)
         self.masked_url = mask_url(broker_url)
         self._timeout = timeout
         self._replicas = replicas
@@ -144,6 +141,14 @@ def _reply(conn: Any) -> Any:
         return conn.read_response()
     except redis.ResponseError as exc:
         return exc
+
+
+def check_options(timeout: float, replicas: int) -> None:
+    """Refuses what neither publisher (sync or asyncio) can honour."""
+    if timeout <= 0:
+        raise ValueError("publish timeout must be positive")
+    if replicas < 0:
+        raise ValueError("replicas must not be negative")
 
 
 def publish_argv(messages: Sequence[tuple[str, bytes]]) -> list[str | bytes]:

@@ -17,7 +17,14 @@ from redis.backoff import NoBackoff
 from broker import keys
 from broker import sentinel as sentinel_urls
 from broker.connection import pool_options
-from broker.publisher import Attempts, PublishRound, Sent, all_pending, publish_argv
+from broker.publisher import (
+    Attempts,
+    PublishRound,
+    Sent,
+    all_pending,
+    check_options,
+    publish_argv,
+)
 from broker.sentinel import SentinelOptions
 from storage.config import mask_url
 
@@ -66,10 +73,7 @@ class AsyncPublisher:
         replicas: int = 0,
         sentinel: SentinelOptions | None = None,
     ) -> None:
-        if timeout <= 0:
-            raise ValueError("publish timeout must be positive")
-        if replicas < 0:
-            raise ValueError("replicas must not be negative")
+        check_options(timeout, replicas)
         self.masked_url = mask_url(broker_url)
         self._timeout = timeout
         self._replicas = replicas
