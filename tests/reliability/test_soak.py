@@ -180,8 +180,11 @@ def test_chaos_soak_loses_nothing_acknowledged(
             unexpected_worker_exits=cluster.unexpected_exits,
             in_flight_at_kills=cluster.in_flight_at_kills,
             acked_by_mode={
-                mode: sum(s.acked for p in producers if p.buffered == buffered for s in p.saves)
-                for mode, buffered in (("durable", False), ("buffered", True))
+                **{
+                    mode: sum(s.acked for p in producers if p.buffered == buffered for s in p.saves)
+                    for mode, buffered in (("durable", False), ("buffered", True))
+                },
+                "recovery markers": len(probe.saves),
             },
             drain_s=drain_s,
         )
