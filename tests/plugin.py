@@ -25,6 +25,7 @@ from agentstore_cli.launch import (
     REPOSITORY,
     CeleryWorker,
     CosmosServer,
+    PostgresServer,
     RedisServer,
     SentinelCluster,
     start_cosmos_server,
@@ -114,6 +115,14 @@ def embedded_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def private_postgres(embedded_dir: Path) -> Iterator[PostgresServer]:
+    """A PostgreSQL server of this test's own (`.url` is its admin URL; its `postgres`
+    database will do): restarting the shared one would hit every other test."""
+    with ExitStack() as stack:
+        yield started(stack, lambda: PostgresServer(embedded_dir / "pg"))
 
 
 @pytest.fixture

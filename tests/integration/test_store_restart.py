@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import ExitStack
-from pathlib import Path
 
 import pytest
 import redis
@@ -26,7 +25,6 @@ from storage import load_settings
 from tests.integration.helpers import Workload, pending, pending_at_most, wait_until
 from tests.plugin import WorkerFactory
 from tests.proxy import cosmos_behind_proxy
-from tests.services import started
 
 pytestmark = pytest.mark.timeout(90)  # each test; ~20-40 s seen on a loaded machine
 
@@ -90,13 +88,6 @@ def _report(store: str, outage_s: float, resumed_s: float, logs: str) -> tuple[i
         f"ended; {retried} batch retries, {gave_up} batches left for redelivery"
     )
     return retried, gave_up
-
-
-@pytest.fixture
-def private_postgres(embedded_dir: Path) -> Iterator[PostgresServer]:
-    """A PostgreSQL server of this test's own: restarting the shared one would hit others."""
-    with ExitStack() as stack:
-        yield started(stack, lambda: PostgresServer(embedded_dir / "pg"))
 
 
 # The outage outlasts the second budget: batches are given up on, left for the reaper to

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.reliability.audit import Audit
+from tests.reliability.chaos import FAILOVER, KILL, PG_RESTART, REPLICA_RESTART, TERMINATE
+from tests.reliability.recovery import Recovery, summary
 
 ROOT = Path(__file__).resolve().parents[2]
 PATH = ROOT / "docs" / "RELIABILITY.md"
@@ -21,6 +23,7 @@ class ScenarioResult:
     parameters: dict[str, object]
     audit: Audit
     faults: dict[str, int]
+    recoveries: dict[str, list[Recovery]]
     publish_failures: int
     dead_letters: int
     unexpected_worker_exits: int
@@ -44,25 +47,49 @@ def render(results: list[ScenarioResult], started: datetime.datetime, command: s
         f"on {os.cpu_count()} CPU(s), Python {platform.python_version()}.",
         "",
         "Producers save states, tasks, conversation messages and transactions through "
-        "`Producer` into a test-owned Redis (`--appendonly yes --appendfsync always`); real "
-        "`celery -A worker worker` processes apply them to PostgreSQL while faults are "
-        "injected at random intervals. After the last fault everything is left to drain, "
-        "then every acknowledged save (op id returned) is checked against the database.",
+        "`Producer` into a test-owned Redis Sentinel cluster (a primary, two replicas, three "
+        "Sentinels) with `AGENTSTORE_PUBLISH_REPLICAS=1`: a save returns once a replica has "
+        "it too, which is what makes a failover lose nothing acknowledged (with the default "
+        "0 a failover may lose what the promoted replica had not received: "
+        "docs/GUARANTEES.md). Real `celery -A worker worker` processes apply the saves to a "
+        "PostgreSQL server of the test's own while faults are injected at random intervals. "
+        "After the last fault everything is left to drain, then every acknowledged save (op "
+        "id returned) is checked against the database.",
         "",
         "| Scenario | Duration | Sent | Acknowledged | Applied | Lost | Duplicated | Stale "
         "| Out of order | Foreign | Dead letters | Worker kills | DB connection kills "
-        "| Redis restarts | Drain after chaos |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| Sentinel failovers | Replica restarts | PostgreSQL restarts | Drain after chaos |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         a = r.audit
         lines.append(
             f"| {r.name} | {r.parameters['duration_s']} s | {a.sent:,} | {a.acked:,} | "
             f"{a.applied:,} | {a.lost} | {a.duplicated} | {a.stale} | {a.out_of_order} | "
-            f"{a.foreign} | {r.dead_letters} | {r.faults.get('worker SIGKILL', 0)} | "
-            f"{r.faults.get('pg_terminate_backend', 0)} | {r.faults.get('redis restart', 0)} | "
+            f"{a.foreign} | {r.dead_letters} | {r.faults.get(KILL, 0)} | "
+            f"{r.faults.get(TERMINATE, 0)} | {r.faults.get(FAILOVER, 0)} | "
+            f"{r.faults.get(REPLICA_RESTART, 0)} | {r.faults.get(PG_RESTART, 0)} | "
             f"{r.drain_s:.1f} s |"
         )
+    lines += [
+        "",
+        "## Recovery after each fault",
+        "",
+        "After each fault a marker save is published (retried while it raises "
+        "`PublishError`) and read back from the store until a worker has applied it. Seconds "
+        "from the fault (the SIGKILL, the termination, the start of `pg_ctl stop`) to the "
+        "first publish that returned, and to the first apply after it; median / max over the "
+        "faults of that kind. Worker kills: the other worker goes on applying (the killed "
+        "worker's unconfirmed messages are applied after `AGENTSTORE_RECOVERY_AFTER_S`). "
+        "PostgreSQL restarts: the apply time includes the time the server was down.",
+        "",
+        "| Scenario | Fault | Count | First publish after it | First apply after it |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results:
+        for kind, recoveries in r.recoveries.items():
+            publish, apply = summary(recoveries)
+            lines.append(f"| {r.name} | {kind} | {len(recoveries)} | {publish} | {apply} |")
     lines += ["", "## Scenarios", ""]
     for r in results:
         lines += [f"### {r.name}", "", r.description, ""]
