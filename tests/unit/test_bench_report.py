@@ -86,5 +86,5 @@ def test_a_cost_is_the_median_of_its_paired_rounds_and_wall_time_is_not_gated() 
     assert figure.met is True
     assert figure.value == 11.0 and figure.baseline == 10.0
     assert "ratios 1.00-1.10" in figure.baseline_name
-    shown = cost.paired("x", [10.0], [20.0], "µs", "off", gated=False)
+    shown = cost.paired("x", [10.0], [20.0], "µs", "off", shown=cost.WALL)
     assert shown.met is None and shown.ratio == 2.0
