@@ -68,7 +68,9 @@ class CountingExporter(SpanExporter):
         self.links += sum(len(s.links) for s in spans if s.name.startswith("agentstore.apply"))
         if self._directory is not None:
             counts = {"spans": self.spans, "links": self.links}
-            (self._directory / f"{os.getpid()}.json").write_text(json.dumps(counts))
+            written = self._directory / f".{os.getpid()}.tmp"
+            written.write_text(json.dumps(counts))
+            written.replace(written.with_name(f"{os.getpid()}.json"))  # read whole or not at all
         return SpanExportResult.SUCCESS
 
 
