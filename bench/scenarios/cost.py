@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 from ..report import MAX_SLOWDOWN, Figure
 from .drain import Drain
-from .workload import percentile
 
 BLOCK = 500  # calls per timed block of a publish measurement
 WALL = "shown only (wall time)"
@@ -53,16 +52,18 @@ def paired(
     )
 
 
+def pair_order(index: int) -> tuple[bool, bool]:
+    """Which side runs first in pair `index`: off-on, then on-off, and so on."""
+    return (False, True) if index % 2 == 0 else (True, False)
+
+
 @dataclass
 class Alternated:
-    """Calls timed in alternating blocks: every call's latency, and each block's process CPU
-    time per call (this process: the caller's side of a publish)."""
+    """Calls timed in alternating blocks: each block's median latency and process CPU time
+    per call (this process: the caller's side of a publish)."""
 
-    latency_us: dict[bool, list[float]]
+    p50_us: dict[bool, list[float]]
     cpu_us: dict[bool, list[float]]
-
-    def p50_us(self, on: bool) -> float:
-        return percentile(self.latency_us[on], 50)
 
 
 def alternate(
@@ -71,15 +72,16 @@ def alternate(
     around: Callable[[bool], AbstractContextManager[object]] = lambda on: nullcontext(),
 ) -> Alternated:
     """`call(on, i)` off and on in alternating blocks of `BLOCK` calls (each block inside
-    `around(on)`), `n` of each after `BLOCK` untimed warm-up calls of each."""
+    `around(on)`), `n` of each after `BLOCK` untimed warm-up calls of each. The pairs go
+    off-on, then on-off, and so on: neither side is always the one that runs second."""
     for on in (False, True):  # the connection, the script, the tracer
         with around(on):
             for i in range(BLOCK):
                 call(on, i)
     found = Alternated({False: [], True: []}, {False: [], True: []})
     for block in range(2 * max(1, n // BLOCK)):
-        on = block % 2 == 1
-        samples = found.latency_us[on]
+        on = pair_order(block // 2)[block % 2]
+        samples = []
         with around(on):
             cpu = time.process_time_ns()
             for i in range(BLOCK):
@@ -87,6 +89,7 @@ def alternate(
                 call(on, i)
                 samples.append((time.perf_counter_ns() - t0) / 1000)
             found.cpu_us[on].append((time.process_time_ns() - cpu) / BLOCK / 1000)
+        found.p50_us[on].append(statistics.median(samples))
     return found
 
 
@@ -101,8 +104,8 @@ def publish_figures(name: str, runs: list[Alternated], baseline: str) -> list[Fi
     )
     p50 = paired(
         f"{name}: p50",
-        [r.p50_us(False) for r in runs],
-        [r.p50_us(True) for r in runs],
+        [c for r in runs for c in r.p50_us[False]],
+        [c for r in runs for c in r.p50_us[True]],
         "µs",
         baseline,
         shown=WALL,

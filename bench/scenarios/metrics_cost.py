@@ -10,7 +10,7 @@ from agentstore_cli.launch import free_port
 from producer import Producer
 
 from .context import Context
-from .cost import Alternated, alternate, drain_figures, publish_figures
+from .cost import Alternated, alternate, drain_figures, pair_order, publish_figures
 from .drain import Drain, agentstore_drain
 from .workload import COST_ROUNDS, state
 
@@ -38,19 +38,16 @@ def metrics_cost(ctx: Context) -> None:
     """Drains of single-save messages and durable publishes, metrics off vs on."""
     n = ctx.sizes.unbuffered
     ctx.step(f"metrics cost: {n:,}-save drains and durable publishes, metrics off vs on")
-    off: list[Drain] = []
-    on: list[Drain] = []
-    for _ in range(max(ctx.sizes.rounds, COST_ROUNDS)):
-        off.append(agentstore_drain(ctx.broker, ctx.admin, n, None))
-        port = str(free_port())
-        on.append(
-            agentstore_drain(ctx.broker, ctx.admin, n, None, env={"AGENTSTORE_METRICS_PORT": port})
-        )
+    drains: dict[bool, list[Drain]] = {False: [], True: []}
+    for index in range(max(ctx.sizes.rounds, COST_ROUNDS)):
+        for on in pair_order(index):
+            env = {"AGENTSTORE_METRICS_PORT": str(free_port())} if on else None
+            drains[on].append(agentstore_drain(ctx.broker, ctx.admin, n, None, env=env))
     pub = [publish_cost(ctx.broker, ctx.sizes.publishes) for _ in range(3)]
     figures = drain_figures(
         f"drain of {n:,} single-save messages, metrics on (worker)",
-        off,
-        on,
+        drains[False],
+        drains[True],
         "metrics off, same run",
         producer=False,
     )
@@ -60,6 +57,6 @@ def metrics_cost(ctx: Context) -> None:
     ctx.results.raw["metrics_cost"] = {
         "drain": [f.extra for f in figures[:2]],
         "publish_cpu_us": [p.cpu_us for p in pub],
-        "publish_p50_us": [[p.p50_us(False), p.p50_us(True)] for p in pub],
+        "publish_p50_us": [p.p50_us for p in pub],
     }
     ctx.results.figures += figures

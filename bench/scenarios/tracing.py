@@ -27,7 +27,7 @@ from tests.tracing import CountingExporter, counted, installed, production_like
 
 from ..report import Figure
 from .context import Context
-from .cost import Alternated, alternate, drain_figures, paired, publish_figures
+from .cost import Alternated, alternate, drain_figures, pair_order, paired, publish_figures
 from .drain import Drain, agentstore_drain
 from .workload import COST_ROUNDS, state
 
@@ -120,28 +120,31 @@ def _linked(directory: Path, n: int, timeout: float = 20.0) -> None:
 
 def drain_cost(
     ctx: Context, n: int, provider: TracerProvider, exporter: CountingExporter
-) -> dict[str, list[Drain]]:
+) -> dict[bool, list[Drain]]:
     """Drains of buffered saves (500 per message), untraced and traced in turn; a traced
     one must show a span per save in this process and every save linked in the worker."""
-    drains: dict[str, list[Drain]] = {"off": [], "on": []}
-    for _ in range(max(ctx.sizes.rounds, COST_ROUNDS)):
-        drains["off"].append(agentstore_drain(ctx.broker, ctx.admin, n, 500))
-        before = exporter.spans
-        with tempfile.TemporaryDirectory() as spans, installed(provider):
-            env = {
-                "PYTHONPATH": str(SITE),
-                "AGENTSTORE_TEST_SPAN_COUNTS_DIR": spans,
-                # Exported (dropped) twice a second instead of every 5 s, so the check
-                # after the drain need not wait long; a few more tiny exports per drain.
-                "OTEL_BSP_SCHEDULE_DELAY": "500",
-            }
-            check = lambda: _linked(Path(spans), n)  # noqa: E731
-            drains["on"].append(
-                agentstore_drain(ctx.broker, ctx.admin, n, 500, env=env, after=check)
-            )
-        provider.force_flush()
-        if exporter.spans - before != n:
-            raise RuntimeError(f"{exporter.spans - before} save spans for {n} saves")
+    drains: dict[bool, list[Drain]] = {False: [], True: []}
+    for index in range(max(ctx.sizes.rounds, COST_ROUNDS)):
+        for on in pair_order(index):
+            if not on:
+                drains[on].append(agentstore_drain(ctx.broker, ctx.admin, n, 500))
+                continue
+            before = exporter.spans
+            with tempfile.TemporaryDirectory() as spans, installed(provider):
+                env = {
+                    "PYTHONPATH": str(SITE),
+                    "AGENTSTORE_TEST_SPAN_COUNTS_DIR": spans,
+                    # Exported (dropped) twice a second instead of every 5 s, so the check
+                    # after the drain need not wait long; a few more tiny exports per drain.
+                    "OTEL_BSP_SCHEDULE_DELAY": "500",
+                }
+                check = lambda: _linked(Path(spans), n)  # noqa: E731
+                drains[on].append(
+                    agentstore_drain(ctx.broker, ctx.admin, n, 500, env=env, after=check)
+                )
+            provider.force_flush()
+            if exporter.spans - before != n:
+                raise RuntimeError(f"{exporter.spans - before} save spans for {n} saves")
     return drains
 
 
@@ -161,14 +164,14 @@ def tracing_cost(ctx: Context) -> None:
     p50_off = publish[1].baseline or 0.0
     drained = drain_figures(
         f"drain, buffered, {ctx.sizes.unbuffered:,} saves, {ON} in producer and worker",
-        drain["off"],
-        drain["on"],
+        drain[False],
+        drain[True],
         OFF,
         producer=True,
     )
     ctx.results.raw["tracing"] = {
         "publish_cpu_us": pub.cpu_us,
-        "publish_p50_us": {"off": pub.p50_us(False), "on": pub.p50_us(True)},
+        "publish_p50_us": pub.p50_us,
         "span_cpu_us": spans,
         "off_check_ns": check,
         "drain": [f.extra for f in drained],

@@ -88,3 +88,11 @@ def test_a_cost_is_the_median_of_its_paired_rounds_and_wall_time_is_not_gated() 
     assert "ratios 1.00-1.10" in figure.baseline_name
     shown = cost.paired("x", [10.0], [20.0], "µs", "off", shown=cost.WALL)
     assert shown.met is None and shown.ratio == 2.0
+
+
+def test_alternated_blocks_take_turns_at_running_first() -> None:
+    order: list[bool] = []
+    found = cost.alternate(lambda on, i: order.append(on) if i == 0 else None, 4 * cost.BLOCK)
+    timed = order[2:]  # after one warm-up block of each
+    assert timed == [False, True, True, False, False, True, True, False]
+    assert len(found.cpu_us[False]) == len(found.p50_us[True]) == 4
