@@ -30,6 +30,7 @@ class _Buffered(Protocol):
 # Publishes wait in a queue at most this many before they are moved into the metrics (a
 # collection moves them too, first), so an application that never scrapes holds no more.
 _FLUSH_AT = 256
+_clock = time.perf_counter
 
 
 class ProducerMetrics:
@@ -98,15 +99,18 @@ class ProducerMetrics:
 
     def publish(self, send: Callable[[Batch], None], batch: Batch) -> None:
         """`send(batch)`, counted and timed."""
-        started = time.perf_counter()
+        started = _clock()
         try:
             send(batch)
         except PublishError:
             self.errors.inc()
-            self.seconds.observe(time.perf_counter() - started)
+            self.seconds.observe(_clock() - started)
             raise
+        elapsed = _clock() - started
+        # A durable save publishes one message of one op: no generator for that.
+        ops = len(batch[0][2]) if len(batch) == 1 else sum([len(ids) for _, _, ids in batch])
         pending = self._pending
-        pending.append((time.perf_counter() - started, sum(len(ids) for _, _, ids in batch)))
+        pending.append((elapsed, ops))
         if len(pending) >= _FLUSH_AT:
             self.flush()
 
