@@ -47,7 +47,8 @@ _FAST = (
     and OTEL_PYTHON_TRACER_PROVIDER not in os.environ
 )
 # A W3C traceparent alone (what the default propagator injects for a sampled or unsampled
-# span), read without building a Context per op: 0.2 of `propagate.extract`'s cost.
+# span), read without building a Context per op: ~1.8 µs per link made, against ~5 µs
+# for `propagate.extract` and the link (tests/unit/test_tracing.py checks the fallback).
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _FLAGS = {} if trace is None else {f"{i:02x}": trace.TraceFlags(i) for i in range(256)}
 _SEND = {"messaging.system": "redis", "messaging.operation.type": "send"}
