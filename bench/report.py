@@ -32,33 +32,6 @@ class Figure:
 MAX_SLOWDOWN = 1.05
 
 
-def slowdown(
-    name: str,
-    on: float,
-    unit: str,
-    off: float,
-    baseline_name: str,
-    *,
-    rate: bool,
-    runs: dict[str, Any] | None = None,
-) -> Figure:
-    """A figure for `on` vs `off` measured in one run, its ratio how many times slower `on`
-    is (of a rate: off/on; of a time: on/off), met when at most `MAX_SLOWDOWN`; `runs`, the
-    measurements behind them, go in its `extra`."""
-    ratio = off / on if rate else on / off
-    return Figure(
-        name,
-        on,
-        unit,
-        off,
-        baseline_name,
-        ratio,
-        f"<= {MAX_SLOWDOWN}x slower",
-        ratio <= MAX_SLOWDOWN,
-        dict(runs or {}),
-    )
-
-
 @dataclass
 class Results:
     """The figures of the table, in order, and every raw number behind them."""

@@ -31,10 +31,11 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
 from broker import keys
+from broker.histograms import bucketed, observe_bucketed
 from storage.ops import Op, OpName
 from storage.records import Outcome
 
-from .metrics import APPLY_LAG, DEAD_LETTERS, OPS_APPLIED, OPS_STALE, bucketed, observe_bucketed
+from .metrics import APPLY_LAG, DEAD_LETTERS, OPS_APPLIED, OPS_STALE
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,6 @@ from storage.ids import row_id
 from storage.pg_url import options
 from storage.postgres_schema import MIGRATIONS
 
-from ..report import Figure, slowdown
 from ..services import WorkerBox, database
 from .workload import cpu_seconds, key, state
 
@@ -88,35 +87,11 @@ class Drain:
     drain_s: float
     peak_rss_mb: dict[int, float]
     cpu_us_per_save: dict[str, float] = field(default_factory=dict)
+    producer_cpu_us: float = 0.0  # this process's CPU per save while filling the queue
 
     @property
     def rate(self) -> float:
         return self.saves / self.drain_s
-
-
-def cost_figures(name: str, off: list[Drain], on: list[Drain], baseline: str) -> list[Figure]:
-    """Drains with a feature off and on, alternated in one run: CPU per save of everything
-    that works in a drain (worker, PostgreSQL, Redis), best of each, gated at the slowdown
-    target; and throughput, shown only: on this shared machine two identical drains' rates
-    differed up to 3x, far more than the costs measured."""
-    cpu_off = [sum(d.cpu_us_per_save.values()) for d in off]
-    cpu_on = [sum(d.cpu_us_per_save.values()) for d in on]
-    rate_off, rate_on = [d.rate for d in off], [d.rate for d in on]
-    runs = {"cpu_off": cpu_off, "cpu_on": cpu_on, "rate_off": rate_off, "rate_on": rate_on}
-    cpu = slowdown(
-        f"{name}: CPU per save", min(cpu_on), "µs", min(cpu_off), baseline, rate=False, runs=runs
-    )
-    best_on, best_off = max(rate_on), max(rate_off)
-    rate = Figure(
-        f"{name}: throughput",
-        best_on,
-        "saves/s",
-        best_off,
-        baseline,
-        best_off / best_on,
-        "shown only (wall time)",
-    )
-    return [cpu, rate]
 
 
 def agentstore_drain(
@@ -127,10 +102,12 @@ def agentstore_drain(
     *,
     overlap: bool = False,
     env: dict[str, str] | None = None,
+    after: Callable[[], None] | None = None,
 ) -> Drain:
     """Fill the queue with `n` saves (buffered, `ops_per_message` per message, or durable
     single-save messages if None) while the worker box is paused, then time its drain;
-    `env` is added to the workers' environment.
+    `env` is added to the workers' environment; `after()` is called once it is drained and
+    measured, while the workers still run.
 
     With `overlap`, the workers run while the producer publishes: `drain_s` (and the CPU
     figures) then span from the first save to the last one applied, end to end.
@@ -146,6 +123,7 @@ def agentstore_drain(
             processes = _processes(box, client, admin, db)
             before = {name: cpu_seconds(pids) for name, pids in processes.items()}
             started = time.perf_counter()
+            cpu_started = time.process_time()
             if ops_per_message is None:
                 prod = Producer(broker_url=broker)
             else:
@@ -154,6 +132,7 @@ def agentstore_drain(
                 for i in range(n):
                     prod.save_state(*key(i), state(i))
             fill = time.perf_counter() - started
+            producer_cpu = (time.process_time() - cpu_started) / n * 1e6
             if not overlap:
                 assert client.zcard(keys.PENDING_KEY) > 0
                 # Only the drain's own CPU: what the paused box used before is taken out.
@@ -166,11 +145,13 @@ def agentstore_drain(
                 for name, pids in processes.items()
             }
             peaks = box.peak_rss_mb()
+            if after is not None:
+                after()
         rows = _count(db)
         client.close()
         if rows != n:
             raise RuntimeError(f"{rows} rows for {n} saves")
-    return Drain(n, fill, drain, peaks, cpu)
+    return Drain(n, fill, drain, peaks, cpu, producer_cpu)
 
 
 def _processes(box: WorkerBox, client: redis.Redis, admin: str, db: str) -> dict[str, list[int]]:

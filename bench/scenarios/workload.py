@@ -5,9 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import statistics
-import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,33 +41,6 @@ def key(i: int) -> tuple[str, str]:
 
 def percentile(samples: list[float], q: int) -> float:
     return statistics.quantiles(samples, n=100)[q - 1]
-
-
-BLOCK = 500
-
-
-def alternating_p50_us(
-    save: Callable[[bool, int], None],
-    n: int,
-    around: Callable[[bool], AbstractContextManager[object]] = lambda on: contextlib.nullcontext(),
-) -> dict[str, float]:
-    """p50 latency of `save(on, i)` off and on, timed in alternating blocks of `BLOCK` calls
-    (each block inside `around(on)`), `n` of each after `BLOCK` untimed warm-up calls: a
-    change in the machine's load hits both alike."""
-    for i in range(BLOCK):  # the connection, the script
-        save(False, i)
-    samples: dict[bool, list[float]] = {False: [], True: []}
-    for block in range(2 * max(1, n // BLOCK)):
-        on = block % 2 == 1
-        with around(on):
-            for i in range(BLOCK):
-                t0 = time.perf_counter_ns()
-                save(on, i)
-                samples[on].append((time.perf_counter_ns() - t0) / 1000)
-    return {
-        "off_p50_us": percentile(samples[False], 50),
-        "on_p50_us": percentile(samples[True], 50),
-    }
 
 
 def cpu_seconds(pids: list[int]) -> float:

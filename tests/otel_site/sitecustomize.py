@@ -1,6 +1,8 @@
 """Imported at start-up by a worker whose PYTHONPATH begins with this directory (as
 `opentelemetry-instrument` does with its own sitecustomize): installs an SDK tracer provider
-that writes each finished span as a JSON line to AGENTSTORE_TEST_SPANS_DIR/<pid>.jsonl.
+that writes each finished span as a JSON line to AGENTSTORE_TEST_SPANS_DIR/<pid>.jsonl or,
+with AGENTSTORE_TEST_SPAN_COUNTS_DIR (the cost benchmark), a production-like one that drops
+its spans after counting them (`tests.tracing.CountingExporter`).
 
 Test-only: the worker's code uses the OpenTelemetry API and never configures a provider.
 """
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,7 +50,13 @@ class JsonLinesExporter(SpanExporter):
 
 
 _directory = os.environ.get("AGENTSTORE_TEST_SPANS_DIR")
+_counts = os.environ.get("AGENTSTORE_TEST_SPAN_COUNTS_DIR")
 if _directory:
     _provider = TracerProvider()
     _provider.add_span_processor(SimpleSpanProcessor(JsonLinesExporter(Path(_directory))))
     trace.set_tracer_provider(_provider)
+elif _counts:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository: `tests`
+    from tests.tracing import CountingExporter, production_like
+
+    trace.set_tracer_provider(production_like(CountingExporter(Path(_counts))))

@@ -10,6 +10,7 @@ import pytest
 
 from bench import report, run
 from bench.report import Figure, Results
+from bench.scenarios import cost
 
 
 def test_table_rows_keep_the_format_docs_performance_shows() -> None:
@@ -72,7 +73,26 @@ def test_only_refuses_a_scenario_it_does_not_have(
 def test_a_slowdown_is_met_up_to_five_percent_either_way_it_is_measured(
     on: float, off: float, rate: bool, ratio: float, met: bool
 ) -> None:
-    figure = report.slowdown("x", on, "u", off, "off", rate=rate, runs={"on": [on]})
+    figure = cost.paired("x", [off], [on], "u", "off", rate=rate)
     assert figure.ratio == pytest.approx(ratio)
     assert figure.met is met
-    assert figure.extra == {"on": [on]}
+    assert figure.extra == {"off": [off], "on": [on], "ratios": [pytest.approx(ratio)]}
+
+
+def test_a_cost_is_the_median_of_its_paired_rounds_and_wall_time_is_not_gated() -> None:
+    # Round 2 ran while the neighbours loaded the machine: both sides slowed, its ratio held.
+    figure = cost.paired("x", [10.0, 30.0, 10.0], [10.2, 30.0, 11.0], "µs", "off")
+    assert figure.ratio == pytest.approx(1.02)
+    assert figure.met is True
+    assert figure.value == 11.0 and figure.baseline == 10.0
+    assert "ratios 1.00-1.10" in figure.baseline_name
+    shown = cost.paired("x", [10.0], [20.0], "µs", "off", shown=cost.WALL)
+    assert shown.met is None and shown.ratio == 2.0
+
+
+def test_alternated_blocks_take_turns_at_running_first() -> None:
+    order: list[bool] = []
+    found = cost.alternate(lambda on, i: order.append(on) if i == 0 else None, 4 * cost.BLOCK)
+    timed = order[2:]  # after one warm-up block of each
+    assert timed == [False, True, True, False, False, True, True, False]
+    assert len(found.cpu_us[False]) == len(found.p50_us[True]) == 4

@@ -7,8 +7,10 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
 from broker.errors import PublishError
+from broker.histograms import observe_all
+from broker.wire import Batch
 from producer import Producer
-from worker.metrics import observe_all
+from producer.metrics import _FLUSH_AT, ProducerMetrics
 
 
 def _samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -52,3 +54,23 @@ def test_a_producer_counts_its_publishes_when_asked(monkeypatch: pytest.MonkeyPa
         assert _samples(registry)[("agentstore_producer_publish_errors_total", ())] == 1
     finally:
         prod.close()
+
+
+def test_a_producers_publishes_are_queued_and_moved_into_its_metrics_in_bulk() -> None:
+    registry = CollectorRegistry()
+    metrics = ProducerMetrics(registry)
+    sent: list[Batch] = []
+    batch: Batch = [("m1", b"{}", ["a", "b"]), ("m2", b"{}", ["c"])]
+    for _ in range(_FLUSH_AT + 10):
+        metrics.publish(sent.append, batch)
+    assert len(sent) == _FLUSH_AT + 10
+    assert len(metrics._pending) == 10  # the first _FLUSH_AT were moved without a scrape
+    # A scrape, even one of a single metric, moves the rest first.
+    only = registry.restricted_registry(["agentstore_producer_publishes_total"])
+    assert [s.value for m in only.collect() for s in m.samples if s.name.endswith("_total")] == [
+        _FLUSH_AT + 10
+    ]
+    samples = _samples(registry)
+    assert samples[("agentstore_producer_published_ops_total", ())] == 3 * (_FLUSH_AT + 10)
+    assert samples[("agentstore_producer_publish_seconds_count", ())] == _FLUSH_AT + 10
+    assert samples[("agentstore_producer_publish_seconds_bucket", (("le", "0.0005"),))] > 0

@@ -8,6 +8,7 @@ from typing import Any
 
 import redis
 from opentelemetry import trace
+from opentelemetry.sdk.trace import SpanLimits
 
 from broker import deadletters, keys, tracing, wire
 from producer import Producer
@@ -132,3 +133,70 @@ def test_the_batch_script_still_reads_the_op_count_of_a_traced_message() -> None
     carrier = {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}
     raw = wire.build_message("m", ["{}"] * 500, [carrier] * 500)
     assert raw.rfind(b'"argsrepr":"<500 ops>"') > len(raw) - 2048
+
+
+def test_the_provider_check_reads_the_apis_global_as_set_tracer_provider_sets_it() -> None:
+    # `broker.tracing` reads `trace._TRACER_PROVIDER` instead of calling
+    # `get_tracer_provider()` per save: a later API that moved it would break this first.
+    assert tracing._FAST
+    assert trace._TRACER_PROVIDER is None
+    with recording():
+        assert trace._TRACER_PROVIDER is trace.get_tracer_provider()
+        with tracing.save_span("save_state") as carrier:
+            assert carrier is not None
+    with tracing.save_span("save_state") as carrier:
+        assert carrier is None
+
+
+def test_a_save_span_that_raises_records_the_error_and_still_ends() -> None:
+    with recording() as exporter:
+        try:
+            with tracing.save_span("save_state"):
+                raise ValueError("boom")
+        except ValueError:
+            pass
+        assert trace.get_current_span() is trace.INVALID_SPAN  # no longer current
+    (span,) = named(exporter.get_finished_spans(), "agentstore.save_state")
+    assert span.status.status_code is trace.StatusCode.ERROR
+    assert span.status.description == "ValueError: boom"
+    assert [event.name for event in span.events] == ["exception"]
+
+
+def test_a_batch_of_more_saves_than_a_span_keeps_links_links_each_on_a_child_span(
+    rds: redis.Redis,
+) -> None:
+    with recording(SpanLimits(max_links=2)) as exporter:
+        prod = Producer(broker_url=URL, linger_ms=1000, max_batch=5)
+        saved = [prod.save_state("a", f"s{i}", {"i": i}) for i in range(5)]
+        prod.close()  # one message of five ops
+        batch = _deliver(rds, FlakyStore())
+        spans = exporter.get_finished_spans()
+    assert len(batch.ops) == 5
+    saves = named(spans, "agentstore.save_state")
+    (applied,) = named(spans, "agentstore.apply_batch")
+    more = named(spans, "agentstore.apply_batch.links")
+    assert [len(span.links) for span in (applied, *more)] == [2, 2, 1]
+    assert all(
+        span.parent is not None and span.parent.span_id == applied.context.span_id for span in more
+    )
+    linked = [_ids(link.context) for span in (applied, *more) for link in span.links]
+    assert sorted(linked) == sorted(_ids(s.context) for s in saves) and len(saves) == len(saved)
+    assert applied.dropped_links == 0
+
+
+def test_a_carrier_the_fast_path_does_not_read_is_linked_through_the_propagator() -> None:
+    parent = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+    carriers = [
+        {"traceparent": parent, "tracestate": "vendor=1"},  # not the plain form
+        {"traceparent": parent},  # the same span again: one link
+        {"traceparent": "00-" + "0" * 32 + "-" + "b" * 16 + "-01"},  # invalid: none
+        {"traceparent": "00-" + "A" * 32 + "-" + "b" * 16 + "-01"},  # not lower-case hex
+    ]
+    with recording() as exporter:
+        with tracing.batch_span(carriers, ops=4):
+            pass
+        (applied,) = named(exporter.get_finished_spans(), "agentstore.apply_batch")
+    assert [_ids(link.context) for link in applied.links] == [
+        (int("a" * 32, 16), int("b" * 16, 16))
+    ]
+    assert applied.links[0].context.trace_state.get("vendor") == "1"
