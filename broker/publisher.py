@@ -63,12 +63,12 @@ class Publisher:
         (With `replicas`, a lost answer is always retried: only a `WAIT` on the connection
         that wrote it can tell whether the replicas have it.)
         """
-        argv = publish_argv(messages)
+        command = publish_command(messages)
         attempts = Attempts(self.masked_url, self._timeout)
         while True:
             sent = False
             try:
-                self._evalsha(PublishRound(argv, self._replicas, attempts))
+                self._evalsha(PublishRound(command, self._replicas, attempts))
                 return
             except Sent as exc:
                 sent, cause = True, exc.cause
@@ -92,7 +92,7 @@ class Publisher:
             conn.connect()
             commands = round_.commands()
             while commands:
-                conn.send_packed_command(conn.pack_commands(commands))
+                conn.send_packed_command([b"".join(commands)])
                 sent = True
                 commands = round_.answered([_reply(conn) for _ in commands])
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -151,12 +151,29 @@ def check_options(timeout: float, replicas: int) -> None:
         raise ValueError("replicas must not be negative")
 
 
-def publish_argv(messages: Sequence[tuple[str, bytes]]) -> list[str | bytes]:
-    """The publish script's ARGV: message id, message, message id, message, ..."""
-    argv: list[str | bytes] = []
-    for message_id, message in messages:
-        argv += (message_id, message)
-    return argv
+def publish_command(messages: Sequence[tuple[str, bytes]]) -> bytes:
+    """The publish script's EVALSHA, packed in RESP: its ARGV is message id, message,
+    message id, message, ..."""
+    argv = [b"%s%s" % (_bulk(mid.encode()), _bulk(message)) for mid, message in messages]
+    return b"*%d\r\n%s%s" % (len(_EVALSHA_ARGS) + 2 * len(argv), _EVALSHA_HEAD, b"".join(argv))
+
+
+def _bulk(data: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def pack(*args: str | int | bytes) -> bytes:
+    """One command in RESP, as redis-py's `pack_command` writes it (its own costs ~6 us per
+    publish, a tenth of one)."""
+    parts = [_bulk(arg if type(arg) is bytes else str(arg).encode()) for arg in args]
+    return b"*%d\r\n%s" % (len(parts), b"".join(parts))
+
+
+# EVALSHA <sha> <number of keys> <keys...>, then ARGV (two per message): all but the ARGV
+# is the same in every publish, so it is packed once.
+_EVALSHA_ARGS = ("EVALSHA", PUBLISH_SHA, len(PUBLISH_KEYS), *PUBLISH_KEYS)
+_EVALSHA_HEAD = pack(*_EVALSHA_ARGS).partition(b"\r\n")[2]
+_LOAD = pack("SCRIPT", "LOAD", PUBLISH_SCRIPT)
 
 
 def all_pending(scores: Sequence[float | None]) -> bool:
@@ -225,21 +242,21 @@ class PublishRound:
     on the same connection (WAIT covers the connection's own writes) until the replicas
     have it or the time is up."""
 
-    def __init__(self, argv: list[str | bytes], replicas: int, attempts: Attempts) -> None:
-        self._argv = argv
+    def __init__(self, evalsha: bytes, replicas: int, attempts: Attempts) -> None:
+        self._evalsha = evalsha  # `publish_command`
         self._replicas = replicas
         self._attempts = attempts
         self._waiting = False  # the last commands sent were a lone follow-up WAIT
 
-    def commands(self, load: bool = False) -> list[tuple[Any, ...]]:
+    def commands(self, load: bool = False) -> list[bytes]:
+        """The commands to send, each packed in RESP (`pack`)."""
         self._waiting = False
-        commands: list[tuple[Any, ...]] = [("SCRIPT", "LOAD", PUBLISH_SCRIPT)] if load else []
-        commands.append(("EVALSHA", PUBLISH_SHA, len(PUBLISH_KEYS), *PUBLISH_KEYS, *self._argv))
+        commands = [_LOAD, self._evalsha] if load else [self._evalsha]
         if self._replicas:
-            commands.append(("WAIT", self._replicas, self._attempts.wait_ms()))
+            commands.append(pack("WAIT", self._replicas, self._attempts.wait_ms()))
         return commands
 
-    def answered(self, replies: list[Any]) -> list[tuple[Any, ...]]:
+    def answered(self, replies: list[Any]) -> list[bytes]:
         """The next commands to send (none: published), from the replies to the last ones;
         raises a `redis.ResponseError` the broker answered, or `PublishError`."""
         for reply in replies:
@@ -256,13 +273,13 @@ class PublishRound:
         # The last reply is WAIT's: how many replicas have every write of this connection.
         return self._acknowledged(int(replies[-1]))
 
-    def _acknowledged(self, acks: int) -> list[tuple[Any, ...]]:
+    def _acknowledged(self, acks: int) -> list[bytes]:
         if acks >= self._replicas:
             return []
         if self._attempts.out_of_time():
             raise self._attempts.unreplicated(acks, self._replicas)
         self._waiting = True
-        return [("WAIT", self._replicas, self._attempts.wait_ms())]
+        return [pack("WAIT", self._replicas, self._attempts.wait_ms())]
 
 
 class Sent(Exception):
