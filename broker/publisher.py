@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import redis
 
+from storage import forks
 from storage.config import mask_url
 
-from . import keys, scripts
+from . import keys, resp, scripts
 from .connection import connect
 from .errors import PublishError
+from .resp import bulk, pack
 from .sentinel import SentinelOptions
 
 # The publish itself is `publish.lua`, one atomic script; `PUBLISH_SHA` is what EVALSHA names.
@@ -48,11 +48,13 @@ class Publisher:
         # fails fast (reset connection) retries, one that hangs gives up in time.
         self.redis = connect(broker_url, timeout / 2, sentinel)
         self._pool = self.redis.connection_pool
-        # Our own free list of the pool's connections: redis-py's get_connection/release
-        # (locks, metrics, a can_read syscall) cost ~8 us, a tenth of a durable save.
+        # Our own free lists of the pool's connections: redis-py's get_connection/release
+        # (locks, metrics, a can_read syscall) cost ~8 us, a tenth of a durable save, and
+        # even its `connect()` of a connected one ~1 us. `_idle`: connected, and fine at
+        # their last use; `_spare`: to connect first. (A list's append and pop are atomic.)
         self._idle: list[Any] = []
-        self._idle_lock = threading.Lock()
-        self._pid = os.getpid()
+        self._spare: list[Any] = []
+        forks.watch(self)
 
     def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
         """Queue `(message id, message)` pairs atomically, or raise `PublishError`.
@@ -82,19 +84,23 @@ class Publisher:
 
     def _evalsha(self, round_: PublishRound) -> None:
         """Raises `Sent` if the publish failed after Redis received it whole."""
-        # Straight on a pooled connection: the client's per-command machinery (retries,
-        # observability hooks) costs as much as the round trip itself.
-        conn = self._acquire()
-        sent = False
+        # Straight on a connection of our own free list: the client's per-command machinery
+        # (retries, observability hooks) costs as much as the round trip itself.
+        conn, connected = _pop(self._idle), True
+        if conn is None:
+            conn, connected = _pop(self._spare) or self._pool.make_connection(), False
+        ok = sent = False
         try:
-            # Sending would connect too, but straight to the URL's host: a Sentinel-managed
-            # connection finds the primary only in `connect()`.
-            conn.connect()
+            if not connected:
+                # Sending would connect too, but straight to the URL's host: a
+                # Sentinel-managed connection finds the primary only in `connect()`.
+                conn.connect()
             commands = round_.commands()
             while commands:
-                conn.send_packed_command([b"".join(commands)])
+                resp.send(conn, b"".join(commands))
                 sent = True
-                commands = round_.answered([_reply(conn) for _ in commands])
+                commands = round_.answered(resp.replies(conn, len(commands)))
+            ok = True
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # The reply may still be on its way: this socket must never be reused.
             conn.disconnect()
@@ -103,8 +109,9 @@ class Publisher:
                 raise Sent(exc) from exc
             raise
         finally:
-            with self._idle_lock:
-                self._idle.append(conn)
+            # A connection that failed in any way (disconnected, or an error reply read
+            # whole) connects again when next used: through Sentinel, to the primary then.
+            (self._idle if ok else self._spare).append(conn)
 
     def _landed(self, messages: Sequence[tuple[str, bytes]]) -> bool:
         """Whether a publish whose answer was lost is in `pending` (all or none: one script)."""
@@ -114,33 +121,23 @@ class Publisher:
             return False
         return all_pending(scores)
 
-    def _acquire(self) -> Any:
-        if self._pid != os.getpid():
-            # A forked child: the parent's sockets stay the parent's.
-            self._idle, self._idle_lock, self._pid = [], threading.Lock(), os.getpid()
-        with self._idle_lock:
-            if self._idle:
-                return self._idle.pop()
-        # Connects on first use; a connection that failed was disconnected and reconnects
-        # (through Sentinel: to whichever server is the primary then).
-        return self._pool.make_connection()
+    def _after_fork_in_child(self) -> None:
+        # The parent's sockets stay the parent's.
+        self._idle, self._spare = [], []
 
     def close(self) -> None:
-        with self._idle_lock:
-            idle, self._idle = self._idle, []
-        if self._pid == os.getpid():
-            for conn in idle:
-                conn.disconnect()
+        held, self._idle, self._spare = self._idle + self._spare, [], []
+        for conn in held:
+            conn.disconnect()
         self.redis.close()
         self.redis.connection_pool.disconnect()
 
 
-def _reply(conn: Any) -> Any:
-    """A reply, an error reply returned (not raised) so every pipelined reply is read."""
+def _pop(connections: list[Any]) -> Any:
     try:
-        return conn.read_response()
-    except redis.ResponseError as exc:
-        return exc
+        return connections.pop()
+    except IndexError:
+        return None
 
 
 def check_options(timeout: float, replicas: int) -> None:
@@ -154,24 +151,13 @@ def check_options(timeout: float, replicas: int) -> None:
 def publish_command(messages: Sequence[tuple[str, bytes]]) -> bytes:
     """The publish script's EVALSHA, packed in RESP: its ARGV is message id, message,
     message id, message, ..."""
-    argv = [b"%s%s" % (_bulk(mid.encode()), _bulk(message)) for mid, message in messages]
+    argv = [b"%s%s" % (bulk(mid.encode()), bulk(message)) for mid, message in messages]
     return b"*%d\r\n%s%s" % (len(_EVALSHA_ARGS) + 2 * len(argv), _EVALSHA_HEAD, b"".join(argv))
-
-
-def _bulk(data: bytes) -> bytes:
-    return b"$%d\r\n%s\r\n" % (len(data), data)
-
-
-def pack(*args: str | int | bytes) -> bytes:
-    """One command in RESP, as redis-py's `pack_command` writes it (its own costs ~6 us per
-    publish, a tenth of one)."""
-    parts = [_bulk(arg if type(arg) is bytes else str(arg).encode()) for arg in args]
-    return b"*%d\r\n%s" % (len(parts), b"".join(parts))
 
 
 # EVALSHA <sha> <number of keys> <keys...>, then ARGV (two per message): all but the ARGV
 # is the same in every publish, so it is packed once.
-_EVALSHA_ARGS = ("EVALSHA", PUBLISH_SHA, len(PUBLISH_KEYS), *PUBLISH_KEYS)
+_EVALSHA_ARGS: tuple[str | int, ...] = ("EVALSHA", PUBLISH_SHA, len(PUBLISH_KEYS), *PUBLISH_KEYS)
 _EVALSHA_HEAD = pack(*_EVALSHA_ARGS).partition(b"\r\n")[2]
 _LOAD = pack("SCRIPT", "LOAD", PUBLISH_SCRIPT)
 

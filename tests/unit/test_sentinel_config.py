@@ -16,9 +16,9 @@ from broker.publisher import (
     PUBLISH_SHA,
     Attempts,
     PublishRound,
-    pack,
     publish_command,
 )
+from broker.resp import pack
 from storage.config import check_broker_url, load_settings, mask_url
 from storage.errors import ConfigError
 
