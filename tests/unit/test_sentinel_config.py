@@ -12,13 +12,10 @@ import redis
 from broker import sentinel
 from broker.errors import PublishError
 from broker.publisher import (
-    PUBLISH_KEYS,
-    PUBLISH_SHA,
     Attempts,
     PublishRound,
     publish_command,
 )
-from broker.resp import pack
 from storage.config import check_broker_url, load_settings, mask_url
 from storage.errors import ConfigError
 
@@ -144,12 +141,3 @@ def test_a_demoted_primary_is_a_connection_error_and_other_errors_are_raised() -
         _round(1).answered([redis.exceptions.ReadOnlyError("READONLY"), 0])
     with pytest.raises(redis.ResponseError, match="OOM"):
         _round(1).answered([redis.exceptions.OutOfMemoryError("OOM"), 0])
-
-
-def test_commands_are_packed_byte_for_byte_as_redis_py_packs_them() -> None:
-    conn = redis.Connection()
-    messages = [("m1", b"caf\xc3\xa9 \r\n$*"), ("m-2", b"")]
-    argv = [arg for mid, message in messages for arg in (mid, message)]
-    expected = conn.pack_command("EVALSHA", PUBLISH_SHA, len(PUBLISH_KEYS), *PUBLISH_KEYS, *argv)
-    assert publish_command(messages) == b"".join(expected)
-    assert pack("WAIT", 2, 150) == b"".join(conn.pack_command("WAIT", 2, 150))
