@@ -319,6 +319,17 @@ _FAST_SHAPES: dict[str, tuple[str, str | None, str]] = {
 _json_str = json.encoder.encode_basestring  # as the json module quotes; keeps non-ASCII
 
 
+def _op_template(name: str, shape: tuple[str, str | None, str]) -> str:
+    """The op's text with `%s` for op id, version, the ids (JSON) and the payload (JSON).
+    The op id and the version need no JSON escaping: their rules allow none of `"\\`."""
+    owner_field, sub_field, data_field = shape
+    ids = f'"{owner_field}":%s' + ("" if sub_field is None else f',"{sub_field}":%s')
+    return f'{{"id":"%s","version":"%s","op":"{name}","args":{{{ids},"{data_field}":%s}}}}'
+
+
+_FAST_TEMPLATES = {name: _op_template(name, shape) for name, shape in _FAST_SHAPES.items()}
+
+
 def encode_op(
     name: OpName,
     args: dict[str, Any],
@@ -370,14 +381,10 @@ def _encode_fast(
         op_id = new_op_id() if op_id is None else _check_op_id(op_id)
     except (ValidationError, ValueError):
         return None  # `make_op` raises the error, worded as always
-    ids = f'"{owner_field}":{_json_str(owner)}'
-    if sub_field is not None:
-        ids += f',"{sub_field}":{_json_str(sub)}'
-    # The op id and the version need no JSON escaping: their rules allow none of `"\`.
-    return op_id, (
-        f'{{"id":"{op_id}","version":"{version}","op":"{name}",'
-        f'"args":{{{ids},"{data_field}":{payload}}}}}'
-    )
+    template = _FAST_TEMPLATES[name]
+    if sub_field is None:
+        return op_id, template % (op_id, version, _json_str(owner), payload)
+    return op_id, template % (op_id, version, _json_str(owner), _json_str(sub), payload)
 
 
 # Escaping makes at most 3 characters of one ("/" -> "%2F"), and "|" joins the two ids.
