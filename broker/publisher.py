@@ -70,7 +70,7 @@ class Publisher:
         while True:
             sent = False
             try:
-                self._evalsha(PublishRound(command, self._replicas, attempts))
+                self._evalsha(command, attempts)
                 return
             except Sent as exc:
                 sent, cause = True, exc.cause
@@ -82,7 +82,7 @@ class Publisher:
                 return
             time.sleep(attempts.failed(cause, sent))
 
-    def _evalsha(self, round_: PublishRound) -> None:
+    def _evalsha(self, command: bytes, attempts: Attempts) -> None:
         """Raises `Sent` if the publish failed after Redis received it whole."""
         # Straight on a connection of our own free list: the client's per-command machinery
         # (retries, observability hooks) costs as much as the round trip itself.
@@ -95,11 +95,19 @@ class Publisher:
                 # Sending would connect too, but straight to the URL's host: a
                 # Sentinel-managed connection finds the primary only in `connect()`.
                 conn.connect()
-            commands = round_.commands()
+            # The usual publish (no replicas to wait for, the script known) is one EVALSHA
+            # answered by a number; anything else is a `PublishRound`'s to handle.
+            round_ = PublishRound(command, self._replicas, attempts) if self._replicas else None
+            commands = [command] if round_ is None else round_.commands()
             while commands:
-                resp.send(conn, b"".join(commands))
+                resp.send(conn, commands[0] if len(commands) == 1 else b"".join(commands))
                 sent = True
-                commands = round_.answered(resp.replies(conn, len(commands)))
+                replies = resp.replies(conn, len(commands))
+                if round_ is None:
+                    if type(replies[0]) is int:
+                        break
+                    round_ = PublishRound(command, 0, attempts)
+                commands = round_.answered(replies)
             ok = True
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # The reply may still be on its way: this socket must never be reused.

@@ -67,7 +67,12 @@ def replies(conn: Any, n: int) -> list[Any]:
     if type(conn) not in _DIRECT:
         return [_read_generic(conn) for _ in range(n)]
     try:
-        read = Reader(conn._sock).replies(n)
+        sock = conn._sock
+        data = sock.recv(65536)
+        if n == 1 and data[:1] == b":" and data.find(b"\r\n") == len(data) - 2:
+            read = [int(data[1:-2])]  # the usual reply, at once
+        else:
+            read = Reader(sock, data).replies(n)
     except BaseException as exc:
         raise _dropped(conn, exc, "reading from") from exc
     conn.next_health_check = time.monotonic() + conn.health_check_interval
@@ -82,16 +87,14 @@ class Reader:
     (`redis.ConnectionError`): the connection is dropped, and the publish retried.
     """
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, data: bytes = b"") -> None:
         self._sock = sock
-        self._buf = b""
+        self._buf = data  # what was received already
         self._pos = 0
 
     def replies(self, n: int) -> list[Any]:
-        data = self._recv()
-        if n == 1 and data[:1] == b":" and data.find(b"\r\n") == len(data) - 2:
-            return [int(data[1:-2])]  # the usual reply, at once
-        self._buf = data
+        if not self._buf:
+            self._buf = self._recv()
         read = [self._reply() for _ in range(n)]
         if self._pos != len(self._buf):
             raise redis.ConnectionError("the broker sent more than the replies expected")
