@@ -160,3 +160,14 @@ def test_the_longest_ids_taken_at_once_fit_a_row_id_escaped() -> None:
     assert _short_ascii_ids(owner, sub, pair=True)
     assert len(row_id(("agent_id", owner), ("state_id", sub))) <= 255
     assert not _short_ascii_ids(owner + "/", sub, pair=True)
+
+
+@settings(max_examples=5000, deadline=None)
+@given(
+    st.floats(min_value=1e-4, max_value=1e16, exclude_max=True)
+    | st.floats(min_value=-1e16, max_value=-1e-4, exclude_min=True)
+)
+def test_floats_the_fast_path_takes_have_the_json_modules_digits(value: float) -> None:
+    fast = _fast_encode({"x": value, "in": [value]})
+    assert fast is None or fast == _exact({"x": value, "in": [value]})
+    assert (fast is None) == value.is_integer()
