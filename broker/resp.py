@@ -3,11 +3,12 @@ a connection of redis-py's own classes without its per-call layers.
 
 A durable save is one EVALSHA round trip, and redis-py's machinery around the socket cost
 about as much client CPU as the rest of the save: `pack_commands` ~6 us, and
-`send_packed_command` + `read_response` ~4 us more (a health check, an error text formatted
-in advance on every read, nested try blocks) over the socket's own `sendall` and the
-parser's `read_response`. What those do besides is done here too: a failed send or read
-drops the connection (a reply left unread would answer the next publish), socket errors
-become redis-py's, and the health check runs when due.
+`send_packed_command` + `read_response` several more (a health check, an error text
+formatted in advance on every read, a buffer object five calls deep) over the socket's own
+`sendall` and `recv`. What those do besides is done here too: a failed send or read drops
+the connection (a reply left unread would answer the next publish), socket errors become
+redis-py's, error replies redis-py's exceptions, and the health check runs when due.
+Connections of other classes (fakeredis's) go through their own methods.
 """
 
 from __future__ import annotations
