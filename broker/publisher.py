@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import redis
 
+from storage import forks
 from storage.config import mask_url
 
-from . import keys, scripts
+from . import keys, resp, scripts
 from .connection import connect
 from .errors import PublishError
+from .resp import pack
 from .sentinel import SentinelOptions
 
 # The publish itself is `publish.lua`, one atomic script; `PUBLISH_SHA` is what EVALSHA names.
@@ -48,11 +48,13 @@ class Publisher:
         # fails fast (reset connection) retries, one that hangs gives up in time.
         self.redis = connect(broker_url, timeout / 2, sentinel)
         self._pool = self.redis.connection_pool
-        # Our own free list of the pool's connections: redis-py's get_connection/release
-        # (locks, metrics, a can_read syscall) cost ~8 us, a tenth of a durable save.
+        # Our own free lists of the pool's connections: redis-py's get_connection/release
+        # (locks, metrics, a can_read syscall) cost ~8 us, a tenth of a durable save, and
+        # even its `connect()` of a connected one ~1 us. `_idle`: connected, and fine at
+        # their last use; `_spare`: to connect first. (A list's append and pop are atomic.)
         self._idle: list[Any] = []
-        self._idle_lock = threading.Lock()
-        self._pid = os.getpid()
+        self._spare: list[Any] = []
+        forks.watch(self)
 
     def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
         """Queue `(message id, message)` pairs atomically, or raise `PublishError`.
@@ -63,12 +65,12 @@ class Publisher:
         (With `replicas`, a lost answer is always retried: only a `WAIT` on the connection
         that wrote it can tell whether the replicas have it.)
         """
-        argv = publish_argv(messages)
+        command = publish_command(messages)
         attempts = Attempts(self.masked_url, self._timeout)
         while True:
             sent = False
             try:
-                self._evalsha(PublishRound(argv, self._replicas, attempts))
+                self._evalsha(command, attempts)
                 return
             except Sent as exc:
                 sent, cause = True, exc.cause
@@ -80,21 +82,33 @@ class Publisher:
                 return
             time.sleep(attempts.failed(cause, sent))
 
-    def _evalsha(self, round_: PublishRound) -> None:
+    def _evalsha(self, command: bytes, attempts: Attempts) -> None:
         """Raises `Sent` if the publish failed after Redis received it whole."""
-        # Straight on a pooled connection: the client's per-command machinery (retries,
-        # observability hooks) costs as much as the round trip itself.
-        conn = self._acquire()
-        sent = False
+        # Straight on a connection of our own free list: the client's per-command machinery
+        # (retries, observability hooks) costs as much as the round trip itself.
+        conn, connected = _pop(self._idle), True
+        if conn is None:
+            conn, connected = _pop(self._spare) or self._pool.make_connection(), False
+        ok = sent = False
         try:
-            # Sending would connect too, but straight to the URL's host: a Sentinel-managed
-            # connection finds the primary only in `connect()`.
-            conn.connect()
-            commands = round_.commands()
+            if not connected:
+                # Sending would connect too, but straight to the URL's host: a
+                # Sentinel-managed connection finds the primary only in `connect()`.
+                conn.connect()
+            # The usual publish (no replicas to wait for, the script known) is one EVALSHA
+            # answered by a number; anything else is a `PublishRound`'s to handle.
+            round_ = PublishRound(command, self._replicas, attempts) if self._replicas else None
+            commands = [command] if round_ is None else round_.commands()
             while commands:
-                conn.send_packed_command(conn.pack_commands(commands))
+                resp.send(conn, commands[0] if len(commands) == 1 else b"".join(commands))
                 sent = True
-                commands = round_.answered([_reply(conn) for _ in commands])
+                replies = resp.replies(conn, len(commands))
+                if round_ is None:
+                    if type(replies[0]) is int:
+                        break
+                    round_ = PublishRound(command, 0, attempts)
+                commands = round_.answered(replies)
+            ok = True
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # The reply may still be on its way: this socket must never be reused.
             conn.disconnect()
@@ -103,8 +117,9 @@ class Publisher:
                 raise Sent(exc) from exc
             raise
         finally:
-            with self._idle_lock:
-                self._idle.append(conn)
+            # A connection that failed in any way (disconnected, or an error reply read
+            # whole) connects again when next used: through Sentinel, to the primary then.
+            (self._idle if ok else self._spare).append(conn)
 
     def _landed(self, messages: Sequence[tuple[str, bytes]]) -> bool:
         """Whether a publish whose answer was lost is in `pending` (all or none: one script)."""
@@ -114,33 +129,23 @@ class Publisher:
             return False
         return all_pending(scores)
 
-    def _acquire(self) -> Any:
-        if self._pid != os.getpid():
-            # A forked child: the parent's sockets stay the parent's.
-            self._idle, self._idle_lock, self._pid = [], threading.Lock(), os.getpid()
-        with self._idle_lock:
-            if self._idle:
-                return self._idle.pop()
-        # Connects on first use; a connection that failed was disconnected and reconnects
-        # (through Sentinel: to whichever server is the primary then).
-        return self._pool.make_connection()
+    def _after_fork_in_child(self) -> None:
+        # The parent's sockets stay the parent's.
+        self._idle, self._spare = [], []
 
     def close(self) -> None:
-        with self._idle_lock:
-            idle, self._idle = self._idle, []
-        if self._pid == os.getpid():
-            for conn in idle:
-                conn.disconnect()
+        held, self._idle, self._spare = self._idle + self._spare, [], []
+        for conn in held:
+            conn.disconnect()
         self.redis.close()
         self.redis.connection_pool.disconnect()
 
 
-def _reply(conn: Any) -> Any:
-    """A reply, an error reply returned (not raised) so every pipelined reply is read."""
+def _pop(connections: list[Any]) -> Any:
     try:
-        return conn.read_response()
-    except redis.ResponseError as exc:
-        return exc
+        return connections.pop()
+    except IndexError:
+        return None
 
 
 def check_options(timeout: float, replicas: int) -> None:
@@ -151,12 +156,21 @@ def check_options(timeout: float, replicas: int) -> None:
         raise ValueError("replicas must not be negative")
 
 
-def publish_argv(messages: Sequence[tuple[str, bytes]]) -> list[str | bytes]:
-    """The publish script's ARGV: message id, message, message id, message, ..."""
-    argv: list[str | bytes] = []
+def publish_command(messages: Sequence[tuple[str, bytes]]) -> bytes:
+    """The publish script's EVALSHA, packed in RESP: its ARGV is message id, message,
+    message id, message, ... Copied once: a buffered publish carries megabytes."""
+    parts = [b"*%d\r\n" % (len(_EVALSHA_ARGS) + 2 * len(messages)), _EVALSHA_HEAD]
     for message_id, message in messages:
-        argv += (message_id, message)
-    return argv
+        mid = message_id.encode()
+        parts += (b"$%d\r\n%s\r\n$%d\r\n" % (len(mid), mid, len(message)), message, b"\r\n")
+    return b"".join(parts)
+
+
+# EVALSHA <sha> <number of keys> <keys...>, then ARGV (two per message): all but the ARGV
+# is the same in every publish, so it is packed once.
+_EVALSHA_ARGS: tuple[str | int, ...] = ("EVALSHA", PUBLISH_SHA, len(PUBLISH_KEYS), *PUBLISH_KEYS)
+_EVALSHA_HEAD = pack(*_EVALSHA_ARGS).partition(b"\r\n")[2]
+_LOAD = pack("SCRIPT", "LOAD", PUBLISH_SCRIPT)
 
 
 def all_pending(scores: Sequence[float | None]) -> bool:
@@ -225,21 +239,21 @@ class PublishRound:
     on the same connection (WAIT covers the connection's own writes) until the replicas
     have it or the time is up."""
 
-    def __init__(self, argv: list[str | bytes], replicas: int, attempts: Attempts) -> None:
-        self._argv = argv
+    def __init__(self, evalsha: bytes, replicas: int, attempts: Attempts) -> None:
+        self._evalsha = evalsha  # `publish_command`
         self._replicas = replicas
         self._attempts = attempts
         self._waiting = False  # the last commands sent were a lone follow-up WAIT
 
-    def commands(self, load: bool = False) -> list[tuple[Any, ...]]:
+    def commands(self, load: bool = False) -> list[bytes]:
+        """The commands to send, each packed in RESP (`pack`)."""
         self._waiting = False
-        commands: list[tuple[Any, ...]] = [("SCRIPT", "LOAD", PUBLISH_SCRIPT)] if load else []
-        commands.append(("EVALSHA", PUBLISH_SHA, len(PUBLISH_KEYS), *PUBLISH_KEYS, *self._argv))
+        commands = [_LOAD, self._evalsha] if load else [self._evalsha]
         if self._replicas:
-            commands.append(("WAIT", self._replicas, self._attempts.wait_ms()))
+            commands.append(pack("WAIT", self._replicas, self._attempts.wait_ms()))
         return commands
 
-    def answered(self, replies: list[Any]) -> list[tuple[Any, ...]]:
+    def answered(self, replies: list[Any]) -> list[bytes]:
         """The next commands to send (none: published), from the replies to the last ones;
         raises a `redis.ResponseError` the broker answered, or `PublishError`."""
         for reply in replies:
@@ -256,13 +270,13 @@ class PublishRound:
         # The last reply is WAIT's: how many replicas have every write of this connection.
         return self._acknowledged(int(replies[-1]))
 
-    def _acknowledged(self, acks: int) -> list[tuple[Any, ...]]:
+    def _acknowledged(self, acks: int) -> list[bytes]:
         if acks >= self._replicas:
             return []
         if self._attempts.out_of_time():
             raise self._attempts.unreplicated(acks, self._replicas)
         self._waiting = True
-        return [("WAIT", self._replicas, self._attempts.wait_ms())]
+        return [pack("WAIT", self._replicas, self._attempts.wait_ms())]
 
 
 class Sent(Exception):

@@ -45,17 +45,18 @@ _ORIGIN = json.dumps(f"agentstore@{socket.gethostname()}")[1:-1]
 # `published` (ours, Unix time) is when the producer published it: the worker's apply lag
 # and the age of the oldest pending message are measured from it.
 _TEMPLATE = (
-    '{"body":"%(body)s","content-encoding":"utf-8","content-type":"application/json",'
-    '"headers":{"lang":"py","task":"' + TASK_NAME + '","id":"%(id)s",%(traces)s"shadow":null,'
+    '{"body":"%s","content-encoding":"utf-8","content-type":"application/json",'
+    '"headers":{"lang":"py","task":"' + TASK_NAME + '","id":"%s",%s"shadow":null,'
     '"eta":null,"expires":null,"group":null,"group_index":null,"retries":0,'
-    '"timelimit":[null,null],"root_id":"%(id)s","parent_id":null,"published":%(published).3f,'
-    '"argsrepr":"<%(n)d ops>",'
+    '"timelimit":[null,null],"root_id":"%s","parent_id":null,"published":%.3f,'
+    '"argsrepr":"<%d ops>",'
     '"kwargsrepr":"{}","origin":"' + _ORIGIN + '","ignore_result":true,'
     '"replaced_task_nesting":0,"stamped_headers":null,"stamps":{}},'
-    '"properties":{"correlation_id":"%(id)s","reply_to":"","delivery_mode":2,'
+    '"properties":{"correlation_id":"%s","reply_to":"","delivery_mode":2,'
     '"delivery_info":{"exchange":"","routing_key":"' + QUEUE + '"},"priority":0,'
-    '"body_encoding":"base64","delivery_tag":"%(id)s"}}'
-)
+    '"body_encoding":"base64","delivery_tag":"%s"}}'
+).encode()
+# Filled in by position, as bytes: body, id, trace header, id, published, ops, id, id.
 
 
 def new_message_id() -> str:
@@ -79,20 +80,23 @@ def build_message(
     """
     if not _MESSAGE_ID_RE.match(message_id):
         raise ValueError("message id must be 1-64 characters from [0-9A-Za-z_-]")
-    body = b"[[[" + ",".join(op_jsons).encode() + b"]],{}," + _EMBED + b"]"
-    header = ""
+    body = b"[[[%s]],{},%s]" % (",".join(op_jsons).encode(), _EMBED)
+    header = b""
     if traces is not None and any(traces):
         if len(traces) != len(op_jsons):
             raise ValueError("one trace context (or None) per op")
-        header = f'"{tracing.HEADER}":{json.dumps(traces, separators=(",", ":"))},'
-    fields = {
-        "body": base64.b64encode(body).decode(),
-        "id": message_id,
-        "n": len(op_jsons),
-        "traces": header,
-        "published": time.time(),
-    }
-    return (_TEMPLATE % fields).encode()
+        header = f'"{tracing.HEADER}":{json.dumps(traces, separators=(",", ":"))},'.encode()
+    mid = message_id.encode()
+    return _TEMPLATE % (
+        base64.b64encode(body),
+        mid,
+        header,
+        mid,
+        time.time(),
+        len(op_jsons),
+        mid,
+        mid,
+    )
 
 
 def build_messages(

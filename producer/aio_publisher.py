@@ -23,7 +23,7 @@ from broker.publisher import (
     Sent,
     all_pending,
     check_options,
-    publish_argv,
+    publish_command,
 )
 from broker.sentinel import SentinelOptions
 from storage.config import mask_url
@@ -88,12 +88,12 @@ class AsyncPublisher:
     async def publish(self, messages: Sequence[tuple[str, bytes]]) -> None:
         """As `Publisher.publish`. Cancelling it may leave the messages published or not:
         callers that must know run it shielded (`AsyncProducer` does)."""
-        argv = publish_argv(messages)
+        command = publish_command(messages)
         attempts = Attempts(self.masked_url, self._timeout)
         while True:
             sent = False
             try:
-                await self._evalsha(PublishRound(argv, self._replicas, attempts))
+                await self._evalsha(PublishRound(command, self._replicas, attempts))
                 return
             except Sent as exc:
                 sent, cause = True, exc.cause
@@ -115,7 +115,7 @@ class AsyncPublisher:
             await conn.connect()
             commands = round_.commands()
             while commands:
-                await conn.send_packed_command(conn.pack_commands(commands))
+                await conn.send_packed_command([b"".join(commands)])
                 sent = True
                 commands = round_.answered([await _reply(conn) for _ in commands])
         except (redis.ConnectionError, redis.TimeoutError) as exc:

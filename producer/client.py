@@ -151,8 +151,8 @@ class Producer(StorageClient):
             self._tracker.add(op_ids, mid)
 
     def _send(self, batch: Batch) -> None:
-        if self._metrics is None:
-            self._send_unmeasured(batch)
+        if self._metrics is None:  # `_send_unmeasured`, one call less per save
+            self._publisher.publish([(mid, message) for mid, message, _ in batch])
         else:
             self._metrics.publish(self._send_unmeasured, batch)
 

@@ -30,14 +30,21 @@ class HybridLogicalClock:
     """
 
     def __init__(self, node: str | None = None) -> None:
-        self._node = node or secrets.token_hex(4)
         self._lock = threading.Lock()
         self._last_ms = 0
         self._counter = 0
+        self._set_node(node or secrets.token_hex(4))
+
+    def _set_node(self, node: str) -> None:
+        self._node = node
+        # A version's first and last parts, formatted once per millisecond and once: a
+        # save's version then costs one format of the counter.
+        self._head = f"{self._last_ms:015d}."
+        self._tail = f".{node}"
 
     def _after_fork_in_child(self) -> None:
         # A forked child must not issue the same versions as its parent.
-        self._node = secrets.token_hex(4)
+        self._set_node(secrets.token_hex(4))
         self._lock = threading.Lock()
 
     def now(self) -> str:
@@ -45,11 +52,13 @@ class HybridLogicalClock:
             wall_ms = time.time_ns() // 1_000_000
             if wall_ms > self._last_ms:
                 self._last_ms, self._counter = wall_ms, 0
+                self._head = f"{wall_ms:015d}."
             else:
                 self._counter += 1
                 if self._counter >= _COUNTER_LIMIT:
                     self._last_ms, self._counter = self._last_ms + 1, 0
-            return f"{self._last_ms:015d}.{self._counter:06d}.{self._node}"
+                    self._head = f"{self._last_ms:015d}."
+            return f"{self._head}{self._counter:06d}{self._tail}"
 
 
 _clock = HybridLogicalClock()

@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from storage import ValidationError
-from storage.ops import encode_op, make_op, parse_op
+from storage.ids import check_id, row_id
+from storage.ops import _short_ascii_ids, encode_op, make_op, parse_op
 from storage.payload import MAX_PAYLOAD_BYTES, _encode_exact, _fast_encode, encode_payload
 
 scalars = (
@@ -138,3 +139,35 @@ def test_bad_version_or_op_id_is_refused() -> None:
         encode_op("save_state", args, version="bad version!")
     with pytest.raises(ValidationError, match="op id"):
         encode_op("save_state", args, op_id="bad id!")
+
+
+ids = st.text(max_size=90) | st.sampled_from(["", "a\x00", "\udc00", "/" * 84, "%|#?\\ \t"])
+
+
+@settings(max_examples=2000, deadline=None)
+@given(ids, ids)
+def test_ids_taken_at_once_pass_every_id_check(owner: str, sub: str) -> None:
+    if _short_ascii_ids(owner, sub, pair=True):
+        check_id("agent_id", owner)
+        check_id("state_id", sub)
+        row_id(("agent_id", owner), ("state_id", sub))
+    if _short_ascii_ids(owner, "", pair=False):
+        check_id("conversation_id", owner)
+
+
+def test_the_longest_ids_taken_at_once_fit_a_row_id_escaped() -> None:
+    owner, sub = "/" * 42, "|" * 42
+    assert _short_ascii_ids(owner, sub, pair=True)
+    assert len(row_id(("agent_id", owner), ("state_id", sub))) <= 255
+    assert not _short_ascii_ids(owner + "/", sub, pair=True)
+
+
+@settings(max_examples=5000, deadline=None)
+@given(
+    st.floats(min_value=1e-4, max_value=1e16, exclude_max=True)
+    | st.floats(min_value=-1e16, max_value=-1e-4, exclude_min=True)
+)
+def test_floats_the_fast_path_takes_have_the_json_modules_digits(value: float) -> None:
+    fast = _fast_encode({"x": value, "in": [value]})
+    assert fast is None or fast == _exact({"x": value, "in": [value]})
+    assert (fast is None) == value.is_integer()

@@ -220,18 +220,19 @@ def test_reads_open_a_store_lazily_and_close_closes_it(
 
 def test_publish_is_atomic_and_one_round_trip(prod: Producer, fake: fakeredis.FakeRedis) -> None:
     prod.save_state("a", "s", {})  # the first publish loads the script
-    writes: list[list[str]] = []
+    writes: list[list[bytes]] = []
     conn_class = fake.connection_pool.connection_class
-    real = conn_class.pack_commands
+    real = conn_class.send_packed_command
 
-    def spy(self: Any, commands: Any) -> Any:
-        writes.append([str(command[0]) for command in commands])
-        return real(self, commands)
+    def spy(self: Any, command: Any, check_health: bool = True) -> Any:
+        # Each write's commands by name: the RESP bulk string after each array header.
+        writes.append([part.split(b"\r\n")[2] for part in b"".join(command).split(b"*")[1:]])
+        return real(self, command, check_health)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(conn_class, "pack_commands", spy)
+        mp.setattr(conn_class, "send_packed_command", spy)
         prod.save_state("a", "s", {})
-    assert writes == [["EVALSHA"]]  # one write, one command (WAIT too with replicas)
+    assert writes == [[b"EVALSHA"]]  # one write, one command (WAIT too with replicas)
 
 
 def test_apply_bounds_message_size(prod: Producer, fake: fakeredis.FakeRedis) -> None:

@@ -11,7 +11,11 @@ import redis
 
 from broker import sentinel
 from broker.errors import PublishError
-from broker.publisher import Attempts, PublishRound
+from broker.publisher import (
+    Attempts,
+    PublishRound,
+    publish_command,
+)
 from storage.config import check_broker_url, load_settings, mask_url
 from storage.errors import ConfigError
 
@@ -91,30 +95,41 @@ def test_settings_read_the_sentinel_variables_and_hide_the_password(
 
 
 def _round(replicas: int, timeout: float = 5.0) -> PublishRound:
-    return PublishRound(["id", b"message"], replicas, Attempts("redis://h", timeout))
+    command = publish_command([("id", b"message")])
+    return PublishRound(command, replicas, Attempts("redis://h", timeout))
+
+
+def _names(commands: list[bytes]) -> list[str]:
+    """Each packed command's name (its first RESP bulk string)."""
+    return [c.split(b"\r\n")[2].decode() for c in commands]
+
+
+def _args(command: bytes) -> list[bytes]:
+    return command.split(b"\r\n")[2:-1:2]
 
 
 def test_the_script_and_wait_go_in_one_round_trip_and_wait_is_read_last() -> None:
     round_ = _round(1)
     commands = round_.commands()
-    assert [c[0] for c in commands] == ["EVALSHA", "WAIT"]
-    assert commands[1][1] == 1 and 0 < commands[1][2] <= 2000  # within one socket timeout
+    assert _names(commands) == ["EVALSHA", "WAIT"]
+    wait = _args(commands[1])
+    assert wait[1] == b"1" and 0 < int(wait[2]) <= 2000  # within one socket timeout
     assert round_.answered([1, 1]) == []  # acknowledged: published
-    assert [c[0] for c in _round(0).commands()] == ["EVALSHA"]
+    assert _names(_round(0).commands()) == ["EVALSHA"]
     assert _round(0).answered([1]) == []
 
 
 def test_a_missing_script_is_loaded_in_the_same_round_trip_as_the_retry() -> None:
     round_ = _round(2)
     again = round_.answered([redis.exceptions.NoScriptError("NOSCRIPT"), 2])
-    assert [c[0] for c in again] == ["SCRIPT", "EVALSHA", "WAIT"]
+    assert _names(again) == ["SCRIPT", "EVALSHA", "WAIT"]
     assert round_.answered([b"sha", 1, 2]) == []
 
 
 def test_too_few_acknowledgements_wait_again_then_raise_once_the_time_is_up() -> None:
     round_ = _round(2, timeout=0.05)
     follow_up: list[Any] = round_.answered([1, 1])
-    assert [c[0] for c in follow_up] == ["WAIT"]  # the same connection waits some more
+    assert _names(follow_up) == ["WAIT"]  # the same connection waits some more
     deadline_passed = _round(2, timeout=1e-9)
     with pytest.raises(PublishError, match="only 1 of the 2 replica") as caught:
         deadline_passed.answered([1, 1])
