@@ -141,11 +141,14 @@ WITH c AS (
     SELECT {_columns("checkpoint", "t")} FROM {_CP.name} t
     WHERE t.{_CP.partition} = %s AND {where} AND NOT t.deleted ORDER BY t.id DESC LIMIT %s
 ), b AS (
-    SELECT c.id AS owner, {_columns("checkpoint_blob", "x")}
-    FROM c CROSS JOIN LATERAL jsonb_each_text(c.{_CP.payload} -> 'channel_versions') v(ch, ver)
-    JOIN {_BLOB.name} x ON x.id = regexp_replace(c.id, '[^|]*$', '')
-        || {_escaped("v.ch")} || '|' || {_escaped("v.ver")}
-    WHERE x.{_BLOB.partition} = c.{_CP.partition} AND NOT x.deleted
+    SELECT c.id AS owner, x.* FROM c
+    CROSS JOIN LATERAL jsonb_each_text(c.{_CP.payload} -> 'channel_versions') v(ch, ver)
+    CROSS JOIN LATERAL (
+        SELECT {_columns("checkpoint_blob", "y")} FROM {_BLOB.name} y
+        WHERE y.id = regexp_replace(c.id, '[^|]*$', '')
+            || {_escaped("v.ch")} || '|' || {_escaped("v.ver")} AND NOT y.deleted
+        OFFSET 0  -- not pulled up into a join: a lookup of the primary key per channel
+    ) x
 )
 SELECT 0, c.id, c.* FROM c
 UNION ALL SELECT 1, b.* FROM b
