@@ -33,8 +33,8 @@ class Wanted:
 @dataclass(frozen=True, slots=True)
 class Loaded:
     """A checkpoint row with the rows LangGraph needs to load it: the channel blobs of its
-    `channel_versions` that exist and its pending writes (main rows, each with its whole
-    base64 text)."""
+    `channel_versions` that exist and its pending writes (main rows in row id order, each
+    with its whole base64 text)."""
 
     checkpoint: Record
     blobs: list[tuple[Record, str]]
@@ -62,16 +62,20 @@ def assemble(checkpoint: Record, blobs: Sequence[Record], writes: Sequence[Recor
     parts = {r.row_id: str(r.data["data"]) for r in (*blobs, *writes) if is_part(r)}
     return Loaded(
         checkpoint,
-        [(r, _whole_text(r.kind, r, parts)) for r in blobs if not is_part(r)],
-        [(r, _whole_text(r.kind, r, parts)) for r in writes if not is_part(r)],
+        [(r, _whole_text(r.kind, r, parts)) for r in _in_order(blobs) if not is_part(r)],
+        [(r, _whole_text(r.kind, r, parts)) for r in _in_order(writes) if not is_part(r)],
     )
+
+
+def _in_order(rows: Iterable[Record]) -> list[Record]:
+    return sorted(rows, key=lambda r: r.row_id)
 
 
 def complete(store: StorageBackend, rec: Record) -> Loaded:
     """`rec`'s blobs and writes read with the store's row reads (four round trips at most)."""
     thread_id, ns = rec.partition, rec.data["checkpoint_ns"]
-    found = blobs(store, thread_id, ns, rec.data["channel_versions"])
-    rows = writes(store, thread_id, ns, rec.data["checkpoint_id"])
+    found = _in_order(blobs(store, thread_id, ns, rec.data["channel_versions"]))
+    rows = _in_order(writes(store, thread_id, ns, rec.data["checkpoint_id"]))
     return Loaded(
         rec,
         list(zip(found, whole(store, "checkpoint_blob", thread_id, found), strict=True)),
