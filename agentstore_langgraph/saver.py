@@ -57,9 +57,12 @@ class AgentStoreSaver(StoreReads):
 
     The async methods (`aput`, `aget_tuple`, ...) do the same without blocking the event
     loop: they publish through an `AsyncProducer` (one per event loop, made on first use)
-    and read the store on at most `max_readers` threads. Sync and async calls may be mixed
-    on one saver: each sees the other's writes. Close with `close()`, or in async code with
-    `async with` / `aclose()`, which also closes the running loop's producer.
+    and load checkpoints on psycopg 3's async driver (PostgreSQL) or on at most
+    `max_readers` threads (other stores). A read loads a checkpoint with its channel values
+    and pending writes in one round trip on PostgreSQL (`StorageBackend.load_checkpoints`).
+    Sync and async calls may be mixed on one saver: each sees the other's writes. Close with
+    `close()`, or in async code with `async with` / `aclose()`, which also closes the running
+    loop's producer and PostgreSQL reader.
 
     Args:
         settings: as from `storage.load_settings()`; read from the environment and `.env`
@@ -68,7 +71,8 @@ class AgentStoreSaver(StoreReads):
         producer: publish through this producer instead of one of the saver's own.
         async_producer: the async methods publish through this one (on its event loop
             only) instead of the saver's own.
-        max_readers: threads reading the store for the async methods, at most.
+        max_readers: threads reading a store other than PostgreSQL for the async methods,
+            at most (on PostgreSQL only `delete_for_runs`, `prune` and `list(None)` use them).
         **overrides: settings to use when `settings` is None.
     """
 
