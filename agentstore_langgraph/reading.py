@@ -1,10 +1,10 @@
-"""Reading checkpoints back from the store: blocking, no waiting for pending writes (the
-saver's sync methods call these directly, its async ones on reader threads)."""
+"""Reading checkpoints back: which rows a read wants (`storage.checkpoint_reads.Wanted`),
+and LangGraph's tuples made from the rows the store returns (`Loaded`)."""
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -18,86 +18,81 @@ from langgraph.checkpoint.base import (
 
 from storage import checkpoint_reads as reads
 from storage.base import StorageBackend
+from storage.checkpoint_reads import Loaded, Wanted
 from storage.checkpoints import checkpoint_rid
-from storage.records import Record
+
+
+def wanted_one(config: RunnableConfig) -> Wanted:
+    """The checkpoint `get_tuple(config)` returns: the given one, else the newest."""
+    conf = config["configurable"]
+    return Wanted(
+        conf["thread_id"], conf.get("checkpoint_ns", ""), get_checkpoint_id(config), limit=1
+    )
+
+
+def wanted_list(
+    config: RunnableConfig, filter: dict[str, Any] | None, before_id: str | None, limit: int | None
+) -> Wanted:
+    """The checkpoints `list(config, ...)` picks from (`StoreReads._pick` picks)."""
+    conf = config["configurable"]
+    thread_id, ns = conf["thread_id"], conf.get("checkpoint_ns")
+    below = checkpoint_rid(thread_id, ns, before_id) if ns is not None and before_id else None
+    # A metadata filter is applied after the read, so it cannot limit the read.
+    return Wanted(thread_id, ns, get_checkpoint_id(config), below, None if filter else limit)
+
+
+def load_everything(store: StorageBackend) -> list[Loaded]:
+    """Every checkpoint of every thread, newest first per namespace (`list(None)`)."""
+    rows = sorted(
+        reads.all_checkpoints(store),
+        key=lambda r: (r.partition, r.data["checkpoint_ns"], r.data["checkpoint_id"]),
+        reverse=True,
+    )
+    return [reads.complete(store, rec) for rec in rows]
 
 
 class StoreReads(BaseCheckpointSaver[str]):
-    """Checkpoint tuples from `_store`'s rows, values deserialised by `serde`."""
+    """Checkpoint tuples from the store's rows, values deserialised by `serde`."""
 
-    _store: StorageBackend
-
-    def _read_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
-        conf = config["configurable"]
-        thread_id, ns = conf["thread_id"], conf.get("checkpoint_ns", "")
-        checkpoint_id = get_checkpoint_id(config)
-        if checkpoint_id:
-            rid = checkpoint_rid(thread_id, ns, checkpoint_id)
-            rows = self._store.get_rows("checkpoint", thread_id, [rid])
-        else:
-            rows = reads.checkpoints(self._store, thread_id, ns, limit=1)
-        return self._tuple(rows[0]) if rows else None
-
-    def _list(
+    def _pick(
         self,
-        config: RunnableConfig | None,
-        *,
-        filter: dict[str, Any] | None = None,
-        before: RunnableConfig | None = None,
-        limit: int | None = None,
-    ) -> Iterator[CheckpointTuple]:
-        """`list` without waiting for pending writes."""
-        before_id = get_checkpoint_id(before) if before else None
-        if config is None:
-            rows: list[Record] = sorted(
-                reads.all_checkpoints(self._store),
-                key=lambda r: (r.partition, r.data["checkpoint_ns"], r.data["checkpoint_id"]),
-                reverse=True,
-            )
-        else:
-            conf = config["configurable"]
-            thread_id, ns = conf["thread_id"], conf.get("checkpoint_ns")
-            below = (
-                checkpoint_rid(thread_id, ns, before_id) if ns is not None and before_id else None
-            )
-            db_limit = limit if not filter and not get_checkpoint_id(config) else None
-            rows = reads.checkpoints(self._store, thread_id, ns, below=below, limit=db_limit)
-            if cid := get_checkpoint_id(config):
-                rows = [r for r in rows if r.data["checkpoint_id"] == cid]
+        found: Iterable[Loaded],
+        filter: dict[str, Any] | None,
+        before_id: str | None,
+        limit: int | None,
+    ) -> Iterator[Loaded]:
+        """`found` as `list` returns them: older than `before_id`, metadata matching `filter`,
+        at most `limit`."""
         left = limit
-        for rec in rows:
-            if before_id and rec.data["checkpoint_id"] >= before_id:
+        for loaded in found:
+            d = loaded.checkpoint.data
+            if before_id and d["checkpoint_id"] >= before_id:
                 continue
             if filter:
-                meta = self._loads(rec.data["metadata"])
+                meta = self._loads(d["metadata"])
                 if not all(meta.get(k) == v for k, v in filter.items()):
                     continue
             if left is not None:
                 if left <= 0:
                     return
                 left -= 1
-            yield self._tuple(rec)
+            yield loaded
 
     def _loads(self, typed: dict[str, str]) -> Any:
         return self.serde.loads_typed((typed["type"], base64.b64decode(typed["data"])))
 
-    def _tuple(self, rec: Record) -> CheckpointTuple:
+    def _tuple(self, loaded: Loaded) -> CheckpointTuple:
+        rec = loaded.checkpoint
         d = rec.data
         thread_id, ns, cid = rec.partition, d["checkpoint_ns"], d["checkpoint_id"]
         checkpoint: Checkpoint = self._loads(d)
-        found = reads.blobs(self._store, thread_id, ns, checkpoint["channel_versions"])
-        values = {}
-        for blob, text in zip(
-            found, reads.whole(self._store, "checkpoint_blob", thread_id, found), strict=True
-        ):
-            if blob.data["type"] != "empty":
-                values[blob.data["channel"]] = self._loads(
-                    {"type": blob.data["type"], "data": text}
-                )
-        rows = reads.writes(self._store, thread_id, ns, cid)
-        texts = reads.whole(self._store, "checkpoint_write", thread_id, rows)
+        values = {
+            blob.data["channel"]: self._loads({"type": blob.data["type"], "data": text})
+            for blob, text in loaded.blobs
+            if blob.data["type"] != "empty"
+        }
         ordered = sorted(
-            zip(rows, texts, strict=True),
+            loaded.writes,
             key=lambda p: writes_sort_key(
                 p[0].data["task_path"], p[0].data["task_id"], p[0].data["idx"]
             ),

@@ -17,6 +17,7 @@ from langgraph.checkpoint.base import (
     Checkpoint,
     CheckpointMetadata,
     CheckpointTuple,
+    get_checkpoint_id,
     get_checkpoint_metadata,
 )
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
@@ -25,6 +26,7 @@ from producer import AsyncProducer, Producer
 from storage import checkpoint_prune
 from storage import checkpoint_reads as reads
 from storage.base import StorageBackend
+from storage.checkpoint_reads import Loaded
 from storage.config import Settings, load_settings
 from storage.factory import create_storage_client
 from storage.ops import OpName, make_op
@@ -32,8 +34,8 @@ from storage.records import Record
 
 from .aio import AsyncSide
 from .pending import Pending
-from .reading import StoreReads
-from .steps import Publish, Read, Settle, Step, Steps, drive
+from .reading import StoreReads, load_everything, wanted_list, wanted_one
+from .steps import Load, Publish, Read, Settle, Step, Steps, drive
 
 T = TypeVar("T")
 
@@ -55,9 +57,12 @@ class AgentStoreSaver(StoreReads):
 
     The async methods (`aput`, `aget_tuple`, ...) do the same without blocking the event
     loop: they publish through an `AsyncProducer` (one per event loop, made on first use)
-    and read the store on at most `max_readers` threads. Sync and async calls may be mixed
-    on one saver: each sees the other's writes. Close with `close()`, or in async code with
-    `async with` / `aclose()`, which also closes the running loop's producer.
+    and load checkpoints on psycopg 3's async driver (PostgreSQL) or on at most
+    `max_readers` threads (other stores). A read loads a checkpoint with its channel values
+    and pending writes in one round trip on PostgreSQL (`StorageBackend.load_checkpoints`).
+    Sync and async calls may be mixed on one saver: each sees the other's writes. Close with
+    `close()`, or in async code with `async with` / `aclose()`, which also closes the running
+    loop's producer and PostgreSQL reader.
 
     Args:
         settings: as from `storage.load_settings()`; read from the environment and `.env`
@@ -66,7 +71,8 @@ class AgentStoreSaver(StoreReads):
         producer: publish through this producer instead of one of the saver's own.
         async_producer: the async methods publish through this one (on its event loop
             only) instead of the saver's own.
-        max_readers: threads reading the store for the async methods, at most.
+        max_readers: threads reading a store other than PostgreSQL for the async methods,
+            at most (on PostgreSQL only `delete_for_runs`, `prune` and `list(None)` use them).
         **overrides: settings to use when `settings` is None.
     """
 
@@ -89,7 +95,7 @@ class AgentStoreSaver(StoreReads):
             raise TypeError(f"AgentStoreSaver needs a storage backend, got {store!r}")
         self._store = store
         self._pending = Pending(read_timeout)
-        self._async = AsyncSide(self._settings, self._pending, async_producer, max_readers)
+        self._async = AsyncSide(self._settings, store, self._pending, async_producer, max_readers)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -135,6 +141,8 @@ class AgentStoreSaver(StoreReads):
     def _do(self, step: Step) -> Any:
         if isinstance(step, Settle):
             return self._pending.settle(self._producer.wait, step.threads)
+        if isinstance(step, Load):
+            return self._store.load_checkpoints(step.wanted)
         if isinstance(step, Read):
             return step.fn()
         self._producer.apply([step.op])
@@ -245,10 +253,9 @@ class AgentStoreSaver(StoreReads):
         return found
 
     def _copy_thread(self, source_thread_id: str, target_thread_id: str) -> Steps[None]:
-        yield Settle([source_thread_id])
         source: RunnableConfig = {"configurable": {"thread_id": source_thread_id}}
-        tuples: list[CheckpointTuple] = yield Read(lambda: list(self._list(source)))
-        for tup in reversed(tuples):
+        found = yield from self._list(source)
+        for tup in map(self._tuple, reversed(found)):
             conf = tup.config["configurable"]
             target: RunnableConfig = {
                 "configurable": {
@@ -281,8 +288,26 @@ class AgentStoreSaver(StoreReads):
 
     def _get_tuple(self, config: RunnableConfig) -> Steps[CheckpointTuple | None]:
         yield Settle([config["configurable"]["thread_id"]])
-        found: CheckpointTuple | None = yield Read(partial(self._read_tuple, config))
-        return found
+        found: list[Loaded] = yield Load(wanted_one(config))
+        return self._tuple(found[0]) if found else None
+
+    def _list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Steps[list[Loaded]]:
+        before_id = get_checkpoint_id(before) if before else None
+        found: list[Loaded]
+        if config is None:
+            yield Settle(None)
+            found = yield Read(partial(load_everything, self._store))
+        else:
+            yield Settle([config["configurable"]["thread_id"]])
+            found = yield Load(wanted_list(config, filter, before_id, limit))
+        return list(self._pick(found, filter, before_id, limit))
 
     # -- writes -----------------------------------------------------------------------------
 
@@ -335,11 +360,8 @@ class AgentStoreSaver(StoreReads):
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> Iterator[CheckpointTuple]:
-        self._run(self._settle_list(config))
-        yield from self._list(config, filter=filter, before=before, limit=limit)
-
-    def _settle_list(self, config: RunnableConfig | None) -> Steps[None]:
-        yield Settle(None if config is None else [config["configurable"]["thread_id"]])
+        found = self._run(self._list(config, filter=filter, before=before, limit=limit))
+        yield from map(self._tuple, found)
 
     def get_next_version(self, current: str | None, channel: None) -> str:
         # As InMemorySaver's: sortable strings, unique per put even from concurrent forks.
@@ -359,12 +381,9 @@ class AgentStoreSaver(StoreReads):
         before: RunnableConfig | None = None,
         limit: int | None = None,
     ) -> AsyncIterator[CheckpointTuple]:
-        await self._async.run(self._settle_list(config))
-        found = await self._async.read(
-            lambda: list(self._list(config, filter=filter, before=before, limit=limit))
-        )
-        for tup in found:
-            yield tup
+        found = await self._async.run(self._list(config, filter=filter, before=before, limit=limit))
+        for loaded in found:
+            yield self._tuple(loaded)
 
     async def aput(
         self,

@@ -1,9 +1,10 @@
 """The saver's methods as steps, run by a blocking or an asyncio driver: one body per method.
 
-A method body is a generator that yields what it needs done (`Settle`, `Read`, `Publish`)
-and gets each read's result back; it does no I/O itself. `drive` runs it with blocking
-calls (`Producer`, the store), `adrive` with coroutines (`AsyncProducer`, the store on
-reader threads), so sync and async methods share every line of logic.
+A method body is a generator that yields what it needs done (`Settle`, `Load`, `Read`,
+`Publish`) and gets each read's result back; it does no I/O itself. `drive` runs it with
+blocking calls (`Producer`, the store), `adrive` with coroutines (`AsyncProducer`,
+PostgreSQL's async driver or the store on reader threads), so sync and async methods share
+every line of logic.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar
 
+from storage.checkpoint_reads import Wanted
 from storage.ops import Op
 
 T = TypeVar("T")
@@ -22,6 +24,14 @@ class Settle:
     """Wait for this saver's pending writes to `threads` (None: to every thread)."""
 
     threads: list[str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """Load the checkpoints `wanted` names (`StorageBackend.load_checkpoints`: one round
+    trip on PostgreSQL); the step's result is the list of `Loaded`."""
+
+    wanted: Wanted
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +49,7 @@ class Publish:
     op: Op
 
 
-Step: TypeAlias = Settle | Read | Publish
+Step: TypeAlias = Settle | Load | Read | Publish
 Steps: TypeAlias = Generator[Step, Any, T]
 
 

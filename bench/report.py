@@ -116,10 +116,12 @@ def summary(run: Run, out: Path, plotted: bool) -> str:
     and the targets it missed."""
     parts = [table(run.results.figures)]
     for f in run.results.figures:
-        if "cpu_us_per_save" in f.extra:
-            cpu = f.extra["cpu_us_per_save"]
-            each = ", ".join(f"{name} {us:.1f}" for name, us in cpu.items())
-            parts.append(f"\nCPU per save (µs), {f.name}: {each}; total {sum(cpu.values()):.1f}")
+        for key, unit in (("cpu_us_per_save", "save"), ("cpu_us_per_step", "superstep")):
+            if key in f.extra:
+                cpu = f.extra[key]
+                each = ", ".join(f"{name} {us:.1f}" for name, us in cpu.items())
+                total = sum(cpu.values())
+                parts.append(f"\nCPU per {unit} (µs), {f.name}: {each}; total {total:.1f}")
     info = run.machine
     parts.append(
         f"\n{run.command}: {run.seconds:.0f} s on {info['nproc']} cores ({info['cpu']}); "

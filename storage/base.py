@@ -6,13 +6,16 @@ import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from .config import Settings
 from .errors import ValidationError
 from .ops import Op, OpName, make_op
 from .records import Kind, Outcome, Record, StreamKind, Tombstone, Written, outcomes, plan_with_keys
 from .retention import RetentionPolicy
+
+if TYPE_CHECKING:
+    from .checkpoint_reads import Loaded, Wanted
 
 # No store holds more rows than this (PostgreSQL's bigint): a larger limit means all of them.
 _MAX_LIMIT = 2**63 - 1
@@ -258,6 +261,14 @@ class StorageBackend(StorageClient):
     @abstractmethod
     def get_rows(self, kind: Kind, partition: str, row_ids: Sequence[str]) -> list[Record]:
         """The live records of `kind` in `partition` among `row_ids`, in no particular order."""
+
+    def load_checkpoints(self, wanted: Wanted) -> list[Loaded]:
+        """LangGraph checkpoints of one thread with their blobs and pending writes, newest
+        first (`storage.checkpoint_reads.Wanted` says which). A store that can read them in
+        one round trip overrides this; the default uses the row reads above."""
+        from . import checkpoint_reads  # imported here for the reason given in `prune`
+
+        return checkpoint_reads.load(self, wanted)
 
     def prune(self, policy: RetentionPolicy, *, dry_run: bool = False) -> dict[str, int]:
         """Remove what `policy` no longer keeps, in bounded batches; counts per category.

@@ -14,7 +14,7 @@ ids, so no other row id looks like that). Cosmos DB's items stay below its 2 MB 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from .checkpoint_ops import MAX_HEAD_B64, DeleteCheckpointRows, PutCheckpoint, PutWrites
@@ -137,10 +137,3 @@ def checkpoint_records(
             yield from _gone("checkpoint_blob", blob_rid(t, ns, channel, version), t, v, parts)
         for ns, cid, task, idx, parts in op.args.writes:
             yield from _gone("checkpoint_write", write_rid(t, ns, cid, task, idx), t, v, parts)
-
-
-def joined(main: Record, parts: Sequence[Record]) -> str:
-    """The whole base64 text of a split value: its row's part, then the others in order."""
-    by_rid = {p.row_id: p.data["data"] for p in parts}
-    later = part_rids(main.row_id, int(main.data.get("parts", 1)))
-    return str(main.data["data"]) + "".join(by_rid[r] for r in later)

@@ -21,6 +21,7 @@ from psycopg2.extras import execute_values
 
 from . import postgres_reads as reads
 from .base import StorageBackend, check_limit, prefix_bounds
+from .checkpoint_reads import Loaded, Wanted
 from .config import Settings, load_settings, mask_url
 from .errors import (
     ConfigError,
@@ -283,6 +284,9 @@ class PostgreSQLClient(StorageBackend):
 
     def _query(self, query: reads.Query[T]) -> T:
         return query.shape(self._fetch(query.sql, query.params))
+
+    def load_checkpoints(self, wanted: Wanted) -> list[Loaded]:
+        return self._query(reads.load_checkpoints(wanted))
 
     def stored_versions(self, items: Sequence[Record | Tombstone]) -> Written:
         ids: dict[Kind, list[str]] = {}

@@ -3,12 +3,16 @@ definition for the blocking client (psycopg2) and the asyncio reader (psycopg 3)
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from .base import check_limit
-from .ids import check_id
+from .base import check_limit, prefix_bounds
+from .checkpoint_reads import Loaded, Wanted, assemble
+from .checkpoints import checkpoint_rid, thread_prefix
+from .ids import ESCAPES, check_id
+from .records import KIND_SPECS, Kind, Record
 
 T = TypeVar("T")
 Rows = list[tuple[Any, ...]]
@@ -99,4 +103,89 @@ def list_tasks(agent_id: str) -> Query[list[str]]:
         "SELECT task_id FROM agent_tasks WHERE agent_id = %s AND NOT deleted",
         (agent_id,),
         _sorted_column,
+    )
+
+
+# -- LangGraph checkpoints: a checkpoint, its channel blobs and its pending writes at once --
+
+
+def _escaped(expr: str) -> str:
+    # `storage.ids.row_id`'s escaping as SQL (`%` first, as there), so a blob's row id can be
+    # built from the channel and version a checkpoint row names.
+    for char, code in ESCAPES.items():
+        expr = f"replace({expr}, chr({ord(char)}), '{code}')"
+    return expr.replace("%", "%%")  # a literal % in a statement with parameters
+
+
+def _columns(kind: Kind, alias: str) -> str:
+    spec = KIND_SPECS[kind]
+    return (
+        ", ".join(
+            f"{alias}.{column}" for column in ("id", spec.partition, spec.sub_id, spec.payload)
+        )
+        + f", {alias}.version"
+    )
+
+
+_CP, _BLOB, _WRITE = (KIND_SPECS[k] for k in ("checkpoint", "checkpoint_blob", "checkpoint_write"))
+_TAGS: tuple[Kind, ...] = ("checkpoint", "checkpoint_blob", "checkpoint_write")
+
+
+# A blob's row id is its checkpoint's namespace prefix (the checkpoint's row id up to its
+# last "|") + channel + "|" + version; the later parts of a split value, and a checkpoint's
+# writes, are the rows whose ids extend a row id by "|" (ids below it + "}" do).
+@functools.cache
+def _load_sql(where: str) -> str:
+    return f"""
+WITH c AS (
+    SELECT {_columns("checkpoint", "t")} FROM {_CP.name} t
+    WHERE t.{_CP.partition} = %s AND {where} AND NOT t.deleted ORDER BY t.id DESC LIMIT %s
+), b AS (
+    SELECT c.id AS owner, x.* FROM c
+    CROSS JOIN LATERAL jsonb_each_text(c.{_CP.payload} -> 'channel_versions') v(ch, ver)
+    CROSS JOIN LATERAL (
+        SELECT {_columns("checkpoint_blob", "y")} FROM {_BLOB.name} y
+        WHERE y.id = regexp_replace(c.id, '[^|]*$', '')
+            || {_escaped("v.ch")} || '|' || {_escaped("v.ver")} AND NOT y.deleted
+        OFFSET 0  -- not pulled up into a join: a lookup of the primary key per channel
+    ) x
+)
+SELECT 0, c.id, c.* FROM c
+UNION ALL SELECT 1, b.* FROM b
+UNION ALL SELECT 1, b.owner, {_columns("checkpoint_blob", "p")} FROM b
+    JOIN {_BLOB.name} p ON p.id > b.id || '|' AND p.id < b.id || '}}' AND NOT p.deleted
+    WHERE COALESCE((b.{_BLOB.payload} ->> 'parts')::int, 1) > 1
+UNION ALL SELECT 2, c.id, {_columns("checkpoint_write", "w")} FROM c
+    JOIN {_WRITE.name} w ON w.id > c.id || '|' AND w.id < c.id || '}}' AND NOT w.deleted
+"""
+
+
+def _loaded(rows: Rows) -> list[Loaded]:
+    heads: list[Record] = []
+    found: dict[str, tuple[list[Record], list[Record]]] = {}
+    for tag, owner, rid, partition, sub, data, version in rows:
+        rec = Record(_TAGS[tag], rid, partition, data, version, version, sub)
+        if tag == 0:
+            heads.append(rec)
+        else:
+            found.setdefault(owner, ([], []))[tag - 1].append(rec)
+    heads.sort(key=lambda r: r.row_id, reverse=True)
+    return [assemble(head, *found.get(head.row_id, ([], []))) for head in heads]
+
+
+def load_checkpoints(wanted: Wanted) -> Query[list[Loaded]]:
+    """`StorageBackend.load_checkpoints` in one statement."""
+    thread_id, ns = wanted.thread_id, wanted.ns
+    if wanted.checkpoint_id is not None and ns is not None:
+        where, params = "t.id = %s", [checkpoint_rid(thread_id, ns, wanted.checkpoint_id)]
+    else:
+        prefix = thread_prefix(thread_id) if ns is None else thread_prefix(thread_id, ns)
+        where, params = "t.id >= %s AND t.id < %s", list(prefix_bounds(prefix, wanted.below))
+        if wanted.checkpoint_id is not None:
+            where += f" AND t.{_CP.payload} ->> 'checkpoint_id' = %s"
+            params.append(wanted.checkpoint_id)
+    return Query(
+        _load_sql(where),
+        (thread_id, *params, check_limit(wanted.limit)),
+        _loaded,
     )

@@ -27,7 +27,7 @@ from ..report import Figure
 from ..services import WorkerBox, database
 from .context import Context
 from .drain import worker_env
-from .workload import percentile
+from .workload import cpu_seconds, percentile
 
 CONCURRENCY = (1, 16, 64)
 SUPERSTEPS = 10
@@ -61,9 +61,15 @@ class Measured:
     p50_ms: float
     p99_ms: float
     read_p50_ms: float | None = None  # aget_tuple of a finished thread
+    # CPU per superstep: this process's (LangGraph and the checkpointer's client side) and
+    # the workers'. Steadier than the rates on a shared machine (PostgreSQL's not counted).
+    client_cpu_us: float = 0.0
+    workers_cpu_us: float = 0.0
 
 
-async def run_graphs(saver: BaseCheckpointSaver[Any], n: int, runs: int, tag: str) -> Measured:
+async def run_graphs(
+    saver: BaseCheckpointSaver[Any], n: int, runs: int, tag: str, workers: WorkerBox | None = None
+) -> Measured:
     """`n` tasks, each running its share of `runs` graphs one after another, each on its own
     thread; a superstep's latency is the time between two of its run's streamed updates."""
     graph = build(saver)
@@ -80,14 +86,20 @@ async def run_graphs(saver: BaseCheckpointSaver[Any], n: int, runs: int, tag: st
                 latencies.append(now - last)
                 last = now
 
+    pids = workers.pids() if workers is not None else []
+    cpu, workers_cpu = time.process_time(), cpu_seconds(pids)
     started = time.perf_counter()
     await asyncio.gather(*(task(t) for t in range(n)))
     elapsed = time.perf_counter() - started
-    assert len(latencies) == n * max(1, runs // n) * SUPERSTEPS, len(latencies)
+    cpu, workers_cpu = time.process_time() - cpu, cpu_seconds(pids) - workers_cpu
+    steps = len(latencies)
+    assert steps == n * max(1, runs // n) * SUPERSTEPS, steps
     return Measured(
-        len(latencies) / elapsed,
+        steps / elapsed,
         statistics.median(latencies) * 1000,
         percentile(latencies, 99) * 1000,
+        client_cpu_us=cpu / steps * 1e6,
+        workers_cpu_us=workers_cpu / steps * 1e6,
     )
 
 
@@ -107,12 +119,13 @@ async def read_latency(saver: BaseCheckpointSaver[Any], threads: list[str]) -> f
 async def measure(
     make: Callable[[], contextlib.AbstractAsyncContextManager[BaseCheckpointSaver[Any]]],
     runs: int,
+    workers: WorkerBox | None = None,
 ) -> dict[int, Measured]:
     found = {}
     async with make() as saver:
         await run_graphs(saver, 4, 8, "warm")  # connections, prepared statements, the script
         for n in CONCURRENCY:
-            found[n] = await run_graphs(saver, n, runs, f"n{n}")
+            found[n] = await run_graphs(saver, n, runs, f"n{n}", workers)
         found[CONCURRENCY[-1]].read_p50_ms = await read_latency(
             saver, [f"n{CONCURRENCY[-1]}-{t}-0" for t in range(CONCURRENCY[-1])]
         )
@@ -167,7 +180,8 @@ def compare(broker: str, admin: str, runs: int) -> dict[str, dict[int, Measured]
         PostgreSQLClient(postgres_connection_string=url).close()  # schema before the clock
         with WorkerBox("worker", worker_env(broker, url)) as box:
             box.wait_ready()
-            found["AgentStoreSaver"] = asyncio.run(measure(agentstore_saver(broker, url), runs))
+            ours = agentstore_saver(broker, url)
+            found["AgentStoreSaver"] = asyncio.run(measure(ours, runs, box))
     return found
 
 
@@ -199,7 +213,14 @@ def checkpointers(ctx: Context) -> None:
             rate,
             ">= 2x",
             rate >= 2,
-            {"in_memory_ceiling": ceiling, "p99_ms": ours.p99_ms, "base_p99_ms": base.p99_ms},
+            {
+                "in_memory_ceiling": ceiling,
+                "p99_ms": ours.p99_ms,
+                "base_p99_ms": base.p99_ms,
+                "cpu_us_per_step": {"client": ours.client_cpu_us, "workers": ours.workers_cpu_us},
+                "base_cpu_us_per_step": base.client_cpu_us,
+                "in_memory_cpu_us_per_step": found["InMemorySaver"][n].client_cpu_us,
+            },
         )
     )
     figures.append(

@@ -13,8 +13,10 @@ from storage import checkpoint_prune
 from storage import checkpoint_reads as reads
 from storage.base import StorageBackend, StorageClient
 from storage.checkpoint_ops import MAX_CHECKPOINT_BYTES
+from storage.checkpoint_reads import Loaded, Wanted
 from storage.checkpoints import PART_CHARS
 from storage.errors import ValidationError
+from storage.ids import ESCAPES
 from storage.ops import Op, make_op
 from storage.records import plan
 from storage.retention import RetentionPolicy
@@ -42,10 +44,12 @@ def put(
     return make_op("put_checkpoint", args, version=kw.get("version"))
 
 
-def writes(thread: str, cid: str, items: list[tuple[int, bytes]], version: int | None = None) -> Op:
+def writes(
+    thread: str, cid: str, items: list[tuple[int, bytes]], version: int | None = None, ns: str = ""
+) -> Op:
     args = {
         "thread_id": thread,
-        "checkpoint_ns": "",
+        "checkpoint_ns": ns,
         "checkpoint_id": cid,
         "task_id": "task",
         "task_path": "",
@@ -58,17 +62,28 @@ def backend(store: StorageClient) -> StorageBackend:
     return cast(StorageBackend, store)
 
 
+def loaded_values(loaded: Loaded) -> dict[str, bytes]:
+    return {b.data["channel"]: base64.b64decode(t) for b, t in loaded.blobs}
+
+
+def loaded_writes(loaded: Loaded) -> dict[int, bytes]:
+    return {w.data["idx"]: base64.b64decode(t) for w, t in loaded.writes}
+
+
 def values(store: StorageBackend, thread: str, cid: str) -> dict[str, bytes]:
-    (row,) = store.get_rows("checkpoint", thread, [f"{thread}||{cid}"])
-    found = reads.blobs(store, thread, "", row.data["channel_versions"])
-    texts = reads.whole(store, "checkpoint_blob", thread, found)
-    return {b.data["channel"]: base64.b64decode(t) for b, t in zip(found, texts, strict=True)}
+    (found,) = store.load_checkpoints(Wanted(thread, "", cid))
+    # The store's own load (one statement on PostgreSQL) agrees with the row reads.
+    assert [found] == reads.load(store, Wanted(thread, "", cid))
+    return loaded_values(found)
 
 
 def pending(store: StorageBackend, thread: str, cid: str) -> dict[int, bytes]:
     rows = reads.writes(store, thread, "", cid)
     texts = reads.whole(store, "checkpoint_write", thread, rows)
-    return {r.data["idx"]: base64.b64decode(t) for r, t in zip(rows, texts, strict=True)}
+    found = {r.data["idx"]: base64.b64decode(t) for r, t in zip(rows, texts, strict=True)}
+    for loaded in store.load_checkpoints(Wanted(thread, "", cid)):
+        assert loaded_writes(loaded) == found
+    return found
 
 
 def test_put_reads_back_newest_first_and_a_redelivered_put_changes_nothing(
@@ -130,6 +145,52 @@ def test_values_up_to_16_mb_round_trip_split_across_rows(store: StorageClient, u
     assert pending(s, uid, "c") == {0: big[: 3 * PART_CHARS]}
     parts = s.read_rows("checkpoint_blob", uid, f"{uid}|")
     assert len(parts) > 1 and all(len(p.data["data"]) <= PART_CHARS for p in parts)
+
+
+def test_a_load_finds_blobs_and_writes_whatever_characters_the_ids_hold(
+    store: StorageClient, uid: str
+) -> None:
+    # Every character a row id escapes, in the thread, namespace, channel and version: the
+    # blob row ids PostgreSQL builds from a checkpoint row must match the ones Python built.
+    s, odd = backend(store), "".join(ESCAPES)
+    thread = f"{uid}{odd}"
+    big = os.urandom(3 * PART_CHARS)
+    for ns in ("", odd):
+        op = put(thread, f"c0{odd}", {odd: b"v0", "big": big}, ns=ns)
+        s.apply([op, writes(thread, f"c0{odd}", [(0, b"w0"), (1, big)], ns=ns)])
+        args = {**op.args.model_dump(), "checkpoint_id": "c1", "parent_checkpoint_id": f"c0{odd}"}
+        args["blobs"] = [{"channel": odd, "version": "v1", **_b64(b"v1")}]
+        args["channel_versions"] = {odd: "v1", "big": f"vc0{odd}", "gone": "v9"}
+        s.apply([make_op("put_checkpoint", args)])
+
+    newest = s.load_checkpoints(Wanted(thread, odd))
+    assert newest == reads.load(s, Wanted(thread, odd))
+    assert [n.checkpoint.data["checkpoint_id"] for n in newest] == ["c1", f"c0{odd}"]
+    assert loaded_values(newest[0]) == {odd: b"v1", "big": big}  # "gone" was never stored
+    assert loaded_writes(newest[0]) == {}
+    assert loaded_values(newest[1]) == {odd: b"v0", "big": big}
+    assert loaded_writes(newest[1]) == {0: b"w0", 1: big}
+
+    one = Wanted(thread, odd, f"c0{odd}")
+    assert s.load_checkpoints(one) == reads.load(s, one) == newest[1:]
+    everywhere = s.load_checkpoints(Wanted(thread, None))
+    assert [
+        (n.checkpoint.data["checkpoint_ns"], n.checkpoint.data["checkpoint_id"]) for n in everywhere
+    ] == [
+        ("", "c1"),  # row id order: "|" (the empty namespace's end) sorts after "%"
+        ("", f"c0{odd}"),
+        (odd, "c1"),
+        (odd, f"c0{odd}"),
+    ]
+    by_id = Wanted(thread, None, "c1")
+    assert [n.checkpoint.row_id for n in s.load_checkpoints(by_id)] == [
+        n.checkpoint.row_id for n in everywhere if n.checkpoint.data["checkpoint_id"] == "c1"
+    ]
+    assert s.load_checkpoints(Wanted(thread, "", limit=1)) == everywhere[:1]
+    below = Wanted(thread, "", below=everywhere[0].checkpoint.row_id)
+    assert s.load_checkpoints(below) == everywhere[1:2]
+    assert s.load_checkpoints(Wanted(thread, "", "missing")) == []
+    assert s.load_checkpoints(Wanted(f"{uid}-none", None)) == []
 
 
 def test_more_than_16_mb_fails_at_the_call() -> None:

@@ -96,3 +96,19 @@ def test_alternated_blocks_take_turns_at_running_first() -> None:
     timed = order[2:]  # after one warm-up block of each
     assert timed == [False, True, True, False, False, True, True, False]
     assert len(found.cpu_us[False]) == len(found.p50_us[True]) == 4
+
+
+def test_the_summary_prints_cpu_per_save_and_per_superstep(tmp_path: Path) -> None:
+    figures = [
+        Figure(
+            "drain", 1.0, "saves/s", extra={"cpu_us_per_save": {"producer": 2.0, "workers": 3.0}}
+        ),
+        Figure(
+            "supersteps", 1.0, "/s", extra={"cpu_us_per_step": {"client": 10.0, "workers": 5.5}}
+        ),
+    ]
+    machine = {"nproc": 2, "cpu": "x", "load_avg_at_start": (1, 1, 1), "load_avg_at_end": (1, 1, 1)}
+    done = report.Run("python -m bench.run", "quick", {}, machine, 1.0, Results(figures))
+    text = report.summary(done, tmp_path / "run.json", plotted=False)
+    assert "CPU per save (µs), drain: producer 2.0, workers 3.0; total 5.0" in text
+    assert "CPU per superstep (µs), supersteps: client 10.0, workers 5.5; total 15.5" in text
