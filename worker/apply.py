@@ -16,7 +16,9 @@ import redis
 from broker import deadletters, keys, tracing, wire
 from storage.base import StorageBackend
 from storage.errors import StoreUnavailableError, TransientStorageError, ValidationError
-from storage.ops import MAX_SAVE_BYTES, Op, parse_op
+from storage.op_check import check_op
+from storage.ops import MAX_SAVE_BYTES
+from storage.records import AnyOp
 
 from . import metrics, tallies
 from .lease import Heartbeat
@@ -53,7 +55,7 @@ return taken
 
 @dataclass(slots=True)
 class _Part:
-    ops: list[tuple[Op, str]]  # (op, message id)
+    ops: list[tuple[AnyOp, str]]  # (op, message id)
     attempts: int = 0
     first_failure: float | None = None
 
@@ -63,7 +65,7 @@ class Batch:
     """What one run gathered and what became of it."""
 
     message_ids: list[str] = field(default_factory=list)
-    ops: list[tuple[Op, str]] = field(default_factory=list)
+    ops: list[tuple[AnyOp, str]] = field(default_factory=list)
     published: dict[str, float] = field(default_factory=dict)  # message id -> publish time
     # (key, record JSON, failure time): refused messages and ops that could not be applied.
     dead: list[tuple[str, str, float]] = field(default_factory=list)
@@ -241,7 +243,7 @@ class BatchApplier:
         for i, op in enumerate(ops):
             trace = None if carriers is None else carriers[i]
             try:
-                parsed = parse_op(op, plain_payload=plain)
+                parsed = check_op(op, plain_payload=plain)
             except ValidationError as exc:
                 key, record = deadletters.op_record(op, str(exc), 0, now, now, mid, trace)
                 log.error(
