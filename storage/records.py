@@ -237,8 +237,18 @@ Keys: TypeAlias = list[list[tuple[StreamKind, str]]]
 
 def plan_with_keys(ops: Sequence[AnyOp]) -> tuple[Plan, Keys]:
     """`plan(ops)`, and where each op writes, for `changed`: each op's records built once."""
-    items = [list(_records_of(op)) for op in ops]
-    return collect(i for each in items for i in each), [list(map(key_of, e)) for e in items]
+    flat: list[Record | Tombstone] = []
+    keys: Keys = []
+    for op in ops:
+        if type(op) is CheckedSave:  # most of a batch: one record, built at the check
+            rec = op.record
+            flat.append(rec)
+            keys.append([(rec.kind, rec.row_id)])
+        else:
+            each = list(_records_of(op))
+            flat += each
+            keys.append(list(map(key_of, each)))
+    return collect(flat), keys
 
 
 # Imported last: it builds the `Record`s defined above.
@@ -294,9 +304,16 @@ def outcomes(
     result: list[Outcome] = []
     missed: list[tuple[int, list[Record | Tombstone]]] = []
     for i, (op, where) in enumerate(zip(ops, keys, strict=True)):
-        hits = [k for k in where if left.get(k) == op.version]
-        for k in hits:
-            del left[k]
+        if len(where) == 1:  # most ops: what follows, without a list per op
+            if left.get(where[0]) == op.version:
+                del left[where[0]]
+                result.append("new")
+                continue
+            hits = []
+        else:
+            hits = [k for k in where if left.get(k) == op.version]
+            for k in hits:
+                del left[k]
         result.append("new" if hits else "stale")
         if not hits:
             # A row another op of this batch wrote holds that op's save, not this one's.
