@@ -11,6 +11,8 @@ import threading
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
+from operator import itemgetter
 from typing import Any, Self, TypeVar
 
 import psycopg2
@@ -270,7 +272,9 @@ class PostgreSQLClient(StorageBackend):
                         cur.copy_expert(COPY_INCOMING, text, size=_COPY_CHUNK)
                     for kind in kinds:
                         cur.execute(UPSERTS[kind])
-                        written.update(((kind, rid), v) for rid, v in cur.fetchall())
+                        rows = cur.fetchall()  # (row id, version): thousands, iterated in C
+                        keys = zip(repeat(kind), map(itemgetter(0), rows))
+                        written.update(zip(keys, map(itemgetter(1), rows), strict=True))
                     cur.execute("COMMIT")
                     return written
                 except BaseException:
