@@ -272,9 +272,9 @@ class PostgreSQLClient(StorageBackend):
                         cur.copy_expert(COPY_INCOMING, text, size=_COPY_CHUNK)
                     for kind in kinds:
                         cur.execute(UPSERTS[kind])
-                        rows = cur.fetchall()  # (row id, version): thousands, iterated in C
-                        keys = zip(repeat(kind), map(itemgetter(0), rows))
-                        written.update(zip(keys, map(itemgetter(1), rows), strict=True))
+                        stored = cur.fetchall()  # (row id, version): thousands, iterated in C
+                        keys = zip(repeat(kind), map(itemgetter(0), stored))
+                        written.update(zip(keys, map(itemgetter(1), stored), strict=True))
                     cur.execute("COMMIT")
                     return written
                 except BaseException:
