@@ -11,7 +11,17 @@ from typing import TYPE_CHECKING, Any, Self
 from .config import Settings
 from .errors import ValidationError
 from .ops import Op, OpName, make_op
-from .records import Kind, Outcome, Record, StreamKind, Tombstone, Written, outcomes, plan_with_keys
+from .records import (
+    AnyOp,
+    Kind,
+    Outcome,
+    Record,
+    StreamKind,
+    Tombstone,
+    Written,
+    outcomes,
+    plan_with_keys,
+)
 from .retention import RetentionPolicy
 
 if TYPE_CHECKING:
@@ -208,7 +218,7 @@ class StorageBackend(StorageClient):
         None when the store has no cheap count. Exact counts go through `scan_records`."""
         return None
 
-    def apply(self, ops: Sequence[Op]) -> None:
+    def apply(self, ops: Sequence[AnyOp]) -> None:
         """Write `ops` of any kinds together, idempotently; the newest version per key wins.
 
         PostgreSQL applies them in one transaction. Re-applying any op, or applying them in
@@ -216,7 +226,7 @@ class StorageBackend(StorageClient):
         """
         self.commit(ops)
 
-    def commit(self, ops: Sequence[Op]) -> list[Outcome]:
+    def commit(self, ops: Sequence[AnyOp]) -> list[Outcome]:
         """`apply(ops)`, telling for each op what became of it (`storage.records.Outcome`):
         "new" if it changed the store, "held" if the store already held it at its version
         (a redelivered op applied before), "stale" if its version lost. What the worker

@@ -177,15 +177,19 @@ def _values_plain(root: Any) -> bool:
     numbers are ints within ±(2**53-1) or finite floats below 1e16 in magnitude but -0.0."""
     level: list[Any] = [[root]]
     depth = 0
+    low, high = -_EXPONENT_FROM, _EXPONENT_FROM
     while True:
-        inner = []
+        inner: list[Any] = []
+        add = inner.append
         for container in level:
             for v in container.values() if type(container) is dict else container:
                 kind = type(v)
+                if kind is str:  # the most common, first
+                    continue
                 if kind is dict or kind is list:
-                    inner.append(v)
+                    add(v)
                 elif kind is float:
-                    if not abs(v) < _EXPONENT_FROM or (v == 0 and math.copysign(1.0, v) < 0):
+                    if not low < v < high or (v == 0 and math.copysign(1.0, v) < 0):
                         return False
                 elif kind is int and not -MAX_SAFE_INT <= v <= MAX_SAFE_INT:
                     return False

@@ -11,6 +11,8 @@ import threading
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import repeat
+from operator import itemgetter
 from typing import Any, Self, TypeVar
 
 import psycopg2
@@ -259,19 +261,21 @@ class PostgreSQLClient(StorageBackend):
                 try:
                     _lock_partitions(cur, grouped, tombstones)
                     written = _write_tombstones(cur, tombstones) if tombstones else {}
-                    kinds, lines = [], []
+                    kinds, texts = [], []
                     for kind in UPSERTS:
                         # Sorted keys make concurrent batches lock rows in one order.
                         rows = sorted(grouped.get(kind, ()), key=lambda r: r.row_id)
                         if rows:
                             kinds.append(kind)
-                            lines += copy_rows(kind, rows)
-                    if lines:
-                        text = io.BytesIO("".join(lines).encode())
+                            texts.append(copy_rows(kind, rows))
+                    if texts:
+                        text = io.BytesIO("".join(texts).encode())
                         cur.copy_expert(COPY_INCOMING, text, size=_COPY_CHUNK)
                     for kind in kinds:
                         cur.execute(UPSERTS[kind])
-                        written.update(((kind, rid), v) for rid, v in cur.fetchall())
+                        stored = cur.fetchall()  # (row id, version): thousands, iterated in C
+                        keys = zip(repeat(kind), map(itemgetter(0), stored))
+                        written.update(zip(keys, map(itemgetter(1), stored), strict=True))
                     cur.execute("COMMIT")
                     return written
                 except BaseException:
@@ -462,7 +466,9 @@ def _lock_partitions(
     # that checked for tombstones before an erase committed cannot then slip its older row
     # past the erase's DELETE. Acquired in bucket order, so batches never deadlock on them.
     exclusive = {_bucket(t.scope, t.key) for t in tombstones}
-    shared = {_bucket(SCOPE_OF[kind], r.partition) for kind, recs in grouped.items() for r in recs}
+    # A batch's records share few partitions: each one's bucket is computed once.
+    partitions = {(SCOPE_OF[kind], r.partition) for kind, recs in grouped.items() for r in recs}
+    shared = {_bucket(scope, key) for scope, key in partitions}
     buckets = sorted(exclusive | shared)
     flags = [b in exclusive for b in buckets]
     cur.execute(_LOCK_SQL, (_LOCK_SPACE, _LOCK_SPACE, buckets, flags))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import orjson
 import pydantic_core
 
 from .records import KIND_SPECS, SCOPE_KINDS, STORED_AS, TOMBSTONE_TABLE, Kind, Record, StreamKind
@@ -113,24 +114,38 @@ def _field(text: str) -> str:
     return text.translate(_COPY_ESCAPES) if _COPY_SPECIAL.search(text) else text
 
 
-def copy_rows(kind: Kind, recs: list[Record]) -> list[str]:
-    """`recs` as lines of COPY text for `INCOMING`."""
-    lines = []
-    # Payloads were validated as plain JSON; pydantic-core writes them ~5x faster than json.
-    to_json = pydantic_core.to_json
-    for rec in recs:
-        data = to_json(rec.data).decode()
-        if "\\" in data:
-            data = data.replace("\\", "\\\\")
-        rid, part, sub, position = rec.row_id, rec.partition, rec.sub_id, rec.position
-        # One look over the four (ids rarely need escaping) instead of one per field.
-        if _COPY_SPECIAL.search(rid + part + sub + position):
-            rid, part, sub, position = map(_field, (rid, part, sub, position))
-        lines.append(
-            f"{kind}\t{rid}\t{part}\t{sub}\t{data}\t{rec.version}\t{position}\t"
-            f"{'t' if rec.deleted else 'f'}\n"
-        )
-    return lines
+def _json(data: dict[str, Any]) -> str:
+    # Payloads were validated as plain JSON (finite numbers, str keys, no lone surrogates),
+    # which orjson writes ~2x faster than pydantic-core and ~10x faster than json, as JSON
+    # of the same value. Anything it cannot write (a number beyond 64 bits in a record from
+    # elsewhere) takes pydantic-core's way.
+    try:
+        return orjson.dumps(data).decode()
+    except orjson.JSONEncodeError:
+        return pydantic_core.to_json(data).decode()
+
+
+def copy_rows(kind: Kind, recs: list[Record]) -> str:
+    """`recs` as COPY text for `INCOMING`, one line each."""
+    text = "".join(
+        [
+            f"{kind}\t{rec.row_id}\t{rec.partition}\t{rec.sub_id}\t{_json(rec.data)}\t"
+            f"{rec.version}\t{rec.position}\t{'t' if rec.deleted else 'f'}\n"
+            for rec in recs
+        ]
+    )
+    # JSON text holds no raw tab, newline or carriage return; ids rarely do. If none does,
+    # only backslashes need escaping, the same in every field: one pass over the text.
+    if text.count("\t") != 7 * len(recs) or text.count("\n") != len(recs) or "\r" in text:
+        return "".join([_escaped_line(kind, rec) for rec in recs])
+    return text.replace("\\", "\\\\") if "\\" in text else text
+
+
+def _escaped_line(kind: Kind, rec: Record) -> str:
+    data = _json(rec.data).replace("\\", "\\\\")
+    rid, part, sub, position = map(_field, (rec.row_id, rec.partition, rec.sub_id, rec.position))
+    deleted = "t" if rec.deleted else "f"
+    return f"{kind}\t{rid}\t{part}\t{sub}\t{data}\t{rec.version}\t{position}\t{deleted}\n"
 
 
 def stored_versions_sql(kinds: list[Kind], tombstones: bool) -> str:

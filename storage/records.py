@@ -15,6 +15,7 @@ from .ops import (
     DeleteTransactions,
     EraseAgent,
     Op,
+    OpName,
     SaveConversation,
     SaveState,
     SaveTask,
@@ -102,6 +103,26 @@ class Record:
     deleted: bool = False
 
 
+@dataclass(slots=True)
+class CheckedSave:
+    """A save op that `storage.op_check.check_op` checked field by field as its model would,
+    without building the model: the record it writes, made at the check, and its fields."""
+
+    op: OpName
+    id: str
+    version: str
+    args: dict[str, Any]  # exactly the fields of the model's `args`
+    record: Record
+
+    def model_dump(self, *, mode: str = "python") -> dict[str, Any]:
+        """The op's message, as the model's `model_dump` gives it (payloads are JSON)."""
+        return {"id": self.id, "version": self.version, "op": self.op, "args": dict(self.args)}
+
+
+# What a batch applies: ops as validated by their models, or saves checked without one.
+AnyOp: TypeAlias = Op | CheckedSave
+
+
 # Which kinds a partition-wide tombstone covers.
 SCOPE_KINDS: dict[Scope, tuple[Kind, ...]] = {
     scope: tuple(kind for kind, spec in KIND_SPECS.items() if spec.scope == scope)
@@ -144,21 +165,36 @@ class Plan:
     tombstones: list[Tombstone] = field(default_factory=list)
 
 
-def _records_of(op: Op) -> Iterable[Record | Tombstone]:
+def save_record(
+    kind: Literal["state", "task", "conversation"],
+    rid: str,
+    partition: str,
+    sub_id: str,
+    data: dict[str, Any],
+    version: str,
+) -> Record:
+    """The record a save of a state, task or message writes (a message's row id and sub id
+    are its op id, and it sorts by version, then op id)."""
+    position = f"{version} {rid}" if kind == "conversation" else version
+    return Record(kind, rid, partition, data, version, position, sub_id)
+
+
+def _records_of(op: AnyOp) -> Iterable[Record | Tombstone]:
+    if isinstance(op, CheckedSave):
+        yield op.record
+        return
     v = op.version
     if isinstance(op, SaveState):
         a = op.args
-        yield Record(
-            "state", state_row_id(a.agent_id, a.state_id), a.agent_id, a.state, v, v, a.state_id
-        )
+        rid = state_row_id(a.agent_id, a.state_id)
+        yield save_record("state", rid, a.agent_id, a.state_id, a.state, v)
     elif isinstance(op, SaveTask):
         t = op.args
-        yield Record(
-            "task", task_row_id(t.agent_id, t.task_id), t.agent_id, t.task_data, v, v, t.task_id
-        )
+        rid = task_row_id(t.agent_id, t.task_id)
+        yield save_record("task", rid, t.agent_id, t.task_id, t.task_data, v)
     elif isinstance(op, SaveConversation):
         c = op.args
-        yield Record("conversation", op.id, c.conversation_id, c.message, v, f"{v} {op.id}", op.id)
+        yield save_record("conversation", op.id, c.conversation_id, op.id, c.message, v)
     elif isinstance(op, SaveTransactions):
         case_id = op.args.case_id
         for index, txn in enumerate(op.args.transactions):
@@ -190,7 +226,7 @@ def _records_of(op: Op) -> Iterable[Record | Tombstone]:
         yield from checkpoint_records(op)
 
 
-def plan(ops: Sequence[Op]) -> Plan:
+def plan(ops: Sequence[AnyOp]) -> Plan:
     """What `ops` write: see `collect`."""
     return collect(item for op in ops for item in _records_of(op))
 
@@ -199,10 +235,20 @@ def plan(ops: Sequence[Op]) -> Plan:
 Keys: TypeAlias = list[list[tuple[StreamKind, str]]]
 
 
-def plan_with_keys(ops: Sequence[Op]) -> tuple[Plan, Keys]:
+def plan_with_keys(ops: Sequence[AnyOp]) -> tuple[Plan, Keys]:
     """`plan(ops)`, and where each op writes, for `changed`: each op's records built once."""
-    items = [list(_records_of(op)) for op in ops]
-    return collect(i for each in items for i in each), [list(map(key_of, e)) for e in items]
+    flat: list[Record | Tombstone] = []
+    keys: Keys = []
+    for op in ops:
+        if type(op) is CheckedSave:  # most of a batch: one record, built at the check
+            rec = op.record
+            flat.append(rec)
+            keys.append([(rec.kind, rec.row_id)])
+        else:
+            each = list(_records_of(op))
+            flat += each
+            keys.append(list(map(key_of, each)))
+    return collect(flat), keys
 
 
 # Imported last: it builds the `Record`s defined above.
@@ -241,7 +287,7 @@ Outcome: TypeAlias = Literal["new", "held", "stale"]
 
 
 def outcomes(
-    ops: Sequence[Op],
+    ops: Sequence[AnyOp],
     written: Written,
     stored: Callable[[list[Record | Tombstone]], Written],
     keys: Keys | None = None,
@@ -258,9 +304,16 @@ def outcomes(
     result: list[Outcome] = []
     missed: list[tuple[int, list[Record | Tombstone]]] = []
     for i, (op, where) in enumerate(zip(ops, keys, strict=True)):
-        hits = [k for k in where if left.get(k) == op.version]
-        for k in hits:
-            del left[k]
+        if len(where) == 1:  # most ops: what follows, without a list per op
+            if left.get(where[0]) == op.version:
+                del left[where[0]]
+                result.append("new")
+                continue
+            hits = []
+        else:
+            hits = [k for k in where if left.get(k) == op.version]
+            for k in hits:
+                del left[k]
         result.append("new" if hits else "stale")
         if not hits:
             # A row another op of this batch wrote holds that op's save, not this one's.
@@ -275,7 +328,7 @@ def outcomes(
     return result
 
 
-def records(ops: Sequence[Op]) -> dict[Kind, list[Record]]:
+def records(ops: Sequence[AnyOp]) -> dict[Kind, list[Record]]:
     """The deduped records `ops` write, per kind (their tombstones aside)."""
     return plan(ops).records
 

@@ -22,7 +22,7 @@ class WorkerSettings(BaseSettings):
         frozen=True,
     )
 
-    batch_max: int = Field(2000, ge=1)  # ops per apply call
+    batch_max: int = Field(4000, ge=1)  # ops per apply call
     batch_wait_ms: float = Field(5.0, ge=0)  # how long to wait to fill a batch
     recovery_after_s: float = Field(20.0, ge=0.1)  # out of the queue, unconfirmed, no heartbeat
     reaper_interval_s: float = Field(1.0, ge=0.01)

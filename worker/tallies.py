@@ -32,8 +32,8 @@ from prometheus_client.registry import Collector
 
 from broker import keys
 from broker.histograms import bucketed, observe_bucketed
-from storage.ops import Op, OpName
-from storage.records import Outcome
+from storage.ops import OpName
+from storage.records import AnyOp, Outcome
 
 from .metrics import APPLY_LAG, DEAD_LETTERS, OPS_APPLIED, OPS_STALE
 
@@ -49,7 +49,7 @@ LIST_TTL_S = 3600
 
 # One committed part of a batch: its ops as (op, message id), what the store reported for
 # each (`StorageBackend.commit`), and when it committed (time.time()).
-Committed = tuple[Sequence[tuple[Op, str]], Sequence[Outcome], float]
+Committed = tuple[Sequence[tuple[AnyOp, str]], Sequence[Outcome], float]
 
 
 @dataclass(slots=True)

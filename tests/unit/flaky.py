@@ -6,8 +6,7 @@ from collections.abc import Sequence
 
 from storage import InMemoryStorageClient
 from storage.errors import StorageError, TransientStorageError
-from storage.ops import Op
-from storage.records import Outcome
+from storage.records import AnyOp, Outcome
 
 
 class FlakyStore(InMemoryStorageClient):
@@ -19,7 +18,7 @@ class FlakyStore(InMemoryStorageClient):
         self.poison: set[str] = set()
         self.transient_failures = 0
 
-    def commit(self, ops: Sequence[Op]) -> list[Outcome]:
+    def commit(self, ops: Sequence[AnyOp]) -> list[Outcome]:
         self.calls.append([op.id for op in ops])
         if self.transient_failures > 0:
             self.transient_failures -= 1

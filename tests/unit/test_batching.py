@@ -11,7 +11,7 @@ import redis
 from broker import keys, wire
 from broker.publisher import Publisher
 from storage.ops import Op, encode_op, make_op, parse_op
-from storage.records import Outcome, records
+from storage.records import AnyOp, Outcome, records
 from tests.queued import pop_message
 from tests.unit.flaky import FlakyStore
 from worker.apply import BatchApplier
@@ -26,7 +26,7 @@ class WatchingStore(FlakyStore):
         self.client = client
         self.pending_at_apply: list[int] = []
 
-    def commit(self, ops: Sequence[Op]) -> list[Outcome]:
+    def commit(self, ops: Sequence[AnyOp]) -> list[Outcome]:
         self.pending_at_apply.append(int(self.client.zcard(keys.PENDING_KEY)))
         return super().commit(ops)
 
