@@ -11,7 +11,8 @@ from typing import Any, Generic, TypeVar
 from .base import check_limit, prefix_bounds
 from .checkpoint_reads import Loaded, Wanted, assemble
 from .checkpoints import checkpoint_rid, thread_prefix
-from .ids import ESCAPES, check_id
+from .ids import check_id
+from .postgres_schema import escaped_sql
 from .records import KIND_SPECS, Kind, Record
 
 T = TypeVar("T")
@@ -110,11 +111,7 @@ def list_tasks(agent_id: str) -> Query[list[str]]:
 
 
 def _escaped(expr: str) -> str:
-    # `storage.ids.row_id`'s escaping as SQL (`%` first, as there), so a blob's row id can be
-    # built from the channel and version a checkpoint row names.
-    for char, code in ESCAPES.items():
-        expr = f"replace({expr}, chr({ord(char)}), '{code}')"
-    return expr.replace("%", "%%")  # a literal % in a statement with parameters
+    return escaped_sql(expr).replace("%", "%%")  # a literal % in a statement with parameters
 
 
 def _columns(kind: Kind, alias: str) -> str:

@@ -47,8 +47,9 @@ CREATE INDEX IF NOT EXISTS idx_transactions_case_id ON transactions(case_id);
 """
 
 
-def _escaped(column: str) -> str:
-    """SQL for `storage.ids` escaping of `column`, so old rows get the same ids new rows do."""
+def escaped_sql(column: str) -> str:
+    """SQL for `storage.ids` escaping of `column`: old rows migrate to the ids new rows get,
+    and the checkpoint read builds a blob's row id from a checkpoint's channel and version."""
     expr = column
     for char, replacement in ESCAPES.items():
         expr = f"replace({expr}, '{char}', '{replacement}')"
@@ -62,7 +63,7 @@ def _version_from(timestamp: str) -> str:
 
 
 def _keyed_table(table: str, sub_id: str) -> str:
-    new_id = f"{_escaped('agent_id')} || '|' || {_escaped(sub_id)}"
+    new_id = f"{escaped_sql('agent_id')} || '|' || {escaped_sql(sub_id)}"
     return f"""
 ALTER TABLE {table} ADD COLUMN IF NOT EXISTS version TEXT COLLATE "C";
 UPDATE {table} SET version = {_version_from("timestamp")},
@@ -73,7 +74,7 @@ ALTER TABLE {table} ALTER COLUMN version SET NOT NULL;
 
 
 _TXN_ID = "coalesce(transaction->>'id', id)"
-_TXN_ROW_ID = f"{_escaped('case_id')} || '|' || {_escaped(_TXN_ID)}"
+_TXN_ROW_ID = f"{escaped_sql('case_id')} || '|' || {escaped_sql(_TXN_ID)}"
 
 _VERSIONS = (
     _keyed_table("agent_states", "state_id")

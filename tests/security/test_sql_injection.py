@@ -69,6 +69,32 @@ _CONSTANT = {
         "select": "a query from the constant _PRUNE_SELECTS",
         "overwrite": "a literal condition on a payload column named in the kinds table",
     },
+    "storage/postgres_reads.py": {
+        # The checkpoint read (`load_checkpoints`): one statement per `where`, cached.
+        **dict.fromkeys(
+            (
+                "_CP.name",
+                "_CP.partition",
+                "_CP.payload",
+                "_BLOB.name",
+                "_BLOB.payload",
+                "_WRITE.name",
+            ),
+            "a name from the kinds table in storage.records",
+        ),
+        **dict.fromkeys(
+            (
+                "_columns('checkpoint', 't')",
+                "_columns('checkpoint_blob', 'y')",
+                "_columns('checkpoint_blob', 'p')",
+                "_columns('checkpoint_write', 'w')",
+            ),
+            "a column list of those names and a literal alias",
+        ),
+        "_escaped('v.ch')": "storage.ids.ESCAPES as replace() calls on a literal column",
+        "_escaped('v.ver')": "the same",
+        "where": "one of three literal conditions; values are %s parameters",
+    },
     "storage/cosmos.py": {
         "layout.partition_field": "a field name from the constant layouts",
         "container.layout.partition_field": "the same",
