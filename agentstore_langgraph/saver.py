@@ -26,10 +26,11 @@ from producer import AsyncProducer, Producer
 from storage import checkpoint_prune
 from storage import checkpoint_reads as reads
 from storage.base import StorageBackend
+from storage.checkpoint_encode import encode_checkpoint_op
 from storage.checkpoint_reads import Loaded
 from storage.config import Settings, load_settings
 from storage.factory import create_storage_client
-from storage.ops import OpName, make_op
+from storage.ops import OpName
 from storage.records import Record
 
 from .aio import AsyncSide
@@ -145,13 +146,13 @@ class AgentStoreSaver(StoreReads):
             return self._store.load_checkpoints(step.wanted)
         if isinstance(step, Read):
             return step.fn()
-        self._producer.apply([step.op])
-        self._pending.add(step.thread_id, step.op.id)
+        self._producer.apply_encoded(step.op_id, step.text)
+        self._pending.add(step.thread_id, step.op_id)
         return None
 
     def _op(self, name: OpName, args: dict[str, Any]) -> Publish:
         # Validated here: a bad or oversized call publishes nothing.
-        return Publish(args["thread_id"], make_op(name, args))
+        return Publish(args["thread_id"], *encode_checkpoint_op(name, args))
 
     def _put(
         self,
@@ -165,13 +166,14 @@ class AgentStoreSaver(StoreReads):
         head = checkpoint.copy()
         values: dict[str, Any] = head.pop("channel_values")  # type: ignore[misc]
         meta = get_checkpoint_metadata(config, metadata)
+        # Fields in the models' order, which `encode_checkpoint_op` encodes at once.
         blobs = [
             {
-                "channel": channel,
-                "version": str(version),
                 **_blob(
                     self.serde.dumps_typed(values[channel]) if channel in values else ("empty", b"")
                 ),
+                "channel": channel,
+                "version": str(version),
             }
             for channel, version in new_versions.items()
         ]
@@ -208,9 +210,9 @@ class AgentStoreSaver(StoreReads):
         conf = config["configurable"]
         items = [
             {
+                **_blob(self.serde.dumps_typed(value)),
                 "idx": WRITES_IDX_MAP.get(channel, idx),
                 "channel": channel,
-                **_blob(self.serde.dumps_typed(value)),
             }
             for idx, (channel, value) in enumerate(writes)
         ]

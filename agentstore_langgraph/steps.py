@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar
 
 from storage.checkpoint_reads import Wanted
-from storage.ops import Op
 
 T = TypeVar("T")
 
@@ -43,10 +42,12 @@ class Read:
 
 @dataclass(frozen=True, slots=True)
 class Publish:
-    """Publish `op`, a write to `thread_id`, durably, and track it for read-your-writes."""
+    """Publish an op, a write to `thread_id`, durably, and track it for read-your-writes:
+    `op_id` and `text` as `storage.checkpoint_encode.encode_checkpoint_op` made them."""
 
     thread_id: str
-    op: Op
+    op_id: str
+    text: str
 
 
 Step: TypeAlias = Settle | Load | Read | Publish

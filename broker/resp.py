@@ -69,11 +69,7 @@ def replies(conn: Any, n: int) -> list[Any]:
         return [_read_generic(conn) for _ in range(n)]
     try:
         sock = conn._sock
-        data = sock.recv(65536)
-        if n == 1 and data[:1] == b":" and data.find(b"\r\n") == len(data) - 2:
-            read = [int(data[1:-2])]  # the usual reply, at once
-        else:
-            read = Reader(sock, data).replies(n)
+        read = Reader(sock, sock.recv(65536)).replies(n)
     except BaseException as exc:
         raise _dropped(conn, exc, "reading from") from exc
     conn.next_health_check = time.monotonic() + conn.health_check_interval
@@ -91,14 +87,11 @@ class Reader:
     def __init__(self, sock: socket.socket, data: bytes = b"") -> None:
         self._sock = sock
         self._buf = data  # what was received already
-        self._pos = 0
 
     def replies(self, n: int) -> list[Any]:
-        if not self._buf:
-            self._buf = self._recv()
-        read = [self._reply() for _ in range(n)]
-        if self._pos != len(self._buf):
-            raise redis.ConnectionError("the broker sent more than the replies expected")
+        data = self._buf or self._recv()
+        while (read := parse(data, n)) is None:
+            data += self._recv()
         return read
 
     def _recv(self) -> bytes:
@@ -107,21 +100,46 @@ class Reader:
             raise redis.ConnectionError("the broker closed the connection")
         return data
 
+
+def parse(data: bytes, n: int) -> list[Any] | None:
+    """The `n` replies `data` holds (as `Reader` reads them), or None while it holds only
+    part of them; raises `redis.ConnectionError` for anything unexpected or anything more.
+    The socket's reading is the caller's: blocking (`Reader`) or asyncio's."""
+    if n == 1 and data[:1] == b":" and data.find(b"\r\n") == len(data) - 2:
+        return [int(data[1:-2])]  # the usual reply, at once
+    cursor = _Cursor(data)
+    try:
+        read = [cursor.reply() for _ in range(n)]
+    except _Incomplete:
+        return None
+    if cursor.pos != len(data):
+        raise redis.ConnectionError("the broker sent more than the replies expected")
+    return read
+
+
+class _Incomplete(Exception):
+    """The replies are not all received yet."""
+
+
+class _Cursor:
+    def __init__(self, data: bytes) -> None:
+        self._buf = data
+        self.pos = 0
+
     def _line(self) -> bytes:
-        end = self._buf.find(b"\r\n", self._pos)
-        while end < 0:
-            self._buf += self._recv()
-            end = self._buf.find(b"\r\n", self._pos)
-        line, self._pos = self._buf[self._pos : end], end + 2
+        end = self._buf.find(b"\r\n", self.pos)
+        if end < 0:
+            raise _Incomplete
+        line, self.pos = self._buf[self.pos : end], end + 2
         return line
 
     def _exactly(self, size: int) -> bytes:
-        while len(self._buf) < self._pos + size + 2:
-            self._buf += self._recv()
-        data, self._pos = self._buf[self._pos : self._pos + size], self._pos + size + 2
+        if len(self._buf) < self.pos + size + 2:
+            raise _Incomplete
+        data, self.pos = self._buf[self.pos : self.pos + size], self.pos + size + 2
         return data
 
-    def _reply(self) -> Any:
+    def reply(self) -> Any:
         line = self._line()
         kind, rest = line[:1], line[1:]
         if kind == b":":

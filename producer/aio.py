@@ -225,6 +225,10 @@ class AsyncProducer:
         if batch:
             await self._publish(batch)
 
+    async def apply_encoded(self, op_id: str, text: str) -> None:
+        """As `Producer.apply_encoded`."""
+        await self._publish(single_message(op_id, text))
+
     # -- publishing state -------------------------------------------------------------
 
     async def flush(self, timeout: float = 30.0) -> None:

@@ -28,6 +28,7 @@ from broker.publisher import (
 from broker.sentinel import SentinelOptions
 from storage.config import mask_url
 
+from . import aio_resp
 from .tracker import Status, Tracked
 
 # Connections one `AsyncProducer` opens at most: a thousand concurrent saves queue for one
@@ -110,14 +111,16 @@ class AsyncPublisher:
         conn = await self._acquire()
         sent = False
         try:
-            # Explicitly: a Sentinel-managed connection finds the primary only in `connect()`
-            # (sending on an unconnected one would connect to its default host instead).
-            await conn.connect()
+            if not conn.is_connected:
+                # Explicitly: a Sentinel-managed connection finds the primary only in
+                # `connect()` (sending on an unconnected one would connect to its default
+                # host instead).
+                await conn.connect()
             commands = round_.commands()
             while commands:
-                await conn.send_packed_command([b"".join(commands)])
+                await aio_resp.send(conn, commands[0] if len(commands) == 1 else b"".join(commands))
                 sent = True
-                commands = round_.answered([await _reply(conn) for _ in commands])
+                commands = round_.answered(await aio_resp.replies(conn, len(commands)))
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             # The reply may still be on its way: this socket must never be reused.
             await conn.disconnect()
@@ -164,14 +167,6 @@ class AsyncPublisher:
             await conn.disconnect()
         await self.redis.aclose()
         await self.redis.connection_pool.disconnect()
-
-
-async def _reply(conn: Any) -> Any:
-    """As `broker.publisher`'s: an error reply returned, not raised."""
-    try:
-        return await conn.read_response()
-    except redis.ResponseError as exc:
-        return exc
 
 
 class AsyncTracker(Tracked):

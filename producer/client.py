@@ -143,6 +143,11 @@ class Producer(StorageClient):
         if batch:
             self._publish(batch)
 
+    def apply_encoded(self, op_id: str, text: str) -> None:
+        """Publish one op already validated and encoded, `(op id, wire JSON text)` as
+        `storage.ops.encode_op` returns them, as its own message (`wait([op_id])` works)."""
+        self._publish(single_message(op_id, text))
+
     def _publish(self, batch: Batch) -> None:
         if self._closed:
             raise RuntimeError("Producer is closed")
