@@ -97,8 +97,9 @@ class AsyncSide:
             return await self.load(step.wanted)
         if isinstance(step, Read):
             return await self.read(step.fn)
-        await self.producer().apply_encoded(step.op_id, step.text)
-        self._pending.add(step.thread_id, step.op_id)
+        producer = self.producer()
+        await producer.apply_encoded(step.op_id, step.text)
+        self._pending.add(step.thread_id, step.op_id, producer.is_unconfirmed)
         return None
 
     async def aclose(self) -> None:

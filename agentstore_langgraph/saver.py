@@ -147,7 +147,7 @@ class AgentStoreSaver(StoreReads):
         if isinstance(step, Read):
             return step.fn()
         self._producer.apply_encoded(step.op_id, step.text)
-        self._pending.add(step.thread_id, step.op_id)
+        self._pending.add(step.thread_id, step.op_id, self._producer.is_unconfirmed)
         return None
 
     def _op(self, name: OpName, args: dict[str, Any]) -> Publish:

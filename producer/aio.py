@@ -246,6 +246,11 @@ class AsyncProducer:
         """The background publisher's last failure, while its buffer has not drained since."""
         return None if self._buffer is None else self._buffer.error
 
+    def is_unconfirmed(self, op_id: str) -> bool:
+        """Whether `op_id`, published by this producer, is not yet seen applied (an applied
+        op is forgotten once a `wait` or the tracker's sweep sees it)."""
+        return op_id in self._tracker
+
     @property
     def unconfirmed(self) -> int:
         """Saved ops this producer has not yet seen applied: buffered, queued, dead-lettered."""

@@ -183,6 +183,11 @@ class Producer(StorageClient):
             timeout = max(0.0, deadline - time.monotonic())
         self._tracker.wait(op_ids, timeout)
 
+    def is_unconfirmed(self, op_id: str) -> bool:
+        """Whether `op_id`, published by this producer, is not yet seen applied (an applied
+        op is forgotten once a `wait` or the tracker's sweep sees it)."""
+        return op_id in self._tracker
+
     @property
     def unconfirmed(self) -> int:
         """Saved ops this producer has not yet seen applied: buffered, queued, dead-lettered."""

@@ -41,6 +41,9 @@ class Tracked:
     def __len__(self) -> int:
         return len(self._outstanding)
 
+    def __contains__(self, op_id: object) -> bool:
+        return op_id in self._outstanding
+
     def _record(self, op_ids: Iterable[str], message_id: str) -> list[tuple[str, str]] | None:
         """Track the ops; past the bound, the oldest entries to sweep (maybe none)."""
         with self._lock:
