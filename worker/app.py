@@ -168,6 +168,7 @@ class _Process:
         self.reaper.stop()
         self.heartbeat.stop()
         self.pruner.stop()
+        self.applier.close()
         if self._store is not None:
             self._store.close()
         self.redis.close()
