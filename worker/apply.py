@@ -38,10 +38,7 @@ BATCH_MAX_BYTES = 2 * MAX_SAVE_BYTES
 # the store merges one part (psycopg2 lets go of the GIL while it waits), this process takes
 # and checks the next. Applied whole, each process waited on the store, then the store on it:
 # a drain ran at the sum of their times per op instead of the larger of the two.
-# A part is not made smaller than PART_MIN_OPS: each is a transaction, with its own fixed
-# costs (BEGIN, locks, the commit's flush), and a small batch gains nothing from overlap.
 PIPELINE_PARTS = 4
-PART_MIN_OPS = 250
 
 # Pops messages until they hold ARGV[1] ops, counting each by its "<N ops>" header (ours
 # put it near the end; anything else counts as one), or ARGV[2] bytes, in one round trip.
@@ -196,7 +193,7 @@ class BatchApplier:
         no other part is applied: the batch is left for redelivery, as a whole.
         """
         s = self._settings
-        part = max(-(-s.batch_max // PIPELINE_PARTS), PART_MIN_OPS)
+        part = -(-s.batch_max // PIPELINE_PARTS)
         deadline = time.monotonic() + s.batch_wait_ms / 1000
         room = BATCH_MAX_BYTES
         applying: Future[None] | None = None
