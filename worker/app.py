@@ -168,7 +168,6 @@ class _Process:
         self.reaper.stop()
         self.heartbeat.stop()
         self.pruner.stop()
-        self.applier.close()
         if self._store is not None:
             self._store.close()
         self.redis.close()

@@ -8,7 +8,6 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain
 from operator import itemgetter
@@ -34,11 +33,6 @@ TRANSIENT = (TransientStorageError, redis.ConnectionError, redis.TimeoutError)
 # with the largest save (`MAX_SAVE_BYTES`, about 4/3 of it as a message), a batch holds a
 # few tens of megabytes, however many ops `batch_max` allows.
 BATCH_MAX_BYTES = 2 * MAX_SAVE_BYTES
-# A batch is applied in this many parts, each its own transaction, by a second thread: while
-# the store merges one part (psycopg2 lets go of the GIL while it waits), this process takes
-# and checks the next. Applied whole, each process waited on the store, then the store on it:
-# a drain ran at the sum of their times per op instead of the larger of the two.
-PIPELINE_PARTS = 4
 
 # Pops messages until they hold ARGV[1] ops, counting each by its "<N ops>" header (ours
 # put it near the end; anything else counts as one), or ARGV[2] bytes, in one round trip.
@@ -130,13 +124,6 @@ class BatchApplier:
         self._sleep = sleep
         self._heartbeat = heartbeat
         self._take = client.register_script(_TAKE)
-        self._applier: ThreadPoolExecutor | None = None
-
-    def close(self) -> None:
-        """Stop the thread that applies parts (it finishes the part it is applying)."""
-        if self._applier is not None:
-            self._applier.shutdown(wait=True)
-            self._applier = None
 
     def run(
         self,
@@ -164,10 +151,17 @@ class BatchApplier:
                 published,
                 plain,
             )
-            self._fill_and_apply(batch)
-            if batch.unavailable:
-                return batch
-            self._confirm(batch)
+            self._fill(batch)
+            with tracing.batch_span(
+                batch.traces.values(), ops=len(batch.ops), messages=len(batch.message_ids)
+            ) as span:
+                self._apply(batch)
+                if span is not None:
+                    span.set_attribute("agentstore.dead_lettered", len(batch.dead))
+                    span.set_attribute("agentstore.store_unavailable", batch.unavailable)
+                if batch.unavailable:
+                    return batch
+                self._confirm(batch)
         finally:
             if self._heartbeat is not None:
                 self._heartbeat.release()
@@ -183,67 +177,20 @@ class BatchApplier:
         )
         return batch
 
-    def _fill_and_apply(self, batch: Batch) -> None:
-        """Take ready messages until the batch holds `batch_max` ops or `batch_wait_ms` passed,
-        applying each `PIPELINE_PARTS`th of them while the next is taken and checked.
+    def _fill(self, batch: Batch) -> None:
+        """Take ready messages until the batch holds `batch_max` ops or `batch_wait_ms` passed.
 
         Messages carry one op or hundreds, so they are counted by their ops (`_TAKE`): a
         batch holds at most `batch_max` ops plus the rest of its last message, and stops
-        taking after `BATCH_MAX_BYTES` of messages. Once a part finds the store unavailable,
-        no other part is applied: the batch is left for redelivery, as a whole.
+        taking after `BATCH_MAX_BYTES` of messages.
         """
-        s = self._settings
-        part = -(-s.batch_max // PIPELINE_PARTS)
-        deadline = time.monotonic() + s.batch_wait_ms / 1000
+        deadline = time.monotonic() + self._settings.batch_wait_ms / 1000
         room = BATCH_MAX_BYTES
-        applying: Future[None] | None = None
-        applied = 0  # of batch.ops, how many went to a part
-        more = True
         try:
             while True:
-                if more:
-                    target = min(s.batch_max, len(batch.ops) + len(batch.dead) + part)
-                    room, more = self._fill(batch, target, deadline, room)
-                    more = more and target < s.batch_max
-                if applying is not None:
-                    applying.result()
-                    applying = None
-                    if batch.unavailable:
-                        return
-                ops, applied = batch.ops[applied:], len(batch.ops)
-                if ops:
-                    if self._applier is None:
-                        self._applier = ThreadPoolExecutor(1, "agentstore-apply")
-                    applying = self._applier.submit(self._apply_part, batch, ops)
-                if not more:
-                    if applying is not None:
-                        applying.result()
-                        applying = None
+                missing = self._settings.batch_max - len(batch.ops) - len(batch.dead)
+                if missing <= 0 or room <= 0:
                     return
-        finally:
-            if applying is not None:  # this thread failed: no transaction is left running
-                applying.exception()
-
-    def _apply_part(self, batch: Batch, ops: list[tuple[AnyOp, str]]) -> None:
-        carriers = [batch.traces[op.id] for op, _ in ops if op.id in batch.traces]
-        messages = len({mid for _, mid in ops})
-        with tracing.batch_span(carriers, ops=len(ops), messages=messages) as span:
-            self._apply(batch, ops)
-            if span is not None:
-                span.set_attribute("agentstore.dead_lettered", len(batch.dead))
-                span.set_attribute("agentstore.store_unavailable", batch.unavailable)
-
-    def _fill(self, batch: Batch, target: int, deadline: float, room: int) -> tuple[int, bool]:
-        """Take ready messages until the batch counts `target` ops, `room` bytes of messages
-        are taken, or the queue stays empty until `deadline`; give the room left and whether
-        the batch may take more."""
-        try:
-            while True:
-                if room <= 0:
-                    return room, False
-                missing = target - len(batch.ops) - len(batch.dead)
-                if missing <= 0:
-                    return room, True
                 got = self._take(keys=[keys.QUEUE], args=[missing, room])
                 if got:
                     for raw in got:
@@ -252,12 +199,11 @@ class BatchApplier:
                     continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return room, False
+                    return
                 self._sleep(min(0.001, remaining))
         except TRANSIENT as exc:
             # What was taken is processed; the rest waits in the queue for the next task.
             log.warning("could not take more messages: %s", type(exc).__name__)
-            return room, False
 
     def _add_raw(self, batch: Batch, raw: bytes) -> None:
         try:
@@ -333,10 +279,10 @@ class BatchApplier:
         if exc.message_id is not None and exc.message_id not in batch.message_ids:
             batch.message_ids.append(exc.message_id)
 
-    def _apply(self, batch: Batch, ops: list[tuple[AnyOp, str]]) -> None:
+    def _apply(self, batch: Batch) -> None:
         # Halving on a permanent failure isolates the bad ops in about log2(n) rounds each,
         # and every other op still lands.
-        stack = [_Part(ops)] if ops else []
+        stack = [_Part(batch.ops)] if batch.ops else []
         while stack:
             part = stack.pop()
             try:
