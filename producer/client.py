@@ -194,6 +194,9 @@ class Producer(StorageClient):
         return len(self._tracker) + self.buffered
 
     def _store(self) -> StorageClient:
+        reader = self._reader  # set once, and back to None only by close()
+        if reader is not None:
+            return reader
         with self._reader_lock:
             if self._closed:
                 raise RuntimeError("Producer is closed")

@@ -6,11 +6,8 @@ import contextlib
 import functools
 import io
 import logging
-import select
-import threading
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from itertools import repeat
 from operator import itemgetter
 from typing import Any, Self, TypeVar
@@ -18,7 +15,6 @@ from typing import Any, Self, TypeVar
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
-import psycopg2.pool
 from psycopg2.extras import execute_values
 
 from . import postgres_reads as reads
@@ -33,6 +29,7 @@ from .errors import (
     TransientStorageError,
 )
 from .forks import PerProcess
+from .pg_pool import ConnectionPool, PoolClosed, PoolTimeout
 from .pg_url import options, server
 from .postgres_schema import MIGRATIONS, migrate, schema_version
 from .postgres_sql import (
@@ -89,20 +86,8 @@ _TRANSIENT = (
 )
 
 
-def _is_broken(conn: Any) -> bool:
-    # An idle connection has nothing to read; anything readable is the server's goodbye
-    # (pg_terminate_backend, restart) or EOF. Costs one select(), no round trip.
-    if conn.closed:
-        return True
-    try:
-        readable, _, _ = select.select([conn.fileno()], [], [], 0)
-    except (OSError, ValueError):
-        return True
-    return bool(readable)
-
-
 class PostgreSQLClient(StorageBackend):
-    """`StorageClient` on PostgreSQL (psycopg2 `ThreadedConnectionPool`, JSONB rows).
+    """`StorageClient` on PostgreSQL (psycopg2, JSONB rows).
 
     Creating it applies pending schema migrations; with `create_schema=False` it writes
     nothing and raises `SchemaNotReadyError` if any is pending (what a read-only check wants).
@@ -139,15 +124,17 @@ class PostgreSQLClient(StorageBackend):
     def __repr__(self) -> str:
         return f"PostgreSQLClient({self._where})"
 
-    def _open(self, minconn: int) -> _Connections:
+    def _open(self, minconn: int) -> ConnectionPool:
         size = self._settings.postgres_pool_max
+        connect = functools.partial(
+            _connect,
+            _connection_string(self._settings),
+            connect_timeout=self._settings.postgres_connect_timeout_s,
+            application_name="agentstore",
+        )
         try:
-            pool = psycopg2.pool.ThreadedConnectionPool(
-                min(minconn, size),
-                size,
-                _connection_string(self._settings),
-                connect_timeout=self._settings.postgres_connect_timeout_s,
-                application_name="agentstore",
+            return ConnectionPool(
+                connect, min(minconn, size), size, self._settings.postgres_connect_timeout_s
             )
         except psycopg2.OperationalError as exc:
             raise StoreUnavailableError(
@@ -155,7 +142,6 @@ class PostgreSQLClient(StorageBackend):
             ) from None
         except psycopg2.Error as exc:
             raise StorageError(f"cannot connect to PostgreSQL at {self._where}: {exc}") from None
-        return _Connections(pool, threading.BoundedSemaphore(size))
 
     @classmethod
     def from_settings(cls, settings: Settings, *, create_schema: bool = True) -> Self:
@@ -188,42 +174,24 @@ class PostgreSQLClient(StorageBackend):
         """The exact number of rows of `kind` (deleted rows included), or of tombstones."""
         return int(self._fetch(COUNTS[kind], ())[0][0])
 
-    def _with_connection(self, action: Callable[[Any], T]) -> T:
-        """`action(conn)` on a pooled autocommit connection known not to be broken.
-
-        Written out rather than as a context manager: reads are a few tens of microseconds,
-        and the generator machinery was a measurable part of their overhead.
-        """
-        conns = self._conns.get()
-        if not conns.slots.acquire(timeout=self._settings.postgres_connect_timeout_s):
-            raise TransientStorageError(
-                f"no free PostgreSQL connection within {self._settings.postgres_connect_timeout_s}"
-                f" s (pool max {self._settings.postgres_pool_max})"
-            )
-        conn = None
-        broken = False
-        try:
-            conn = _checkout(conns.pool, self._where)
-            if not conn.autocommit:  # new connections only: setting it is not free
-                conn.autocommit = True
-            return action(conn)
-        except _TRANSIENT:
-            broken = True
-            raise
-        finally:
-            if conn is not None:
-                conns.pool.putconn(conn, close=broken or bool(conn.closed))
-            conns.slots.release()
-
     def _run(self, action: Callable[[Any], T]) -> T:
-        # A connection killed between check and use (pg_terminate_backend returns before the
-        # backend is gone; a restart kills every pooled connection at once) is replaced, up to
-        # once per pooled connection. Writes are idempotent, so repeating one is safe.
+        """`action(conn)` on a pooled autocommit connection, with the errors translated.
+
+        A connection the server closed (pg_terminate_backend, a restart kills every pooled
+        connection at once, an idle timeout) fails at its first statement and is replaced, up
+        to once per pooled connection. Writes are idempotent, so repeating one is safe. Written
+        out in one function: a read is a few tens of microseconds of client CPU, and each
+        layer of calls was a measurable part of it.
+        """
+        pool = self._conns.get()
         attempts = self._settings.postgres_pool_max + 1
         for attempt in range(1, attempts + 1):
+            conn = _checkout(pool, self._where)
+            broken = False
             try:
-                return self._with_connection(action)
+                return action(conn)
             except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                broken = True
                 if attempt == attempts:
                     raise TransientStorageError(f"PostgreSQL connection failed: {exc}") from None
             except psycopg2.errors.UniqueViolation as exc:
@@ -234,9 +202,12 @@ class PostgreSQLClient(StorageBackend):
                 if attempt == attempts:
                     raise TransientStorageError(f"PostgreSQL: {exc}".strip()) from None
             except _TRANSIENT as exc:
+                broken = True
                 raise TransientStorageError(f"PostgreSQL: {exc}".strip()) from None
             except psycopg2.Error as exc:
                 raise StorageError(f"PostgreSQL rejected the operation: {exc}".strip()) from None
+            finally:
+                pool.putconn(conn, close=broken or bool(conn.closed))
         raise AssertionError("unreachable")
 
     def _fetch(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
@@ -401,27 +372,27 @@ class PostgreSQLClient(StorageBackend):
 
     def close(self) -> None:
         # Only this process's own connections: a child's close() must not end its parent's.
-        conns = self._conns.made()
-        if conns is not None and not conns.pool.closed:
-            conns.pool.closeall()
+        pool = self._conns.made()
+        if pool is not None and not pool.closed:
+            pool.closeall()
 
 
-@dataclass(frozen=True, slots=True)
-class _Connections:
-    """One process's pool, and the semaphore bounding how many threads use it at once."""
+def _connect(dsn: str, **options: Any) -> Any:
+    conn = psycopg2.connect(dsn, **options)
+    # Every statement runs in autocommit; writes open their transaction with BEGIN.
+    conn.autocommit = True
+    return conn
 
-    pool: psycopg2.pool.ThreadedConnectionPool
-    slots: threading.BoundedSemaphore
 
-
-def _checkout(pool: psycopg2.pool.ThreadedConnectionPool, where: str) -> Any:
+def _checkout(pool: ConnectionPool, where: str) -> Any:
     # A failure to connect is not retried by _run (each try could take the whole connect
     # timeout): it is reported at once, as transient.
     try:
         conn = pool.getconn()
-        while _is_broken(conn):
-            pool.putconn(conn, close=True)
-            conn = pool.getconn()
+    except PoolTimeout as exc:
+        raise TransientStorageError(str(exc)) from None
+    except PoolClosed as exc:
+        raise StorageError(str(exc)) from None
     except psycopg2.OperationalError as exc:
         raise StoreUnavailableError(
             f"cannot connect to PostgreSQL at {where}: {exc}".strip()

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from .base import check_limit, prefix_bounds
 from .checkpoint_reads import Loaded, Wanted, assemble
@@ -19,8 +18,7 @@ T = TypeVar("T")
 Rows = list[tuple[Any, ...]]
 
 
-@dataclass(frozen=True, slots=True)
-class Query(Generic[T]):
+class Query(NamedTuple, Generic[T]):
     """A read: run `sql` with `params`, then `shape` the fetched rows into its result."""
 
     sql: str

@@ -85,10 +85,10 @@ def test_postgres_sslmode_reaches_libpq_unchanged(
         seen.append(args)
         raise psycopg2.OperationalError("captured")
 
-    monkeypatch.setattr("psycopg2.pool.ThreadedConnectionPool", capture)
+    monkeypatch.setattr("psycopg2.connect", capture)
     with pytest.raises(StorageError):
         PostgreSQLClient(postgres_connection_string=url)
-    assert seen and seen[0][2] == url, "the DSN is handed to psycopg2 exactly as configured"
+    assert seen and seen[0][0] == url, "the DSN is handed to psycopg2 exactly as configured"
 
 
 def test_postgres_sslmode_require_is_enforced(database: str) -> None:
