@@ -44,6 +44,7 @@ class Ingest:
     rows: int
     seconds: float
     pg_cpu_us_per_row: float  # the database's backends, user + system
+    client_cpu_us_per_row: float  # the loading threads: sending the COPY text, the merges
 
     @property
     def rate(self) -> float:
@@ -71,8 +72,10 @@ def copy_merge(admin: str, n: int, connections: int = 2, page: int = 5000) -> In
                     cur.execute(_TEMP)
             backends = [conn.get_backend_pid() for conn in conns]
             failures: list[BaseException] = []
+            client_cpu: list[float] = []
 
             def load(conn: psycopg2.extensions.connection, mine: list[str]) -> None:
+                started = time.thread_time()
                 try:
                     with conn.cursor() as cur:
                         for text in mine:
@@ -81,6 +84,7 @@ def copy_merge(admin: str, n: int, connections: int = 2, page: int = 5000) -> In
                             conn.commit()
                 except BaseException as exc:  # reported by the caller
                     failures.append(exc)
+                client_cpu.append(time.thread_time() - started)
 
             threads = [
                 threading.Thread(target=load, args=(conn, pages[i::connections]))
@@ -104,4 +108,4 @@ def copy_merge(admin: str, n: int, connections: int = 2, page: int = 5000) -> In
             row = cur.fetchone()
             if row is None or row[0] != n:
                 raise RuntimeError(f"COPY baseline stored {row} rows of {n} in {options(db)}")
-    return Ingest(n, elapsed, cpu / n * 1e6)
+    return Ingest(n, elapsed, cpu / n * 1e6, sum(client_cpu) / n * 1e6)
