@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import threading
@@ -19,6 +20,9 @@ from .errors import BrokerUnavailableError, DeadLetteredError, LostOpsError
 
 log = logging.getLogger(__name__)
 _CHUNK = 10_000
+# A producer that outruns its workers for long forgets on every batch: say so at most this
+# often, with the count since the last warning.
+_WARN_EVERY_S = 10.0
 
 
 class Tracked:
@@ -37,6 +41,8 @@ class Tracked:
         self._lock = threading.Lock()
         self._outstanding: dict[str, str] = {}
         self._last_sweep = 0.0
+        self._forgotten = 0  # since the last warning
+        self._warned_at: float | None = None
 
     def __len__(self) -> int:
         return len(self._outstanding)
@@ -55,15 +61,26 @@ class Tracked:
             if now - self._last_sweep <= 1.0:
                 return []
             self._last_sweep = now
-            return list(self._outstanding.items())[:_CHUNK]
+            return list(itertools.islice(self._outstanding.items(), _CHUNK))
 
     def _forget_excess(self) -> None:
         with self._lock:
             excess = len(self._outstanding) - self._max
-            if excess > 0:
-                for op_id in list(self._outstanding)[:excess]:
-                    del self._outstanding[op_id]
-                log.warning("forgot %d unconfirmed ops to stay within max_tracked", excess)
+            if excess <= 0:
+                return
+            for op_id in list(itertools.islice(self._outstanding, excess)):
+                del self._outstanding[op_id]
+            self._forgotten += excess
+            now = time.monotonic()
+            if self._warned_at is not None and now - self._warned_at < _WARN_EVERY_S:
+                return
+            self._warned_at, forgotten, self._forgotten = now, self._forgotten, 0
+        log.warning(
+            "forgot %d unconfirmed ops to stay within max_tracked=%d: they are still "
+            "delivered, but wait() without op ids no longer covers them",
+            forgotten,
+            self._max,
+        )
 
     @staticmethod
     def _query(pipe: Any, items: list[tuple[str, str]]) -> list[str]:

@@ -7,6 +7,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any, cast
 
 import fakeredis
@@ -14,6 +15,7 @@ import pytest
 
 import broker.publisher
 import producer.client
+import producer.tracker
 from agentstore_cli.launch import free_port
 from broker import keys, wire
 from broker.deadletters import DeadLetters, settle
@@ -184,6 +186,25 @@ def test_memory_stays_bounded(fake: fakeredis.FakeRedis) -> None:
         for i in range(120):
             p.save_state("a", f"s{i}", {})
         assert p.unconfirmed == 50, "the newest 50 stay tracked: bounded, not forgotten"
+
+
+def test_forgetting_warns_at_most_every_ten_seconds_with_the_count(
+    fake: fakeredis.FakeRedis, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(producer.tracker, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    caplog.set_level("WARNING", logger="producer.tracker")
+    with Producer(broker_url="redis://x:6379/0", max_tracked=50) as p:
+        for i in range(120):  # 70 forgotten, one at a time: one warning, not 70
+            p.save_state("a", f"s{i}", {})
+        clock[0] += 10.0
+        for i in range(5):  # the first says the 69 held back and itself; 4 more wait
+            p.save_state("a", f"t{i}", {})
+    warnings = [r.getMessage() for r in caplog.records if "forgot" in r.getMessage()]
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith("forgot 1 unconfirmed ops to stay within max_tracked=50")
+    assert warnings[1].startswith("forgot 70 unconfirmed ops"), warnings
+    assert p.unconfirmed == 50
 
 
 def test_unreachable_broker_raises_publish_error_fast_with_the_password_masked() -> None:
