@@ -25,6 +25,7 @@ from storage.postgres import PostgreSQLClient
 from storage.postgres_async import AsyncPostgresReader
 
 from .aio_buffer import AsyncSendBuffer
+from .aio_group import GroupCommit
 from .aio_publisher import AsyncPublisher, AsyncTracker
 from .client import configure, lost_at_close, messages_of, publisher_options, single_message
 
@@ -36,7 +37,9 @@ class AsyncProducer:
     """`Producer` with coroutines: the same settings, validation, errors and guarantees.
 
     Saves publish through `redis.asyncio` with the same atomic Lua script, so an op saved
-    here can be waited for by a `Producer` and the reverse. Reads of PostgreSQL use psycopg
+    here can be waited for by a `Producer` and the reverse. Durable saves that tasks make
+    while a publish is under way share the next one (group commit); each still returns only
+    once Redis has it. Reads of PostgreSQL use psycopg
     3's async driver, on the loop (threads would contend with it for the GIL); other stores
     run the blocking client on a bounded thread pool (`max_readers` threads). A save whose task is
     cancelled is either published (and covered by `wait()`) or not published at all: once
@@ -88,6 +91,7 @@ class AsyncProducer:
         self._tracker = AsyncTracker(self._publisher.redis, self._max_tracked)
         # Publishes under way, shielded from their callers' cancellation; `wait()` awaits them.
         self._inflight: set[asyncio.Future[None]] = set()
+        self._group = GroupCommit(self._publish_now)
         linger_s, max_batch, max_buffer, buffer_timeout = self._buffering
         self._buffer: AsyncSendBuffer | None = None
         if linger_s > 0:
@@ -136,7 +140,7 @@ class AsyncProducer:
     async def _publish(self, batch: Batch) -> None:
         if self._closed:
             raise RuntimeError("AsyncProducer is closed")
-        publish = asyncio.ensure_future(self._publish_now(batch))
+        publish = self._group.submit(batch)
         self._inflight.add(publish)
         publish.add_done_callback(self._inflight.discard)
         try:

@@ -11,9 +11,11 @@ from typing import Any, TypeVar
 
 import pytest
 import redis
+import redis.asyncio as aioredis
 
+from agentstore_cli.launch import free_port
 from broker import keys, wire
-from producer import AsyncProducer, LostOpsError
+from producer import AsyncProducer, LostOpsError, PublishError
 from storage import create_storage_client
 from storage.ops import make_op
 from tests.forking import Child
@@ -148,6 +150,56 @@ def test_a_cancelled_save_is_either_published_and_waited_for_or_not_published(
     # Both outcomes happened: some cancelled saves were published anyway, some never began.
     assert report["cancelled"] > 0 and report["queued"] > 60 - report["cancelled"]
     assert report["queued"] < 60
+
+
+def test_concurrent_durable_saves_share_publishes_and_each_returns_once_queued(
+    broker: str,
+) -> None:
+    def evalsha_calls() -> int:
+        client = redis.Redis.from_url(broker)
+        try:
+            return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+        finally:
+            client.close()
+
+    async def body(store: AsyncProducer) -> list[str]:
+        check = aioredis.Redis.from_url(broker)
+
+        async def saver(t: int) -> list[str]:
+            ids = []
+            for i in range(10):
+                op_id = await store.save_state("a", f"s{t}-{i}", {"i": i})
+                # A lone save is its own message, under its op id: durable means queued.
+                assert await check.zscore(keys.PENDING_KEY, op_id) is not None
+                ids.append(op_id)
+            return ids
+
+        try:
+            return [i for ids in await asyncio.gather(*(saver(t) for t in range(64))) for i in ids]
+        finally:
+            await check.aclose()
+
+    before = evalsha_calls()
+    ids = run(broker, "postgresql://unused", body)
+    publishes = evalsha_calls() - before
+    queued, pending, messages = _queued(broker)
+    assert sorted(queued) == sorted(ids) and pending == messages == len(ids) == 640
+    assert publishes <= 640 // 4, f"{publishes} publishes for 640 saves by 64 tasks"
+
+
+def test_every_caller_of_a_failed_group_gets_the_publish_error_in_time() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+
+    async def main() -> list[BaseException | str]:
+        async with AsyncProducer(broker_url=url, publish_timeout=1.0) as store:
+            saves = (store.save_state("a", f"s{i}", {"i": i}) for i in range(20))
+            return await asyncio.gather(*saves, return_exceptions=True)
+
+    started = time.monotonic()
+    outcomes = asyncio.run(main())
+    assert time.monotonic() - started < 5, "callers waited past the publish timeout"
+    assert all(isinstance(o, PublishError) for o in outcomes), outcomes
+    assert len({str(o) for o in outcomes}) == 1 and url.split("//")[1] in str(outcomes[0])
 
 
 def test_buffered_saves_are_published_by_aclose_and_lost_ops_named(broker: str) -> None:
