@@ -33,6 +33,7 @@ class AsyncPostgresReader:
         self._dsn = dsn
         self._where = mask_url(dsn) if "://" in dsn else "<libpq connection string>"
         self._pool: psycopg_pool.AsyncConnectionPool | None = None
+        self._guard: asyncio.Task[None] | None = None
         self._opening = asyncio.Lock()
 
     async def _open(self) -> psycopg_pool.AsyncConnectionPool:
@@ -55,6 +56,7 @@ class AsyncPostgresReader:
                 )
                 await pool.open()
                 self._pool = pool
+                self._guard = asyncio.get_running_loop().create_task(_close_with_the_loop(pool))
             return self._pool
 
     def _migrate(self) -> None:
@@ -84,5 +86,20 @@ class AsyncPostgresReader:
 
     async def aclose(self) -> None:
         pool, self._pool = self._pool, None
+        guard, self._guard = self._guard, None
         if pool is not None:
             await pool.close()
+        if guard is not None:
+            guard.cancel()
+
+
+async def _close_with_the_loop(pool: psycopg_pool.AsyncConnectionPool) -> None:
+    # psycopg_pool's maintenance workers take a cancellation that lands while they connect
+    # for a failed connection attempt and go on waiting for work: a loop ending with the
+    # pool open (asyncio.run cancels every task) would wait for them for ever. Cancelled
+    # with them, this closes the pool, which tells them to stop.
+    try:
+        await asyncio.get_running_loop().create_future()
+    except asyncio.CancelledError:
+        await pool.close()
+        raise

@@ -6,11 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from typing import Any
 
+import psycopg
 import psycopg2
+import pytest
 
 from producer import AsyncProducer
 from storage import create_storage_client
+from storage import postgres_reads as pg
+from storage.config import load_settings
+from storage.postgres_async import AsyncPostgresReader
 
 
 def _reader_threads() -> list[str]:
@@ -80,3 +86,38 @@ def test_a_killed_connection_is_replaced_and_the_read_retried(broker: str, datab
     killed, reads = asyncio.run(body())
     assert killed >= 1
     assert reads == [{"n": 1}] * 5
+
+
+def test_a_loop_ended_with_the_reader_open_and_connecting_does_not_hang(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """psycopg_pool's workers swallow a cancellation that lands while they connect; a loop
+    ended by `asyncio.run` with the pool open and a connection on its way used to wait for
+    them for ever."""
+    connect = psycopg.AsyncConnection.connect
+    calls = 0
+
+    async def first_fast_then_stuck(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            await asyncio.sleep(3600)  # a server that never answers
+        return await connect(*args, **kwargs)
+
+    monkeypatch.setattr(psycopg.AsyncConnection, "connect", first_fast_then_stuck)
+    settings = load_settings(postgres_connection_string=database, postgres_pool_min=2)
+
+    async def main() -> None:
+        reader = AsyncPostgresReader(settings)  # left open on purpose
+        assert await reader.query(pg.get_state("a", "s")) is None
+        while calls < 2:  # the second connection is under way
+            await asyncio.sleep(0.01)
+
+    ended = threading.Event()
+
+    def run() -> None:
+        asyncio.run(main())
+        ended.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert ended.wait(timeout=30), "asyncio.run never returned: the loop waits for the pool"
