@@ -39,11 +39,11 @@ class AsyncProducer:
     Saves publish through `redis.asyncio` with the same atomic Lua script, so an op saved
     here can be waited for by a `Producer` and the reverse. Durable saves that tasks make
     while a publish is under way share the next one (group commit); each still returns only
-    once Redis has it. Reads of PostgreSQL use psycopg
-    3's async driver, on the loop (threads would contend with it for the GIL); other stores
-    run the blocking client on a bounded thread pool (`max_readers` threads). A save whose task is
-    cancelled is either published (and covered by `wait()`) or not published at all: once
-    begun, its publish finishes shielded from the cancellation. Use it on one event loop;
+    once Redis has it. Reads of PostgreSQL use psycopg 3's async driver, on the loop
+    (threads would contend with it for the GIL); other stores run the blocking client on a
+    bounded thread pool (`max_readers` threads). A save whose task is cancelled is either
+    published (and covered by `wait()`) or not published at all: once begun, its publish
+    finishes shielded from the cancellation. Use it on one event loop;
     `async with AsyncProducer() as store:` or `await store.aclose()` publishes what is
     buffered (ops still buffered when the loop ends without `aclose()` are lost).
 

@@ -64,13 +64,12 @@ class GroupCommit:
             self._waiting.clear()
 
     def _take(self) -> list[tuple[Batch, asyncio.Future[None]]]:
-        group = [self._waiting.popleft()]
-        messages = len(group[0][0])
-        size = sum(len(message) for _, message, _ in group[0][0])
+        group: list[tuple[Batch, asyncio.Future[None]]] = []
+        messages = size = 0
         while self._waiting:
             batch = self._waiting[0][0]
             more = sum(len(message) for _, message, _ in batch)
-            if messages + len(batch) > MAX_GROUP or size + more > MAX_MESSAGE_CHARS:
+            if group and (messages + len(batch) > MAX_GROUP or size + more > MAX_MESSAGE_CHARS):
                 break
             group.append(self._waiting.popleft())
             messages += len(batch)
