@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
 import subprocess
 from pathlib import Path
@@ -16,12 +17,39 @@ class ServiceError(RuntimeError):
     """A service could not be used or started; the message says which and what to do."""
 
 
+_PORT_ATTEMPTS = 64
+_PORTS_BELOW_EPHEMERAL = 16384
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    """A TCP port on 127.0.0.1 that was free a moment ago, below the ephemeral range.
+
+    A port the kernel hands out for `bind(0)` comes from the range it also gives outgoing
+    connections their local ports from: a server started seconds later could find one of
+    those connections on it ("Address already in use", seen on CI). Ports below that range
+    are only ever taken by a listener that asks for them.
+    """
+    low = _ephemeral_low()
+    candidates = range(max(1024, low - _PORTS_BELOW_EPHEMERAL), low)
+    for _ in range(_PORT_ATTEMPTS if candidates else 0):
+        port = random.choice(candidates)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def answers(port: int) -> bool:
