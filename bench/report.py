@@ -116,12 +116,16 @@ def summary(run: Run, out: Path, plotted: bool) -> str:
     and the targets it missed."""
     parts = [table(run.results.figures)]
     for f in run.results.figures:
-        for key, unit in (("cpu_us_per_save", "save"), ("cpu_us_per_step", "superstep")):
+        for key, unit, of in (
+            ("cpu_us_per_save", "save", f.name),
+            ("cpu_us_per_step", "superstep", f.name),
+            ("baseline_cpu_us_per_step", "superstep", f"{f.name}, {f.baseline_name}"),
+        ):
             if key in f.extra:
                 cpu = f.extra[key]
                 each = ", ".join(f"{name} {us:.1f}" for name, us in cpu.items())
                 total = sum(cpu.values())
-                parts.append(f"\nCPU per {unit} (µs), {f.name}: {each}; total {total:.1f}")
+                parts.append(f"\nCPU per {unit} (µs), {of}: {each}; total {total:.1f}")
     info = run.machine
     parts.append(
         f"\n{run.command}: {run.seconds:.0f} s on {info['nproc']} cores ({info['cpu']}); "

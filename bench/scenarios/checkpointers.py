@@ -10,8 +10,10 @@ import statistics
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypedDict
 
+import redis
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.postgres.aio import AsyncPostgresSaver
@@ -26,7 +28,7 @@ from storage.config import load_settings
 from ..report import Figure
 from ..services import WorkerBox, database
 from .context import Context
-from .drain import worker_env
+from .drain import database_backends, redis_server_pid, worker_env
 from .workload import cpu_seconds, percentile
 
 CONCURRENCY = (1, 16, 64)
@@ -61,14 +63,22 @@ class Measured:
     p50_ms: float
     p99_ms: float
     read_p50_ms: float | None = None  # aget_tuple of a finished thread
-    # CPU per superstep: this process's (LangGraph and the checkpointer's client side) and
-    # the workers'. Steadier than the rates on a shared machine (PostgreSQL's not counted).
+    # CPU per superstep: this process's (LangGraph and the checkpointer's client side), the
+    # workers', and the servers' (the database's PostgreSQL backends, redis-server). Steadier
+    # than the rates on a shared machine, and with the box's two cores busy (workers and
+    # servers run beside the graphs) what the rates follow.
     client_cpu_us: float = 0.0
     workers_cpu_us: float = 0.0
+    servers_cpu_us: float = 0.0
 
 
 async def run_graphs(
-    saver: BaseCheckpointSaver[Any], n: int, runs: int, tag: str, workers: WorkerBox | None = None
+    saver: BaseCheckpointSaver[Any],
+    n: int,
+    runs: int,
+    tag: str,
+    workers: WorkerBox | None = None,
+    servers: Callable[[], list[int]] | None = None,
 ) -> Measured:
     """`n` tasks, each running its share of `runs` graphs one after another, each on its own
     thread; a superstep's latency is the time between two of its run's streamed updates."""
@@ -87,11 +97,15 @@ async def run_graphs(
                 last = now
 
     pids = workers.pids() if workers is not None else []
+    before = _cpu_by_pid(servers() if servers else [])
     cpu, workers_cpu = time.process_time(), cpu_seconds(pids)
     started = time.perf_counter()
     await asyncio.gather(*(task(t) for t in range(n)))
     elapsed = time.perf_counter() - started
     cpu, workers_cpu = time.process_time() - cpu, cpu_seconds(pids) - workers_cpu
+    # A backend a pool opened during the run counts from its start.
+    after = _cpu_by_pid(servers() if servers else [])
+    servers_cpu = sum(spent - before.get(pid, 0.0) for pid, spent in after.items())
     steps = len(latencies)
     assert steps == n * max(1, runs // n) * SUPERSTEPS, steps
     return Measured(
@@ -100,7 +114,12 @@ async def run_graphs(
         percentile(latencies, 99) * 1000,
         client_cpu_us=cpu / steps * 1e6,
         workers_cpu_us=workers_cpu / steps * 1e6,
+        servers_cpu_us=servers_cpu / steps * 1e6,
     )
+
+
+def _cpu_by_pid(pids: list[int]) -> dict[int, float]:
+    return {pid: cpu_seconds([pid]) for pid in pids}
 
 
 async def read_latency(saver: BaseCheckpointSaver[Any], threads: list[str]) -> float:
@@ -120,12 +139,13 @@ async def measure(
     make: Callable[[], contextlib.AbstractAsyncContextManager[BaseCheckpointSaver[Any]]],
     runs: int,
     workers: WorkerBox | None = None,
+    servers: Callable[[], list[int]] | None = None,
 ) -> dict[int, Measured]:
     found = {}
     async with make() as saver:
         await run_graphs(saver, 4, 8, "warm")  # connections, prepared statements, the script
         for n in CONCURRENCY:
-            found[n] = await run_graphs(saver, n, runs, f"n{n}", workers)
+            found[n] = await run_graphs(saver, n, runs, f"n{n}", workers, servers)
         found[CONCURRENCY[-1]].read_p50_ms = await read_latency(
             saver, [f"n{CONCURRENCY[-1]}-{t}-0" for t in range(CONCURRENCY[-1])]
         )
@@ -175,13 +195,19 @@ def compare(broker: str, admin: str, runs: int) -> dict[str, dict[int, Measured]
     for pooled in (False, True):
         name = f"AsyncPostgresSaver, {'pool of 16' if pooled else 'one connection'}"
         with database(admin, "agentstore_lg") as url:
-            found[name] = asyncio.run(measure(postgres_saver(url, pooled), runs))
-    with database(admin, "agentstore_lg") as url:
+            backends = partial(database_backends, admin, url)
+            found[name] = asyncio.run(measure(postgres_saver(url, pooled), runs, None, backends))
+    with database(admin, "agentstore_lg") as url, redis.Redis.from_url(broker) as client:
         PostgreSQLClient(postgres_connection_string=url).close()  # schema before the clock
+        redis_pid = redis_server_pid(client)
         with WorkerBox("worker", worker_env(broker, url)) as box:
             box.wait_ready()
+
+            def servers() -> list[int]:
+                return [*database_backends(admin, url), redis_pid]
+
             ours = agentstore_saver(broker, url)
-            found["AgentStoreSaver"] = asyncio.run(measure(ours, runs, box))
+            found["AgentStoreSaver"] = asyncio.run(measure(ours, runs, box, servers))
     return found
 
 
@@ -217,8 +243,16 @@ def checkpointers(ctx: Context) -> None:
                 "in_memory_ceiling": ceiling,
                 "p99_ms": ours.p99_ms,
                 "base_p99_ms": base.p99_ms,
-                "cpu_us_per_step": {"client": ours.client_cpu_us, "workers": ours.workers_cpu_us},
+                "cpu_us_per_step": {
+                    "client": ours.client_cpu_us,
+                    "workers": ours.workers_cpu_us,
+                    "servers": ours.servers_cpu_us,
+                },
                 "base_cpu_us_per_step": base.client_cpu_us,
+                "baseline_cpu_us_per_step": {
+                    "client": base.client_cpu_us,
+                    "servers": base.servers_cpu_us,
+                },
                 "in_memory_cpu_us_per_step": found["InMemorySaver"][n].client_cpu_us,
             },
         )

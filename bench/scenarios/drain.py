@@ -157,14 +157,22 @@ def agentstore_drain(
 def _processes(box: WorkerBox, client: redis.Redis, admin: str, db: str) -> dict[str, list[int]]:
     """Who works during a drain: the worker's main process and children, the database's
     backends for this database, and redis-server."""
-    with contextlib.closing(psycopg2.connect(admin)) as conn, conn.cursor() as cur:
-        cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (options(db)["dbname"],))
-        backends = [int(row[0]) for row in cur.fetchall()]
-    info: dict[str, Any] = client.info("server")
     pids = box.pids()
     return {
         "worker main process": pids[:1],
         "worker children": pids[1:],
-        "postgres backends": backends,
-        "redis-server": [int(info["process_id"])],
+        "postgres backends": database_backends(admin, db),
+        "redis-server": [redis_server_pid(client)],
     }
+
+
+def database_backends(admin: str, db: str) -> list[int]:
+    """The PostgreSQL backends connected to `db` now."""
+    with contextlib.closing(psycopg2.connect(admin)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", (options(db)["dbname"],))
+        return [int(row[0]) for row in cur.fetchall()]
+
+
+def redis_server_pid(client: redis.Redis) -> int:
+    info: dict[str, Any] = client.info("server")
+    return int(info["process_id"])

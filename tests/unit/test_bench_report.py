@@ -104,7 +104,15 @@ def test_the_summary_prints_cpu_per_save_and_per_superstep(tmp_path: Path) -> No
             "drain", 1.0, "saves/s", extra={"cpu_us_per_save": {"producer": 2.0, "workers": 3.0}}
         ),
         Figure(
-            "supersteps", 1.0, "/s", extra={"cpu_us_per_step": {"client": 10.0, "workers": 5.5}}
+            "supersteps",
+            1.0,
+            "/s",
+            2.0,
+            "theirs",
+            extra={
+                "cpu_us_per_step": {"client": 10.0, "workers": 5.5},
+                "baseline_cpu_us_per_step": {"client": 20.0, "servers": 4.0},
+            },
         ),
     ]
     machine = {"nproc": 2, "cpu": "x", "load_avg_at_start": (1, 1, 1), "load_avg_at_end": (1, 1, 1)}
@@ -112,3 +120,6 @@ def test_the_summary_prints_cpu_per_save_and_per_superstep(tmp_path: Path) -> No
     text = report.summary(done, tmp_path / "run.json", plotted=False)
     assert "CPU per save (µs), drain: producer 2.0, workers 3.0; total 5.0" in text
     assert "CPU per superstep (µs), supersteps: client 10.0, workers 5.5; total 15.5" in text
+    assert (
+        "CPU per superstep (µs), supersteps, theirs: client 20.0, servers 4.0; total 24.0" in text
+    )
