@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from storage.ops import MAX_SAVE_BYTES
 from storage.payload import decode_plain
 
@@ -167,9 +169,16 @@ def parse_message(raw: bytes | str) -> Message:
     Only JSON is ever decoded: a pickle (or any other) content type is refused by name.
     """
     try:
-        envelope = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise MalformedMessage("message is not JSON") from None
+        envelope = orjson.loads(raw)  # ~3x the json module's speed on a message
+    except orjson.JSONDecodeError:
+        # What orjson refuses (NaN, a lone surrogate, text that is not UTF-8, malformed
+        # JSON) the json module reads, or refuses as it always did. The numbers orjson
+        # reads differently (integers beyond 64 bits) are in headers this code never uses:
+        # the ops are in the body, decoded on its own (`storage.payload.decode_plain`).
+        try:
+            envelope = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise MalformedMessage("message is not JSON") from None
     if not isinstance(envelope, dict):
         raise MalformedMessage("message is not a JSON object")
     headers = envelope.get("headers")
