@@ -103,9 +103,10 @@ async def run_graphs(
     await asyncio.gather(*(task(t) for t in range(n)))
     elapsed = time.perf_counter() - started
     cpu, workers_cpu = time.process_time() - cpu, cpu_seconds(pids) - workers_cpu
-    # A backend a pool opened during the run counts from its start.
+    # A backend a pool opened during the run counts from its start; one gone by the time its
+    # CPU is read counts 0, never less.
     after = _cpu_by_pid(servers() if servers else [])
-    servers_cpu = sum(spent - before.get(pid, 0.0) for pid, spent in after.items())
+    servers_cpu = sum(max(0.0, spent - before.get(pid, 0.0)) for pid, spent in after.items())
     steps = len(latencies)
     assert steps == n * max(1, runs // n) * SUPERSTEPS, steps
     return Measured(
