@@ -142,6 +142,19 @@ def test_the_workers_read_our_producers_messages_as_plain() -> None:
     ]
 
 
+def test_an_envelope_orjson_refuses_is_read_as_the_json_module_reads_it() -> None:
+    # Another publisher's message with NaN in a header we never use: orjson refuses the
+    # envelope, the json module reads it; the ops are the same either way.
+    op_id, text = encode_op("save_state", {"agent_id": "a", "state_id": "s", "state": {"x": 1}})
+    message = wire.build_message(op_id, [text])
+    odd = message.replace(b'"priority":0', b'"priority":NaN')
+    assert odd != message
+
+    assert wire.parse_message(odd) == wire.parse_message(message)
+    with pytest.raises(wire.MalformedMessage, match="message is not JSON"):
+        wire.parse_message(odd.replace(b"NaN", b"NaN,"))
+
+
 def test_a_task_body_decoded_plain_marks_its_op_list_once() -> None:
     ops = [{"op": "save_state", "id": "o", "version": "1", "args": {"state": {"x": 0.5}}}]
     body = json.dumps([[ops], {}, {}]).encode()
