@@ -22,6 +22,10 @@ APPLIED_KEY = "agentstore:applied"
 # Confirmations: zset message id -> time a worker settled it (applied or dead-lettered),
 # kept for AGENTSTORE_CONFIRM_TTL_S so `wait()` tells "applied" from "lost by the broker".
 DONE_KEY = "agentstore:done"
+# Set (with a short expiry) while a reader waits for ops to be applied: a worker then closes
+# the batch it is filling as soon as the queue runs dry, instead of waiting out
+# AGENTSTORE_BATCH_WAIT_MS.
+HURRY_KEY = "agentstore:hurry"
 # Lists `<prefix><host>:<main pid>`: the counts of each batch a worker's processes settled,
 # appended by the settle itself, for the main process to move into its metrics.
 TALLIES_PREFIX = "agentstore:tallies:"

@@ -186,9 +186,9 @@ class AsyncTracker(Tracked):
                 await self._check(sweep)
         self._forget_excess()
 
-    async def _check(self, items: list[tuple[str, str]]) -> Status:
+    async def _check(self, items: list[tuple[str, str]], *, hurry: bool = False) -> Status:
         pipe = self._redis.pipeline(transaction=True)
-        message_ids = self._query(pipe, items)
+        message_ids = self._query(pipe, items, hurry=hurry)
         replies: list[Any] = await pipe.execute()
         return self._classify(items, message_ids, replies)
 
@@ -197,7 +197,7 @@ class AsyncTracker(Tracked):
         while True:
             try:
                 statuses: list[Status] | Exception = [
-                    await self._check(chunk) for chunk in waiting.chunks()
+                    await self._check(chunk, hurry=True) for chunk in waiting.chunks()
                 ]
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 statuses = exc

@@ -20,6 +20,9 @@ from .errors import BrokerUnavailableError, DeadLetteredError, LostOpsError
 
 log = logging.getLogger(__name__)
 _CHUNK = 10_000
+# How long a waiting reader's `keys.HURRY_KEY` lasts: longer than the longest pause between
+# two of its checks (each sets it again), so it holds for as long as the reader waits.
+HURRY_TTL_MS = 250
 # A producer that outruns its workers for long forgets on every batch: say so at most this
 # often, with the count since the last warning.
 _WARN_EVERY_S = 10.0
@@ -83,9 +86,12 @@ class Tracked:
         )
 
     @staticmethod
-    def _query(pipe: Any, items: list[tuple[str, str]]) -> list[str]:
-        """Queue on a MULTI pipeline what `_classify` reads; returns the message ids."""
+    def _query(pipe: Any, items: list[tuple[str, str]], *, hurry: bool = False) -> list[str]:
+        """Queue on a MULTI pipeline what `_classify` reads; returns the message ids. With
+        `hurry`, also tell the workers someone waits (`keys.HURRY_KEY`)."""
         message_ids = list(dict.fromkeys(mid for _, mid in items))
+        if hurry:
+            pipe.set(keys.HURRY_KEY, 1, px=HURRY_TTL_MS)
         # One MULTI: a consistent view of what the worker's settle script changes at once.
         pipe.zmscore(keys.PENDING_KEY, message_ids)
         pipe.zmscore(keys.DONE_KEY, message_ids)
@@ -99,7 +105,7 @@ class Tracked:
     ) -> Status:
         """Where `(op id, message id)` pairs are; forgets the applied ones."""
         status = Status()
-        queued, done, dead, dead_messages = replies
+        queued, done, dead, dead_messages = replies[-4:]
         still = {m for m, score in zip(message_ids, queued, strict=True) if score is not None}
         confirmed = {m for m, score in zip(message_ids, done, strict=True) if score is not None}
         refused = {
@@ -152,16 +158,18 @@ class Tracker(Tracked):
                 self._check(sweep)
         self._forget_excess()
 
-    def _check(self, items: list[tuple[str, str]]) -> Status:
+    def _check(self, items: list[tuple[str, str]], *, hurry: bool = False) -> Status:
         pipe = self._redis.pipeline(transaction=True)
-        message_ids = self._query(pipe, items)
+        message_ids = self._query(pipe, items, hurry=hurry)
         return self._classify(items, message_ids, pipe.execute())
 
     def wait(self, op_ids: Iterable[str] | None, timeout: float) -> None:
         waiting = self._waiting(op_ids, timeout)
         while True:
             try:
-                statuses: list[Status] | Exception = [self._check(c) for c in waiting.chunks()]
+                statuses: list[Status] | Exception = [
+                    self._check(c, hurry=True) for c in waiting.chunks()
+                ]
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 statuses = exc
             delay = waiting.checked(statuses)

@@ -37,15 +37,19 @@ BATCH_MAX_BYTES = 2 * MAX_SAVE_BYTES
 # Pops messages until they hold ARGV[1] ops, counting each by its "<N ops>" header (ours
 # put it near the end; anything else counts as one), or ARGV[2] bytes, in one round trip.
 # Taking messages by count instead would let a batch of single saves swallow hundreds of
-# 500-op messages; by ops alone, a batch of 2 MB saves would hold gigabytes.
+# 500-op messages; by ops alone, a batch of 2 MB saves would hold gigabytes. The first
+# element of the reply is 1 if the queue ran dry while a reader waits (KEYS[2] exists).
 _TAKE = """
 local want = tonumber(ARGV[1])
 local room = tonumber(ARGV[2])
-local taken = {}
+local taken = {0}
 local ops = 0
 while ops < want and room > 0 do
   local m = redis.call('RPOP', KEYS[1])
-  if not m then break end
+  if not m then
+    taken[1] = redis.call('EXISTS', KEYS[2])
+    break
+  end
   taken[#taken + 1] = m
   room = room - #m
   local at = string.find(m, '"argsrepr":"<', -2048, true)
@@ -53,6 +57,10 @@ while ops < want and room > 0 do
 end
 return taken
 """
+# Pauses between takes from a dry queue while a batch fills: from the first, doubling up to
+# the last while nothing arrives (a reader's hurry is seen within the last).
+_FIRST_PAUSE_S = 0.001
+_LAST_PAUSE_S = 0.004
 
 
 @dataclass(slots=True)
@@ -178,7 +186,8 @@ class BatchApplier:
         return batch
 
     def _fill(self, batch: Batch) -> None:
-        """Take ready messages until the batch holds `batch_max` ops or `batch_wait_ms` passed.
+        """Take ready messages until the batch holds `batch_max` ops, or `batch_wait_ms`
+        passed, or the queue is dry while a reader waits for ops (`keys.HURRY_KEY`).
 
         Messages carry one op or hundreds, so they are counted by their ops (`_TAKE`): a
         batch holds at most `batch_max` ops plus the rest of its last message, and stops
@@ -186,21 +195,26 @@ class BatchApplier:
         """
         deadline = time.monotonic() + self._settings.batch_wait_ms / 1000
         room = BATCH_MAX_BYTES
+        pause = _FIRST_PAUSE_S
         try:
             while True:
                 missing = self._settings.batch_max - len(batch.ops) - len(batch.dead)
                 if missing <= 0 or room <= 0:
                     return
-                got = self._take(keys=[keys.QUEUE], args=[missing, room])
+                hurry, *got = self._take(keys=[keys.QUEUE, keys.HURRY_KEY], args=[missing, room])
+                for raw in got:
+                    room -= len(raw)
+                    self._add_raw(batch, raw)
+                if hurry:
+                    return
                 if got:
-                    for raw in got:
-                        room -= len(raw)
-                        self._add_raw(batch, raw)
+                    pause = _FIRST_PAUSE_S
                     continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return
-                self._sleep(min(0.001, remaining))
+                self._sleep(min(pause, remaining))
+                pause = min(pause * 2, _LAST_PAUSE_S)
         except TRANSIENT as exc:
             # What was taken is processed; the rest waits in the queue for the next task.
             log.warning("could not take more messages: %s", type(exc).__name__)

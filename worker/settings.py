@@ -23,7 +23,7 @@ class WorkerSettings(BaseSettings):
     )
 
     batch_max: int = Field(4000, ge=1)  # ops per apply call
-    batch_wait_ms: float = Field(5.0, ge=0)  # how long to wait to fill a batch
+    batch_wait_ms: float = Field(50.0, ge=0)  # to fill a batch, unless a reader waits
     recovery_after_s: float = Field(20.0, ge=0.1)  # out of the queue, unconfirmed, no heartbeat
     reaper_interval_s: float = Field(1.0, ge=0.01)
     reaper_batch: int = Field(1000, ge=1)  # messages per Redis call of a reaper round

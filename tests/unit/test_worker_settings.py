@@ -18,7 +18,7 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
     settings = load_worker_settings()
     assert settings == WorkerSettings()
-    assert (settings.batch_max, settings.batch_wait_ms) == (4000, 5.0)
+    assert (settings.batch_max, settings.batch_wait_ms) == (4000, 50.0)
 
 
 def test_overrides_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
