@@ -57,10 +57,10 @@ while ops < want and room > 0 do
 end
 return taken
 """
-# Pauses between takes from a dry queue while a batch fills: from the first, doubling up to
-# the last while nothing arrives (a reader's hurry is seen within the last).
-_FIRST_PAUSE_S = 0.001
-_LAST_PAUSE_S = 0.004
+# The pause between takes once the queue ran dry while a batch fills. The batch closes at the
+# window's end whatever arrives, so taking more often would only cost round trips: this
+# bounds them (a reader's hurry is seen within it).
+_TAKE_PAUSE_S = 0.004
 
 
 @dataclass(slots=True)
@@ -195,26 +195,22 @@ class BatchApplier:
         """
         deadline = time.monotonic() + self._settings.batch_wait_ms / 1000
         room = BATCH_MAX_BYTES
-        pause = _FIRST_PAUSE_S
+        pause = 0.0
         try:
             while True:
                 missing = self._settings.batch_max - len(batch.ops) - len(batch.dead)
                 if missing <= 0 or room <= 0:
                     return
+                if pause:
+                    self._sleep(pause)
                 hurry, *got = self._take(keys=[keys.QUEUE, keys.HURRY_KEY], args=[missing, room])
                 for raw in got:
                     room -= len(raw)
                     self._add_raw(batch, raw)
-                if hurry:
-                    return
-                if got:
-                    pause = _FIRST_PAUSE_S
-                    continue
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if hurry or remaining <= 0:
                     return
-                self._sleep(min(pause, remaining))
-                pause = min(pause * 2, _LAST_PAUSE_S)
+                pause = min(_TAKE_PAUSE_S, remaining)
         except TRANSIENT as exc:
             # What was taken is processed; the rest waits in the queue for the next task.
             log.warning("could not take more messages: %s", type(exc).__name__)
