@@ -44,9 +44,9 @@ def encode_checkpoint_op(name: OpName, args: dict[str, Any]) -> tuple[str, str]:
     and dump it (raising its `ValidationError` for a bad call); puts and pending writes of
     the usual shape without the model."""
     if name == "put_checkpoint":
-        fits = _put_fits(args)
+        fits = put_fits(args)
     elif name == "put_writes":
-        fits = _writes_fit(args)
+        fits = writes_fit(args)
     else:
         fits = False
     if fits:
@@ -60,7 +60,8 @@ def encode_checkpoint_op(name: OpName, args: dict[str, Any]) -> tuple[str, str]:
     return op.id, op.model_dump_json()
 
 
-def _put_fits(args: dict[str, Any]) -> bool:
+def put_fits(args: dict[str, Any]) -> bool:
+    """Whether `args` are a put's of the usual shape that its model accepts as they are."""
     if not (type(args) is dict and tuple(args) == _PUT_FIELDS and _keys_fit(args)):
         return False
     parent, run_id = args["parent_checkpoint_id"], args["run_id"]
@@ -84,7 +85,8 @@ def _put_fits(args: dict[str, Any]) -> bool:
     return head_size <= MAX_HEAD_B64 and size <= MAX_CHECKPOINT_B64
 
 
-def _writes_fit(args: dict[str, Any]) -> bool:
+def writes_fit(args: dict[str, Any]) -> bool:
+    """`put_fits` for pending writes."""
     if not (type(args) is dict and tuple(args) == _WRITES_FIELDS and _keys_fit(args)):
         return False
     writes = args["writes"]

@@ -100,35 +100,9 @@ def checkpoint_records(
     """The rows a checkpoint op writes (deletes of a whole thread are tombstones instead)."""
     v, a = op.version, op.args
     if isinstance(op, PutCheckpoint):
-        p = op.args
-        ns, cid = p.checkpoint_ns, p.checkpoint_id
-        data = {
-            "checkpoint_ns": ns,
-            "checkpoint_id": cid,
-            "parent_checkpoint_id": p.parent_checkpoint_id,
-            "metadata": p.metadata.model_dump(),
-            "channel_versions": p.channel_versions,
-            "delta_channels": p.delta_channels,
-            "run_id": p.run_id,
-            **p.checkpoint.model_dump(),
-        }
-        rid = checkpoint_rid(p.thread_id, ns, cid)
-        yield Record("checkpoint", rid, p.thread_id, data, v, v, _sub(rid))
-        for b in p.blobs:
-            rid = blob_rid(p.thread_id, ns, b.channel, b.version)
-            yield from _split("checkpoint_blob", rid, p.thread_id, b.model_dump(), v, {})
+        yield from put_rows(v, op.args.model_dump())
     elif isinstance(op, PutWrites):
-        w = op.args
-        for item in w.writes:
-            rid = write_rid(w.thread_id, w.checkpoint_ns, w.checkpoint_id, w.task_id, item.idx)
-            data = {
-                "checkpoint_ns": w.checkpoint_ns,
-                "checkpoint_id": w.checkpoint_id,
-                "task_id": w.task_id,
-                "task_path": w.task_path,
-                **item.model_dump(),
-            }
-            yield from _split("checkpoint_write", rid, w.thread_id, data, v, {"idx": item.idx})
+        yield from write_rows(v, op.args.model_dump())
     else:
         t = a.thread_id
         for ns, cid in op.args.checkpoints:
@@ -137,3 +111,44 @@ def checkpoint_records(
             yield from _gone("checkpoint_blob", blob_rid(t, ns, channel, version), t, v, parts)
         for ns, cid, task, idx, parts in op.args.writes:
             yield from _gone("checkpoint_write", write_rid(t, ns, cid, task, idx), t, v, parts)
+
+
+def put_rows(version: str, args: dict[str, Any]) -> Iterable[Record]:
+    """The rows of a put at `version`, from its args as its model dumps them."""
+    thread, ns, cid = args["thread_id"], args["checkpoint_ns"], args["checkpoint_id"]
+    data = {
+        "checkpoint_ns": ns,
+        "checkpoint_id": cid,
+        "parent_checkpoint_id": args["parent_checkpoint_id"],
+        "metadata": args["metadata"],
+        "channel_versions": args["channel_versions"],
+        "delta_channels": args["delta_channels"],
+        "run_id": args["run_id"],
+        **args["checkpoint"],
+    }
+    rid = checkpoint_rid(thread, ns, cid)
+    yield Record("checkpoint", rid, thread, data, version, version, _sub(rid))
+    for blob in args["blobs"]:
+        rid = blob_rid(thread, ns, blob["channel"], blob["version"])
+        yield from _split("checkpoint_blob", rid, thread, blob, version, {})
+
+
+def write_rows(version: str, args: dict[str, Any]) -> Iterable[Record]:
+    """The rows of pending writes at `version`, from their args as their model dumps them."""
+    thread, ns, cid, task = (
+        args["thread_id"],
+        args["checkpoint_ns"],
+        args["checkpoint_id"],
+        args["task_id"],
+    )
+    for item in args["writes"]:
+        idx = item["idx"]
+        rid = write_rid(thread, ns, cid, task, idx)
+        data = {
+            "checkpoint_ns": ns,
+            "checkpoint_id": cid,
+            "task_id": task,
+            "task_path": args["task_path"],
+            **item,
+        }
+        yield from _split("checkpoint_write", rid, thread, data, version, {"idx": idx})

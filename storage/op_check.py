@@ -1,9 +1,11 @@
-"""The worker's op check: the usual saves checked field by field, without their models.
+"""The worker's op check: the usual saves and checkpoint ops checked without their models.
 
 `parse_op` validates a message with its pydantic model, several microseconds an op. A save
 of a state, task or message of the usual shape is checked here by the rules its model applies
 (the op id and version patterns, `check_id`, the row id rules, `encode_payload`) and becomes a
-`CheckedSave` holding the record it writes. Anything else, and anything one of those checks
+`CheckedSave` holding the record it writes; a checkpoint put or pending writes of the shape
+the saver publishes, by the test its encoder makes (`storage.checkpoint_encode`), becomes a
+`CheckedCheckpoint` holding its rows. Anything else, and anything one of those checks
 refuses, goes through `parse_op`: what is accepted, and every error message, stay exactly the
 model's.
 """
@@ -11,15 +13,17 @@ model's.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal, cast
 
+from .checkpoint_encode import put_fits, writes_fit
+from .checkpoints import put_rows, write_rows
 from .errors import ValidationError
 from .ids import check_id, state_row_id, task_row_id
 from .op_base import OP_ID_RE
 from .ops import OpName, parse_op
 from .payload import encode_payload
-from .records import AnyOp, CheckedSave, save_record
+from .records import AnyOp, CheckedCheckpoint, CheckedSave, Record, save_record
 from .versions import VERSION_RE
 
 _SaveKind = Literal["state", "task", "conversation"]
@@ -31,6 +35,14 @@ _SHAPES: dict[str, tuple[_SaveKind, str, str | None, str, Callable[[str, str], s
     "save_conversation": ("conversation", "conversation_id", None, "message", None),
 }
 
+# Per checkpoint op: whether its args are of the usual shape the model takes as they are (the
+# same test the saver's encoder makes), and the rows they write.
+_CHECKPOINT_SHAPES: dict[
+    str, tuple[Callable[[dict[str, Any]], bool], Callable[[str, dict[str, Any]], Iterable[Record]]]
+] = {
+    "put_checkpoint": (put_fits, put_rows),
+    "put_writes": (writes_fit, write_rows),
+}
 
 # An op id and a version, one space apart: both pass `check_op_id` and `check_version` if
 # this matches (their patterns, without anchors); anything it misses goes to the model.
@@ -42,10 +54,13 @@ def check_op(message: object, *, plain_payload: bool = False) -> AnyOp:
     (`CheckedSave`). Raises `ValidationError` as `parse_op` does."""
     if type(message) is dict and len(message) == 4:
         name = message.get("op")
+        checked: AnyOp | None = None
         if type(name) is str and name in _SHAPES:
             checked = _check_save(cast(OpName, name), message, plain_payload)
-            if checked is not None:
-                return checked
+        elif type(name) is str and name in _CHECKPOINT_SHAPES:
+            checked = _check_checkpoint(cast(OpName, name), message)
+        if checked is not None:
+            return checked
     return parse_op(message, plain_payload=plain_payload)
 
 
@@ -75,3 +90,17 @@ def _check_save(name: OpName, message: dict[str, Any], plain: bool) -> CheckedSa
         return None  # `parse_op` raises the error, worded as always
     record = save_record(kind, rid, owner, sub, data, version)
     return CheckedSave(name, op_id, version, args, record)
+
+
+def _check_checkpoint(name: OpName, message: dict[str, Any]) -> CheckedCheckpoint | None:
+    fits, rows = _CHECKPOINT_SHAPES[name]
+    args, op_id, version = message.get("args"), message.get("id"), message.get("version")
+    if type(op_id) is not str or type(version) is not str or type(args) is not dict:
+        return None
+    if not _ID_AND_VERSION.fullmatch(f"{op_id} {version}") or not fits(args):
+        return None
+    try:
+        records = list(rows(version, args))
+    except ValidationError:
+        return None  # a row id too long: the model's way raises it, worded as always
+    return CheckedCheckpoint(name, op_id, version, args, records)

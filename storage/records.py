@@ -104,23 +104,34 @@ class Record:
 
 
 @dataclass(slots=True)
-class CheckedSave:
-    """A save op that `storage.op_check.check_op` checked field by field as its model would,
-    without building the model: the record it writes, made at the check, and its fields."""
-
+class _Checked:
     op: OpName
     id: str
     version: str
     args: dict[str, Any]  # exactly the fields of the model's `args`
-    record: Record
 
     def model_dump(self, *, mode: str = "python") -> dict[str, Any]:
         """The op's message, as the model's `model_dump` gives it (payloads are JSON)."""
         return {"id": self.id, "version": self.version, "op": self.op, "args": dict(self.args)}
 
 
-# What a batch applies: ops as validated by their models, or saves checked without one.
-AnyOp: TypeAlias = Op | CheckedSave
+@dataclass(slots=True)
+class CheckedSave(_Checked):
+    """A save op that `storage.op_check.check_op` checked field by field as its model would,
+    without building the model: the record it writes, made at the check, and its fields."""
+
+    record: Record
+
+
+@dataclass(slots=True)
+class CheckedCheckpoint(_Checked):
+    """A checkpoint put or pending writes checked as `CheckedSave` is: the rows it writes."""
+
+    records: list[Record]
+
+
+# What a batch applies: ops as validated by their models, or ops checked without one.
+AnyOp: TypeAlias = Op | CheckedSave | CheckedCheckpoint
 
 
 # Which kinds a partition-wide tombstone covers.
@@ -182,6 +193,9 @@ def save_record(
 def _records_of(op: AnyOp) -> Iterable[Record | Tombstone]:
     if isinstance(op, CheckedSave):
         yield op.record
+        return
+    if isinstance(op, CheckedCheckpoint):
+        yield from op.records
         return
     v = op.version
     if isinstance(op, SaveState):
