@@ -105,7 +105,7 @@ class Tracked:
     ) -> Status:
         """Where `(op id, message id)` pairs are; forgets the applied ones."""
         status = Status()
-        queued, done, dead, dead_messages = replies[-4:]
+        queued, done, dead, dead_messages = replies[-4:]  # after the hurry SET, if any
         still = {m for m, score in zip(message_ids, queued, strict=True) if score is not None}
         confirmed = {m for m, score in zip(message_ids, done, strict=True) if score is not None}
         refused = {
