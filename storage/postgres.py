@@ -377,10 +377,24 @@ class PostgreSQLClient(StorageBackend):
             pool.closeall()
 
 
+# Run once on each new connection. The checkpoint load's estimates grow with the tables (its
+# range joins), and past jit_above_cost PostgreSQL compiles every run of it: 26 ms for a
+# read that takes 0.8 ms without, at 100,000 checkpoints (docs/PERFORMANCE.md). Short
+# lookups and batched upserts never gain from JIT. A SET, not a startup option: PgBouncer
+# refuses startup options it does not track.
+SESSION_SETUP = "SET jit = off"
+
+
 def _connect(dsn: str, **options: Any) -> Any:
     conn = psycopg2.connect(dsn, **options)
     # Every statement runs in autocommit; writes open their transaction with BEGIN.
     conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(SESSION_SETUP)
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 

@@ -9,14 +9,14 @@ and reads fell from 65-200 ms (8 threads) to 3-11 ms (docs/PERFORMANCE.md).
 from __future__ import annotations
 
 import asyncio
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 import psycopg_pool
 
 from .config import Settings, mask_url
 from .errors import StorageError, StoreUnavailableError, TransientStorageError
-from .postgres import PostgreSQLClient, _connection_string
+from .postgres import SESSION_SETUP, PostgreSQLClient, _connection_string
 from .postgres_reads import Query
 
 T = TypeVar("T")
@@ -52,6 +52,7 @@ class AsyncPostgresReader:
                         "application_name": "agentstore",
                     },
                     timeout=float(s.postgres_connect_timeout_s),
+                    configure=_set_up,
                     open=False,
                 )
                 await pool.open()
@@ -91,6 +92,10 @@ class AsyncPostgresReader:
             await pool.close()
         if guard is not None:
             guard.cancel()
+
+
+async def _set_up(conn: psycopg.AsyncConnection[Any]) -> None:
+    await conn.execute(SESSION_SETUP)
 
 
 async def _close_with_the_loop(pool: psycopg_pool.AsyncConnectionPool) -> None:
