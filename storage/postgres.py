@@ -378,8 +378,8 @@ class PostgreSQLClient(StorageBackend):
 
 
 # Run once on each new connection. The checkpoint load's estimates grow with the tables (its
-# range joins), and past jit_above_cost PostgreSQL compiles every run of it: 26 ms for a
-# read that takes 0.8 ms without, at 100,000 checkpoints (docs/PERFORMANCE.md). Short
+# range joins), and past jit_above_cost PostgreSQL compiles every run of it: 24 ms for a
+# read that takes 0.7 ms without, at 105,000 checkpoints (docs/PERFORMANCE.md). Short
 # lookups and batched upserts never gain from JIT. A SET, not a startup option: PgBouncer
 # refuses startup options it does not track.
 SESSION_SETUP = "SET jit = off"

@@ -83,7 +83,8 @@ def _plan(pg_url: str, query: Query[Any], generic: bool) -> dict[str, Any]:
                 cur.execute(f"{explain}EXECUTE load({marks})", query.params)
             else:
                 cur.execute(explain + query.sql, query.params)
-            plan: dict[str, Any] = cur.fetchone()[0][0]["Plan"]  # psycopg2 decodes json
+            (explained,) = cur.fetchall()  # psycopg2 decodes the json
+            plan: dict[str, Any] = explained[0][0]["Plan"]
             return plan
     finally:
         conn.close()
