@@ -129,17 +129,18 @@ _TAGS: tuple[Kind, ...] = ("checkpoint", "checkpoint_blob", "checkpoint_write")
 # A blob's row id is its checkpoint's namespace prefix (the checkpoint's row id up to its
 # last "|") + channel + "|" + version; the later parts of a split value, and a checkpoint's
 # writes, are the rows whose ids extend a row id by "|" (ids below it + "}" do).
-# The checkpoints are found by their row id range alone, newest first with a literal limit:
-# a backward scan of the primary key that stops at the limit, whose generic plan (the one a
-# prepared statement keeps) is that scan too. With the thread column as well, PostgreSQL
-# ANDs two bitmaps and sorts every checkpoint of the thread: 0.59 against 0.25 ms for the
-# latest of 5,000 (docs/PERFORMANCE.md).
-@functools.lru_cache(maxsize=64)
-def _load_sql(where: str, limit: int | None) -> str:
+#
+# The checkpoints are found by their row id range alone, newest first: a backward scan of the
+# primary key that stops at the limit. For the newest alone (get_tuple) LIMIT 1 is written
+# in, so the generic plan a prepared statement keeps is that scan too. With the thread column
+# as well, PostgreSQL ANDed two bitmaps and sorted every checkpoint of the thread: 0.59
+# against 0.25 ms for the latest of 5,000 (docs/PERFORMANCE.md).
+@functools.cache
+def _load_sql(where: str, newest: bool) -> str:
     return f"""
 WITH c AS (
     SELECT {_columns("checkpoint", "t")} FROM {_CP.name} t
-    WHERE {where} AND NOT t.deleted ORDER BY t.id DESC LIMIT {"ALL" if limit is None else limit}
+    WHERE {where} AND NOT t.deleted ORDER BY t.id DESC LIMIT {"1" if newest else "%s"}
 ), b AS (
     SELECT c.id AS owner, x.* FROM c
     CROSS JOIN LATERAL jsonb_each_text(c.{_CP.payload} -> 'channel_versions') v(ch, ver)
@@ -184,4 +185,7 @@ def load_checkpoints(wanted: Wanted) -> Query[list[Loaded]]:
         if wanted.checkpoint_id is not None:
             where += f" AND t.{_CP.payload} ->> 'checkpoint_id' = %s"
             params.append(wanted.checkpoint_id)
-    return Query(_load_sql(where, check_limit(wanted.limit)), tuple(params), _loaded)
+    limit = check_limit(wanted.limit)
+    if limit == 1:
+        return Query(_load_sql(where, True), tuple(params), _loaded)
+    return Query(_load_sql(where, False), (*params, limit), _loaded)

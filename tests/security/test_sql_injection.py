@@ -74,7 +74,6 @@ _CONSTANT = {
         **dict.fromkeys(
             (
                 "_CP.name",
-                "_CP.partition",
                 "_CP.payload",
                 "_BLOB.name",
                 "_BLOB.payload",
@@ -94,6 +93,7 @@ _CONSTANT = {
         "_escaped('v.ch')": "storage.ids.ESCAPES as replace() calls on a literal column",
         "_escaped('v.ver')": "the same",
         "where": "one of three literal conditions; values are %s parameters",
+        "'1' if newest else '%s'": "a literal limit, or the limit as a parameter",
     },
     "storage/cosmos.py": {
         "layout.partition_field": "a field name from the constant layouts",
