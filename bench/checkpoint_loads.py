@@ -19,12 +19,11 @@ from collections.abc import Callable
 
 import psycopg2
 
-from bench.services import database
+from bench.services import PG_ADMIN, database
 from storage import PostgreSQLClient
 from storage import postgres_reads as pg
 from storage.checkpoint_reads import Wanted
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 PER_THREAD = 10
 
 

@@ -14,10 +14,8 @@ import time
 import uuid
 from collections.abc import Callable
 
-from bench.services import database, start_cosmos_server
+from bench.services import PG_ADMIN, database, start_cosmos_server
 from storage import CosmosDBClient, PostgreSQLClient, StorageBackend
-
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 def _p50_us(samples: list[float]) -> float:

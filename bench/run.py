@@ -20,7 +20,7 @@ from dataclasses import asdict
 from .report import Results, Run, machine, summary, write
 from .scenarios import SCENARIOS, Context
 from .scenarios.workload import FULL, QUICK, Sizes
-from .services import redis_server
+from .services import PG_ADMIN, redis_server
 
 
 def measure(sizes: Sizes, admin: str, only: set[str] | None) -> Results:
@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, under 2 minutes")
     parser.add_argument(
         "--pg",
-        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        default=PG_ADMIN,
         help="a PostgreSQL URL allowed to create and drop databases",
     )
     parser.add_argument(

@@ -20,6 +20,8 @@ from agentstore_cli.launch import (
 )
 
 ROOT = REPOSITORY
+# The local server's admin URL, allowed to create and drop the benchmarks' databases.
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 __all__ = ["ROOT", "WorkerBox", "database", "redis_server", "start_cosmos_server"]
 
