@@ -35,6 +35,9 @@ class Pending:
         self._lock = threading.Lock()
         self._ops: dict[str, list[str]] = {}
         self._awaited: dict[str, Callable[[str], bool]] = {}
+        # Each `is_unconfirmed` given, kept once: a producer's is a new bound method at every
+        # access, and one kept per op made the garbage collector walk thousands more objects.
+        self._checks: dict[Callable[[str], bool], Callable[[str], bool]] = {}
         self._added = 0
         self._sweep_at = SWEEP_EVERY
 
@@ -45,7 +48,7 @@ class Pending:
         """Track `op_id` for `thread_id`; `unconfirmed` is its producer's `is_unconfirmed`."""
         with self._lock:
             self._ops.setdefault(thread_id, []).append(op_id)
-            self._awaited[op_id] = unconfirmed
+            self._awaited[op_id] = self._checks.setdefault(unconfirmed, unconfirmed)
             self._added += 1
             if self._added >= self._sweep_at:
                 self._sweep()
@@ -53,6 +56,7 @@ class Pending:
     def _sweep(self) -> None:
         done = {op for op, unconfirmed in self._awaited.items() if not unconfirmed(op)}
         self._drop(list(self._ops), done)
+        self._checks = {check: check for check in self._awaited.values()}
         self._added = 0
         self._sweep_at = max(SWEEP_EVERY, len(self._awaited))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
 from agentstore_langgraph.pending import SWEEP_EVERY, Pending, StaleReadError
@@ -36,3 +38,20 @@ def test_a_sweep_keeps_what_a_producer_still_awaits_and_a_read_waits_for_it() ->
     pending.settle(lambda ops, timeout: None, ["slow"])
     assert len(pending) == 0
     pending.settle(lambda ops, timeout: pytest.fail("nothing pending: no wait"), ["slow"])
+
+
+def test_ops_of_one_producer_keep_one_check_not_one_object_each() -> None:
+    # Every object kept is one more for each of the garbage collector's full passes.
+    class Producer:
+        def is_unconfirmed(self, op_id: str) -> bool:
+            return True
+
+    producer = Producer()
+    pending = Pending(timeout=1.0)
+    gc.collect()
+    before = len(gc.get_objects())
+    for i in range(1000):
+        pending.add("thread", f"op{i}", producer.is_unconfirmed)
+    gc.collect()
+    assert len(gc.get_objects()) - before < 100
+    assert len(pending) == 1000
