@@ -1,6 +1,8 @@
 """LangGraph checkpointers under concurrent graphs: AgentStoreSaver (workers on this box) vs
 LangGraph's AsyncPostgresSaver on the same PostgreSQL (one connection, and a pool: the
-better is the baseline) vs InMemorySaver (the ceiling), durability "sync"."""
+better is the baseline) vs InMemorySaver (the ceiling), durability "sync". At the largest
+concurrency the checkpointers take turns, several rounds, so the machine's drift does not
+fall on one of them."""
 
 from __future__ import annotations
 
@@ -123,34 +125,75 @@ def _cpu_by_pid(pids: list[int]) -> dict[int, float]:
     return {pid: cpu_seconds([pid]) for pid in pids}
 
 
-async def read_latency(saver: BaseCheckpointSaver[Any], threads: list[str]) -> float:
-    """p50 of `aget_tuple` for the latest checkpoint of finished threads, in ms."""
+async def read_samples(
+    saver: BaseCheckpointSaver[Any], threads: list[str], count: int
+) -> list[float]:
+    """`count` timings of `aget_tuple` for the latest checkpoint of finished threads, in s."""
     configs = [{"configurable": {"thread_id": t}} for t in threads]
-    for config in configs:  # AgentStoreSaver: its own writes applied first (not timed)
-        assert await saver.aget_tuple(config) is not None  # type: ignore[arg-type]
     samples = []
-    for i in range(READ_SAMPLES):
+    for i in range(count):
         started = time.perf_counter()
         await saver.aget_tuple(configs[i % len(configs)])  # type: ignore[arg-type]
         samples.append(time.perf_counter() - started)
-    return statistics.median(samples) * 1000
+    return samples
+
+
+@dataclass
+class Contender:
+    """A checkpointer to measure, with the processes whose CPU counts beside its own."""
+
+    name: str
+    make: Callable[[], contextlib.AbstractAsyncContextManager[BaseCheckpointSaver[Any]]]
+    workers: WorkerBox | None = None
+    servers: Callable[[], list[int]] | None = None
+
+
+def median_of(rounds: list[Measured]) -> Measured:
+    """Each figure's median over the rounds."""
+    return Measured(
+        statistics.median(m.supersteps_per_s for m in rounds),
+        statistics.median(m.p50_ms for m in rounds),
+        statistics.median(m.p99_ms for m in rounds),
+        client_cpu_us=statistics.median(m.client_cpu_us for m in rounds),
+        workers_cpu_us=statistics.median(m.workers_cpu_us for m in rounds),
+        servers_cpu_us=statistics.median(m.servers_cpu_us for m in rounds),
+    )
 
 
 async def measure(
-    make: Callable[[], contextlib.AbstractAsyncContextManager[BaseCheckpointSaver[Any]]],
-    runs: int,
-    workers: WorkerBox | None = None,
-    servers: Callable[[], list[int]] | None = None,
-) -> dict[int, Measured]:
-    found = {}
-    async with make() as saver:
-        await run_graphs(saver, 4, 8, "warm")  # connections, prepared statements, the script
-        for n in CONCURRENCY:
-            found[n] = await run_graphs(saver, n, runs, f"n{n}", workers, servers)
-        found[CONCURRENCY[-1]].read_p50_ms = await read_latency(
-            saver, [f"n{CONCURRENCY[-1]}-{t}-0" for t in range(CONCURRENCY[-1])]
-        )
-    return found
+    contenders: list[Contender], runs: int, rounds: int
+) -> tuple[dict[str, dict[int, Measured]], dict[str, list[Measured]]]:
+    """Every contender at each concurrency; at the largest, `rounds` runs each, taking turns
+    (the order reversed every other round), and the median of each figure: a machine whose
+    speed drifts weighs on each alike. Its `aget_tuple` reads take turns the same way."""
+    found: dict[str, dict[int, Measured]] = {c.name: {} for c in contenders}
+    n = CONCURRENCY[-1]
+    turns: dict[str, list[Measured]] = {c.name: [] for c in contenders}
+    async with contextlib.AsyncExitStack() as stack:
+        savers = {c.name: await stack.enter_async_context(c.make()) for c in contenders}
+        for c in contenders:
+            # Connections, prepared statements, the script; then the smaller concurrencies.
+            await run_graphs(savers[c.name], 4, 8, "warm")
+            for small in CONCURRENCY[:-1]:
+                found[c.name][small] = await run_graphs(
+                    savers[c.name], small, runs, f"n{small}", c.workers, c.servers
+                )
+        for r in range(rounds):
+            for c in contenders if r % 2 == 0 else contenders[::-1]:
+                turns[c.name].append(
+                    await run_graphs(savers[c.name], n, runs, f"n{n}r{r}", c.workers, c.servers)
+                )
+        threads = [f"n{n}r0-{t}-0" for t in range(n)]
+        for c in contenders:  # AgentStoreSaver: its own writes applied first (not timed)
+            await read_samples(savers[c.name], threads, len(threads))
+        reads: dict[str, list[float]] = {c.name: [] for c in contenders}
+        for r in range(rounds):
+            for c in contenders if r % 2 == 0 else contenders[::-1]:
+                reads[c.name] += await read_samples(savers[c.name], threads, READ_SAMPLES)
+    for c in contenders:
+        found[c.name][n] = median_of(turns[c.name])
+        found[c.name][n].read_p50_ms = statistics.median(reads[c.name]) * 1000
+    return found, turns
 
 
 @contextlib.asynccontextmanager
@@ -190,34 +233,47 @@ def agentstore_saver(
     return make
 
 
-def compare(broker: str, admin: str, runs: int) -> dict[str, dict[int, Measured]]:
-    found: dict[str, dict[int, Measured]] = {}
-    found["InMemorySaver"] = asyncio.run(measure(in_memory, runs))
-    for pooled in (False, True):
-        name = f"AsyncPostgresSaver, {'pool of 16' if pooled else 'one connection'}"
-        with database(admin, "agentstore_lg") as url:
-            backends = partial(database_backends, admin, url)
-            found[name] = asyncio.run(measure(postgres_saver(url, pooled), runs, None, backends))
-    with database(admin, "agentstore_lg") as url, redis.Redis.from_url(broker) as client:
+def compare(
+    broker: str, admin: str, runs: int, rounds: int
+) -> tuple[dict[str, dict[int, Measured]], dict[str, list[Measured]]]:
+    with contextlib.ExitStack() as stack:
+        contenders = [Contender("InMemorySaver", in_memory)]
+        for pooled in (False, True):
+            url = stack.enter_context(database(admin, "agentstore_lg"))
+            contenders.append(
+                Contender(
+                    f"AsyncPostgresSaver, {'pool of 16' if pooled else 'one connection'}",
+                    postgres_saver(url, pooled),
+                    servers=partial(database_backends, admin, url),
+                )
+            )
+        url = stack.enter_context(database(admin, "agentstore_lg"))
+        client = stack.enter_context(redis.Redis.from_url(broker))
         PostgreSQLClient(postgres_connection_string=url).close()  # schema before the clock
         redis_pid = redis_server_pid(client)
-        with WorkerBox("worker", worker_env(broker, url)) as box:
-            box.wait_ready()
+        box = stack.enter_context(WorkerBox("worker", worker_env(broker, url)))
+        box.wait_ready()
 
-            def servers() -> list[int]:
-                return [*database_backends(admin, url), redis_pid]
+        def servers() -> list[int]:
+            return [*database_backends(admin, url), redis_pid]
 
-            ours = agentstore_saver(broker, url)
-            found["AgentStoreSaver"] = asyncio.run(measure(ours, runs, box, servers))
-    return found
+        contenders.append(Contender("AgentStoreSaver", agentstore_saver(broker, url), box, servers))
+        return asyncio.run(measure(contenders, runs, rounds))
 
 
 def checkpointers(ctx: Context) -> None:
     n = CONCURRENCY[-1]
-    ctx.step(f"langgraph: 2-node loop of {SUPERSTEPS} supersteps, {CONCURRENCY} concurrent runs")
-    found = compare(ctx.broker, ctx.admin, ctx.sizes.graph_runs)
+    rounds = ctx.sizes.rounds
+    ctx.step(
+        f"langgraph: 2-node loop of {SUPERSTEPS} supersteps, {CONCURRENCY} concurrent runs, "
+        f"at {n} the median of {rounds} rounds taking turns"
+    )
+    found, turns = compare(ctx.broker, ctx.admin, ctx.sizes.graph_runs, rounds)
     ctx.results.raw["langgraph"] = {
         name: {str(k): vars(m) for k, m in by_n.items()} for name, by_n in found.items()
+    }
+    ctx.results.raw["langgraph_rounds"] = {
+        name: [vars(m) for m in measured] for name, measured in turns.items()
     }
     ours = found["AgentStoreSaver"][n]
     base_name, base = max(
