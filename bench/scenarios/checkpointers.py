@@ -148,6 +148,18 @@ class Contender:
     servers: Callable[[], list[int]] | None = None
 
 
+def in_turn(contenders: list[Contender], round_: int) -> list[Contender]:
+    """The order of a round: reversed every other round, so no one always goes first."""
+    return contenders if round_ % 2 == 0 else contenders[::-1]
+
+
+async def settle_reads(saver: BaseCheckpointSaver[Any], threads: list[str]) -> None:
+    """Read every thread once, untimed: AgentStoreSaver's own writes to them applied first."""
+    for thread in threads:
+        config = {"configurable": {"thread_id": thread}}
+        assert await saver.aget_tuple(config) is not None  # type: ignore[arg-type]
+
+
 def median_of(rounds: list[Measured]) -> Measured:
     """Each figure's median over the rounds."""
     return Measured(
@@ -179,16 +191,16 @@ async def measure(
                     savers[c.name], small, runs, f"n{small}", c.workers, c.servers
                 )
         for r in range(rounds):
-            for c in contenders if r % 2 == 0 else contenders[::-1]:
+            for c in in_turn(contenders, r):
                 turns[c.name].append(
                     await run_graphs(savers[c.name], n, runs, f"n{n}r{r}", c.workers, c.servers)
                 )
         threads = [f"n{n}r0-{t}-0" for t in range(n)]
-        for c in contenders:  # AgentStoreSaver: its own writes applied first (not timed)
-            await read_samples(savers[c.name], threads, len(threads))
+        for c in contenders:
+            await settle_reads(savers[c.name], threads)
         reads: dict[str, list[float]] = {c.name: [] for c in contenders}
         for r in range(rounds):
-            for c in contenders if r % 2 == 0 else contenders[::-1]:
+            for c in in_turn(contenders, r):
                 reads[c.name] += await read_samples(savers[c.name], threads, READ_SAMPLES)
     for c in contenders:
         found[c.name][n] = median_of(turns[c.name])
